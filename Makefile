@@ -1,0 +1,37 @@
+# Two commands for users: `make demo` and `make test`. Both set up .venv first if needed.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+NP ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-serial test-mpi test-slow lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) demos/stack_check.py
+
+test: setup
+	@bash scripts/run_tests.sh $(PYTEST_ARGS)
+
+test-serial: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-mpi: setup
+	$(MPIEXEC) -n $(NP) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Long convergence studies, excluded from `make test`.
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/bench_local.py --quick
+
+clean:
+	rm -rf output .pytest_cache

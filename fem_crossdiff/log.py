@@ -1,0 +1,39 @@
+"""Rank-0 logging: one logger for the project, silent on the other ranks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_LOGGER_NAME = "fem_crossdiff"
+
+
+def get_logger(comm=None, level: int | str = logging.INFO) -> logging.Logger:
+    """Return the project logger, printing to stderr on rank 0 only.
+
+    Args:
+        comm: An mpi4py communicator; ``None`` means ``MPI.COMM_WORLD`` if mpi4py imports,
+            else serial.
+        level: Logging level on rank 0 (other ranks only report errors).
+
+    Returns:
+        The configured ``logging.Logger``.
+    """
+    rank = 0
+    if comm is None:
+        try:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        except ImportError:  # pragma: no cover
+            comm = None
+    if comm is not None:
+        rank = comm.rank
+    logger = logging.getLogger(_LOGGER_NAME)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[fem-crossdiff] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level if rank == 0 else logging.ERROR)
+    return logger
