@@ -12,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(PY) demos/stack_check.py
+	$(PY) demos/demo_segregation.py
 
 test: setup
 	@bash scripts/run_tests.sh $(PYTEST_ARGS)

@@ -71,3 +71,21 @@ try:
     from dolfinx.io import gmsh as gmshio
 except ImportError:  # pragma: no cover - older DOLFINx
     from dolfinx.io import gmshio  # type: ignore[no-redef]
+
+
+def interpolation_points(V) -> object:
+    """Reference interpolation points of a space (a property in 0.11, a method in 0.10)."""
+    pts = V.element.interpolation_points
+    return pts() if callable(pts) else pts
+
+
+def interpolate_any(f, data) -> None:
+    """Interpolate into ``f`` from a number, a callable of x, an FE function or a UFL expression."""
+    import ufl
+
+    if isinstance(data, (int, float)):
+        f.x.array[:] = float(data)
+    elif isinstance(data, ufl.core.expr.Expr) and not isinstance(data, fem.Function):
+        f.interpolate(fem.Expression(data, interpolation_points(f.function_space)))
+    else:
+        f.interpolate(data)

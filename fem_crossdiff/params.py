@@ -1,0 +1,138 @@
+"""Validated, immutable parameters of the cross-diffusion models and of time stepping.
+
+Validation happens in ``__post_init__``, before any mesh or solver exists, and depends only on
+the arguments, so every MPI rank raises the same error at the same point (no rank is left
+waiting in a collective call).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def _finite(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _positive_tuple(name: str, values) -> tuple[float, ...]:
+    if isinstance(values, (int, float)):
+        values = (values,)
+    try:
+        vals = tuple(_finite(f"{name}[{i}]", v) for i, v in enumerate(values))
+    except TypeError:
+        raise ValueError(f"{name} must be a sequence of positive numbers, got {values!r}") from None
+    for i, v in enumerate(vals):
+        if v <= 0.0:
+            raise ValueError(f"{name}[{i}] must be > 0, got {v}")
+    return vals
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Coefficients of system (1.1): ``d_t rho_k = div(b_k rho_k grad P) + sigma Lap rho_k``.
+
+    Attributes:
+        a: Volume weights ``a_k > 0`` in ``P = (sum_l a_l rho_l)^(m-1)``, one per species.
+        b: Mobilities ``b_k > 0``, one per species (same length as ``a``).
+        m: Pressure exponent, real, ``m >= 2``.
+        sigma: Linear diffusion ``sigma >= 0`` (``0`` is the porous-medium limit).
+    """
+
+    a: tuple[float, ...]
+    b: tuple[float, ...]
+    m: float = 2.0
+    sigma: float = 0.0
+
+    def __post_init__(self):
+        a = _positive_tuple("a", self.a)
+        b = _positive_tuple("b", self.b)
+        if len(a) == 0:
+            raise ValueError("a must hold at least one coefficient (one per species)")
+        if len(b) != len(a):
+            raise ValueError(
+                f"b must have one mobility per species: len(a) = {len(a)}, len(b) = {len(b)}"
+            )
+        m = _finite("m", self.m)
+        if m < 2.0:
+            raise ValueError(f"m must be >= 2, got {m}")
+        sigma = _finite("sigma", self.sigma)
+        if sigma < 0.0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        object.__setattr__(self, "a", a)
+        object.__setattr__(self, "b", b)
+        object.__setattr__(self, "m", m)
+        object.__setattr__(self, "sigma", sigma)
+
+    @property
+    def n(self) -> int:
+        """Number of species."""
+        return len(self.a)
+
+    @property
+    def equal_mobilities(self) -> bool:
+        """True when all ``b_k`` coincide (the uniqueness setting of Theorem 1.8)."""
+        return max(self.b) == min(self.b)
+
+
+TIME_METHODS = ("ie", "bdf2")
+
+
+@dataclass(frozen=True)
+class TimeParams:
+    """Time stepping: final time, initial step, method and step control.
+
+    Attributes:
+        T: Final time, ``T >= 0``.
+        dt: (Initial) step, ``dt > 0``.
+        method: ``"ie"`` (implicit Euler) or ``"bdf2"`` (variable-step BDF2, started by one
+            implicit Euler step).
+        adaptive: Grow the step after easy Newton solves; failed steps are always retried with a
+            smaller step and never accepted.
+        dt_min: Smallest step before giving up (a RuntimeError).
+        dt_max: Largest step (``None``: ``T``).
+        grow: Step growth factor after an easy step (``>= 1``; capped at 1.5 for BDF2 stability).
+        shrink: Step reduction factor after a failed step (``0 < shrink < 1``).
+        easy_newton: Newton iterations at or below which a step counts as easy.
+    """
+
+    T: float
+    dt: float
+    method: str = "ie"
+    adaptive: bool = False
+    dt_min: float = 1e-10
+    dt_max: float | None = None
+    grow: float = 1.25
+    shrink: float = 0.5
+    easy_newton: int = 3
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        T = _finite("T", self.T)
+        if T < 0.0:
+            raise ValueError(f"T must be >= 0, got {T}")
+        dt = _finite("dt", self.dt)
+        if dt <= 0.0:
+            raise ValueError(f"dt must be > 0, got {dt}")
+        if self.method not in TIME_METHODS:
+            raise ValueError(f"method must be one of {TIME_METHODS}, got {self.method!r}")
+        dt_min = _finite("dt_min", self.dt_min)
+        if not 0.0 < dt_min <= dt:
+            raise ValueError(f"dt_min must satisfy 0 < dt_min <= dt = {dt}, got {dt_min}")
+        if self.dt_max is not None and _finite("dt_max", self.dt_max) < dt:
+            raise ValueError(f"dt_max must be >= dt = {dt}, got {self.dt_max}")
+        grow = _finite("grow", self.grow)
+        limit = 1.5 if self.method == "bdf2" else 10.0
+        if not 1.0 <= grow <= limit:
+            raise ValueError(f"grow must be in [1, {limit}] for method {self.method!r}, got {grow}")
+        shrink = _finite("shrink", self.shrink)
+        if not 0.0 < shrink < 1.0:
+            raise ValueError(f"shrink must be in (0, 1), got {shrink}")
+        object.__setattr__(self, "T", T)
+        object.__setattr__(self, "dt", dt)

@@ -1,0 +1,191 @@
+"""Positivity-preserving edge fluxes for P1 on simplices (the default scheme for (1.1)).
+
+Why this scheme. Standard Galerkin (consistent or lumped mass) produces negative densities for
+segregated or compactly supported data, and log-density unknowns fail for small ``sigma`` and
+at ``sigma = 0`` (measured: ``shared/notes/positivity.md``). We use an edge-based finite-volume
+form of lumped P1 with the stiffness weights ``w_ij = -K_ij`` and fractional-flow upwinding:
+
+    R_k,i = m_i d_t rho_k,i + sum_{j ~ i} G_k,ij,
+    G_k,ij = b_k w_ij c_k,up F_ij + sigma w_ij (rho_k,i - rho_k,j),
+    F_ij = (S_i + S_j)/2 (P_i - P_j),   c_k = rho_k / S,
+
+where ``up`` is the node with the larger pressure. ``c_k F`` approximates ``rho_k grad P``
+(``c_k S = rho_k``), so the scheme is consistent with Definition 1.5, and:
+
+* mass: ``G_k,ji = -G_k,ij`` (each edge moves mass from one node to the other), so every
+  species' mass is conserved to round-off at every Newton iterate's converged solution;
+* positivity: with ``w_ij >= 0`` (Delaunay triangulations in 2D; right-angled/acute meshes in
+  general) the implicit-Euler step is an M-matrix system in each species: where ``rho_k,i = 0``
+  the outgoing fluxes vanish (``c_k,i = 0``) and the incoming ones are >= 0, hence
+  ``rho_k^{n+1} >= 0`` for every ``sigma >= 0``, including the porous-medium limit ``sigma = 0``;
+* equal mobilities: summing ``a_k G_k`` gives exactly the same scheme for ``u = sum a_k rho_k``
+  with one species (``sum_k a_k c_k = 1``), the discrete analogue of Theorem 1.8's reduction;
+* non-integer ``m``: only nodal values ``P_i = S_i^(m-1)`` appear, never ``S^(m-3)``.
+
+The price is first-order numerical diffusion ``~ h |grad P| / 2`` in the species fractions
+(the total density ``S`` is transported centrally). BDF2 is not positivity preserving in general
+(a negative history coefficient): the stepper checks the minimum and rejects such steps.
+
+The edge weights are computed once per mesh from the owned cells; contributions of edges that
+touch ghost vertices are added through PETSc's reverse ghost update (vectors) and off-process
+stash (matrices), so the scheme is partition independent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fem_crossdiff.compat import PETSc, fem
+from fem_crossdiff.params import ModelParams
+
+
+def p1_edge_weights(V: fem.FunctionSpace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``(i, j)`` (local block indices, ``i < j``) and weights ``w_ij = -K_ij``.
+
+    ``K`` is the P1 stiffness matrix restricted to this rank's owned cells (summing over ranks
+    gives the global ``K``). Requires affine simplex cells and a P1 space.
+    """
+    msh = V.mesh
+    tdim = msh.topology.dim
+    el = V.element.basix_element
+    if el.degree != 1 or msh.topology.cell_name() not in ("interval", "triangle", "tetrahedron"):
+        raise ValueError(
+            "the upwind scheme needs P1 on simplices (interval, triangle, tetrahedron); got "
+            f"degree {el.degree} on {msh.topology.cell_name()}: use scheme='galerkin'"
+        )
+    ncells = msh.topology.index_map(tdim).size_local
+    dofs = V.dofmap.list[:ncells]
+    X = V.tabulate_dof_coordinates()[:, : msh.geometry.dim]
+    xc = X[dofs]  # (ncells, tdim+1, gdim)
+    E = np.transpose(xc[:, 1:, :] - xc[:, :1, :], (0, 2, 1))  # (ncells, gdim, tdim)
+    EtE = np.einsum("cgi,cgj->cij", E, E)
+    Ginv = np.linalg.solve(EtE, np.transpose(E, (0, 2, 1)))  # rows: grad of lambda_1..tdim
+    grads = np.concatenate([-Ginv.sum(axis=1, keepdims=True), Ginv], axis=1)
+    vol = np.sqrt(np.linalg.det(EtE)) / np.prod(np.arange(1, tdim + 1))
+    K = vol[:, None, None] * np.einsum("cpg,cqg->cpq", grads, grads)
+    p, q = np.triu_indices(tdim + 1, k=1)
+    I = dofs[:, p].ravel()
+    J = dofs[:, q].ravel()
+    w = -K[:, p, q].ravel()
+    lo, hi = np.minimum(I, J), np.maximum(I, J)
+    nloc = X.shape[0]
+    keys, inv = np.unique(lo.astype(np.int64) * nloc + hi, return_inverse=True)
+    W = np.bincount(inv, weights=w, minlength=keys.size)
+    return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W
+
+
+class UpwindFlux:
+    """Edge-flux residual and Jacobian of the upwind scheme on a blocked P1 space.
+
+    Args:
+        V: Blocked P1 space with one component per species.
+        params: Model coefficients.
+    """
+
+    def __init__(self, V: fem.FunctionSpace, params: ModelParams):
+        self.params = params
+        self.n = params.n
+        if V.dofmap.index_map_bs != self.n:
+            raise ValueError(f"space has block size {V.dofmap.index_map_bs}, need {self.n}")
+        self.I, self.J, self.W = p1_edge_weights(V)
+        self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
+        comm = V.mesh.comm
+        tol = 1e-14 * np.abs(self.W).max(initial=1.0)
+        #: Edges with w_ij < 0 (non-Delaunay): the positivity guarantee does not cover them.
+        self.negative_weights = comm.allreduce(int(np.count_nonzero(self.W < -tol)))
+        self.a = np.asarray(params.a)
+        self.b = np.asarray(params.b)
+        self._build_pattern()
+
+    def _build_pattern(self):
+        # Block-CSR pattern of the four blocks (ii, ij, ji, jj) of every edge, built once;
+        # each Jacobian is then a few bincounts into a fixed data array.
+        I, J, nloc = self.I.astype(np.int64), self.J.astype(np.int64), self.nloc
+        rows = np.concatenate([I, I, J, J])
+        cols = np.concatenate([I, J, I, J])
+        keys, inv = np.unique(rows * nloc + cols, return_inverse=True)
+        self._pos = inv
+        brow = keys // nloc
+        self._indptr = np.zeros(nloc + 1, dtype=PETSc.IntType)
+        np.cumsum(np.bincount(brow, minlength=nloc), out=self._indptr[1:])
+        self._indices = (keys % nloc).astype(PETSc.IntType)
+        self._nnzb = keys.size
+
+    def _edge_terms(self, rho: np.ndarray, potential: np.ndarray | None):
+        """Edge fluxes ``G`` (E, n) and, if wanted, derivatives w.r.t. ``rho_i`` and ``rho_j``."""
+        p = self.params
+        ri, rj = rho[self.I], rho[self.J]
+        Si = np.maximum(ri @ self.a, 0.0)
+        Sj = np.maximum(rj @ self.a, 0.0)
+        if potential is None:
+            Pi, Pj = Si ** (p.m - 1), Sj ** (p.m - 1)
+        else:
+            Pi, Pj = potential[self.I], potential[self.J]
+        up_i = Pi >= Pj
+        r_up = np.where(up_i[:, None], ri, rj)
+        S_up = np.where(up_i, Si, Sj)
+        safe = S_up > 1e-300
+        inv_S = np.where(safe, 1.0 / np.where(safe, S_up, 1.0), 0.0)
+        c = r_up * inv_S[:, None]  # fractions c_k at the upstream node
+        dP = Pi - Pj
+        Sm = 0.5 * (Si + Sj)
+        F = Sm * dP
+        w = self.W
+        G = (self.b * c) * (w * F)[:, None] + p.sigma * w[:, None] * (ri - rj)
+        return G, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP)
+
+    def residual(self, rho: np.ndarray, potential: np.ndarray | None = None) -> np.ndarray:
+        """Edge part of the residual on local (owned + ghost) nodes, shape ``(nloc, n)``.
+
+        Args:
+            rho: Local nodal values, shape ``(nloc, n)``.
+            potential: Nodal driving potential; ``None`` means the local pressure
+                ``P = S^(m-1)`` (the nonlocal model passes its mollified ``g``).
+        """
+        G, _ = self._edge_terms(rho, potential)
+        R = np.empty((self.nloc, self.n))
+        for k in range(self.n):
+            R[:, k] = np.bincount(self.I, G[:, k], self.nloc)
+            R[:, k] -= np.bincount(self.J, G[:, k], self.nloc)
+        return R
+
+    def jacobian_blocks(self, rho: np.ndarray, potential: np.ndarray | None = None) -> np.ndarray:
+        """Block-CSR values ``(nnzb, n, n)`` of the edge part of the Jacobian.
+
+        With a given ``potential`` the potential is treated as frozen (linearly implicit use).
+        """
+        p, n, a, w = self.params, self.n, self.a, self.W
+        _, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP) = self._edge_terms(rho, potential)
+        # dF/drho_i, dF/drho_j  (E, n)
+        dF_i = 0.5 * dP[:, None] * a[None, :]
+        dF_j = dF_i.copy()
+        if potential is None:
+            m = p.m
+            dPi = (m - 1) * np.where(Si > 0, Si, 0.0) ** (m - 2) if m != 2 else np.ones_like(Si)
+            dPj = (m - 1) * np.where(Sj > 0, Sj, 0.0) ** (m - 2) if m != 2 else np.ones_like(Sj)
+            dF_i += (Sm * dPi)[:, None] * a[None, :]
+            dF_j -= (Sm * dPj)[:, None] * a[None, :]
+        # dc_k/drho_l at the upstream node: delta_kl / S - c_k a_l / S
+        dc = (np.eye(n)[None, :, :] - c[:, :, None] * a[None, None, :]) * inv_S[:, None, None]
+        bw = (self.b[None, :, None] * w[:, None, None])
+        Ji = bw * (c[:, :, None] * dF_i[:, None, :])
+        Jj = bw * (c[:, :, None] * dF_j[:, None, :])
+        up = bw * dc * F[:, None, None]
+        Ji += np.where(up_i[:, None, None], up, 0.0)
+        Jj += np.where(up_i[:, None, None], 0.0, up)
+        if p.sigma > 0:
+            eye = p.sigma * w[:, None, None] * np.eye(n)[None]
+            Ji += eye
+            Jj -= eye
+        vals = np.concatenate([Ji, Jj, -Ji, -Jj])
+        data = np.empty((self._nnzb, n, n))
+        for k in range(n):
+            for l in range(n):
+                data[:, k, l] = np.bincount(self._pos, vals[:, k, l], self._nnzb)
+        return data
+
+    def add_jacobian(self, A: PETSc.Mat, rho: np.ndarray, potential: np.ndarray | None = None):
+        """Add the edge Jacobian into ``A`` (not final-assembled: the caller assembles)."""
+        data = self.jacobian_blocks(rho, potential)
+        A.setValuesBlockedLocalCSR(self._indptr, self._indices, data.reshape(-1),
+                                   addv=PETSc.InsertMode.ADD_VALUES)

@@ -1,0 +1,305 @@
+"""DOLFINx bridge: reflecting walls at the boundary of any mesh, sampling from FE densities.
+
+The only module of :mod:`particles` that needs DOLFINx (through :mod:`fem_crossdiff.compat`).
+
+Reflection (:class:`MeshDomain`): the exterior facets of the (affine simplex) mesh are gathered
+on every rank at construction, so that reflections need no communication and do not depend on
+the partition. After a step ``p -> q``, particles that left the mesh are located: a particle
+in a local cell (``bb_tree``, ``compute_collisions_points``, ``compute_colliding_cells``) is
+inside; the others are classified by the parity of the crossings of a fixed ray with the
+boundary facets (``determine_point_ownership`` is not used: it assigns points outside the mesh
+to a nearby cell). For those outside, the first boundary facet crossed by the segment ``p -> q`` is
+found (smallest segment parameter over all facets whose plane is crossed outward, with the hit
+inside the facet), ``q`` is reflected across the facet plane and the crossing point becomes the
+new ``p``; this repeats (corners may need several reflections) until every particle is inside.
+As a last resort (no crossing found because of rounding, or too many reflections) the particle
+is put at the nearest boundary point, moved ``1e-6`` of the way to the centroid of the adjacent
+cell, which is strictly inside.
+
+Sampling (:class:`FEDensitySampler`): from a DG0 or P1 function ``u >= 0``: the cell data are
+gathered on every rank in the order of the original (input) cell indices, so the samples do not
+depend on the partition; cells are chosen by their mass, points are uniform in the simplex
+(sorted uniforms give uniform barycentric coordinates), and for P1 a point is accepted with
+probability ``u(point) / max(vertex values)`` (redrawn in the same cell otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fem_crossdiff.compat import MPI, geometry, mesh
+
+from .sampling import check_density_values
+
+__all__ = ["MeshDomain", "FEDensitySampler"]
+
+
+def _gather_rows(comm, arr: np.ndarray) -> np.ndarray:
+    parts = comm.allgather(np.ascontiguousarray(arr))
+    return np.concatenate(parts, axis=0)
+
+
+def _cell_vertices(msh, cells: np.ndarray) -> np.ndarray:
+    gdim = msh.geometry.dim
+    dofs = msh.geometry.dofmaps[0][cells]
+    return msh.geometry.x[dofs][..., :gdim]
+
+
+class MeshDomain:
+    """A DOLFINx mesh as a particle domain with specularly reflecting boundary.
+
+    Args:
+        msh: an affine simplex mesh (intervals, triangles, tetrahedra) with ``gdim == tdim``.
+        max_reflections: reflections per step before the projection fallback.
+    """
+
+    def __init__(self, msh, max_reflections: int = 20):
+        tdim, gdim = msh.topology.dim, msh.geometry.dim
+        if tdim != gdim:
+            raise ValueError(f"msh: need gdim == tdim, got gdim={gdim}, tdim={tdim}")
+        self.msh, self.dim, self.max_reflections = msh, gdim, int(max_reflections)
+        comm = msh.comm
+        msh.topology.create_connectivity(tdim - 1, tdim)
+        facets = mesh.exterior_facet_indices(msh.topology)
+        facets = facets[facets < msh.topology.index_map(tdim - 1).size_local]
+        fgeo = mesh.entities_to_geometry(msh, tdim - 1, facets.astype(np.int32))
+        fv = msh.geometry.x[fgeo][..., :gdim].reshape(len(facets), tdim, gdim)
+        f2c = msh.topology.connectivity(tdim - 1, tdim)
+        cells = np.array([f2c.links(f)[0] for f in facets], dtype=np.int32)
+        cent = (_cell_vertices(msh, cells).mean(axis=1) if len(cells)
+                else np.zeros((0, gdim)))
+        fv, cent = _gather_rows(comm, fv), _gather_rows(comm, cent)
+        order = np.lexsort(fv.mean(axis=1).T[::-1])
+        self.fv, self.cell_centroid = fv[order], cent[order]
+        self.normal = self._outward_normals()
+        ncell = msh.topology.index_map(tdim).size_local
+        vols = self._local_sizes(msh, ncell)
+        hmin = comm.allreduce(float(vols.min()) if vols.size else np.inf, op=MPI.MIN)
+        self.hmin = hmin
+        self._tree = geometry.bb_tree(msh, tdim)
+        xg = msh.geometry.x[:, :gdim]
+        lo, hi = np.empty(gdim), np.empty(gdim)
+        comm.Allreduce(np.ascontiguousarray(xg.min(axis=0)), lo, op=MPI.MIN)
+        comm.Allreduce(np.ascontiguousarray(xg.max(axis=0)), hi, op=MPI.MAX)
+        self._bounds = (lo, hi)
+
+    @staticmethod
+    def _local_sizes(msh, ncell):
+        if ncell == 0:
+            return np.zeros(0)
+        v = _cell_vertices(msh, np.arange(ncell, dtype=np.int32))
+        return np.linalg.norm(v[:, 1] - v[:, 0], axis=-1)
+
+    def _outward_normals(self) -> np.ndarray:
+        fv, d = self.fv, self.dim
+        if d == 1:
+            n = np.ones((fv.shape[0], 1))
+        elif d == 2:
+            t = fv[:, 1] - fv[:, 0]
+            n = np.stack([t[:, 1], -t[:, 0]], axis=-1)
+        else:
+            n = np.cross(fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0])
+        n /= np.linalg.norm(n, axis=-1, keepdims=True)
+        inward = np.einsum("ij,ij->i", self.cell_centroid - fv[:, 0], n) > 0
+        n[inward] *= -1.0
+        return n
+
+    def __repr__(self):
+        return f"MeshDomain(dim={self.dim}, boundary_facets={self.fv.shape[0]})"
+
+    def bounds(self):
+        """Bounding box ``(lo, hi)`` of the mesh."""
+        return self._bounds
+
+    def contains(self, x: np.ndarray, comm=None) -> np.ndarray:
+        """Mask of the points inside the mesh (not collective: the same answer on any rank).
+
+        Points in a local cell (``bb_tree`` + ``compute_colliding_cells``, exact up to the GJK
+        tolerance) are inside; the others (outside, or in another rank's cells) are classified
+        by the parity of the crossings of a fixed ray with the gathered boundary facets.
+        """
+        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
+        inside = np.zeros(x.shape[0], dtype=bool)
+        if x.shape[0]:
+            pts = np.zeros((x.shape[0], 3))
+            pts[:, :self.dim] = x
+            cand = geometry.compute_collisions_points(self._tree, pts)
+            cells = geometry.compute_colliding_cells(self.msh, cand, pts)
+            inside = np.diff(np.asarray(cells.offsets)) > 0
+        rest = np.flatnonzero(~inside)
+        if rest.size:
+            inside[rest] = self._ray_parity(x[rest])
+        return inside
+
+    def _ray_parity(self, x: np.ndarray) -> np.ndarray:
+        """Odd number of boundary crossings of the ray ``x + t r``, ``t > 0`` (``r`` generic)."""
+        fv, d = self.fv, self.dim
+        if d == 1:
+            lo, hi = self._bounds
+            return (x[:, 0] >= lo[0]) & (x[:, 0] <= hi[0])
+        out = np.zeros(x.shape[0], dtype=bool)
+        step = max(1, 2_000_000 // max(1, fv.shape[0]))
+        if d == 2:
+            r = np.array([math.cos(0.5), math.sin(0.5)])
+            a, e = fv[:, 0], fv[:, 1] - fv[:, 0]
+            den = r[0] * e[:, 1] - r[1] * e[:, 0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                for i0 in range(0, x.shape[0], step):
+                    w = a[None] - x[i0:i0 + step, None, :]
+                    t = (w[..., 0] * e[:, 1] - w[..., 1] * e[:, 0]) / den
+                    s = (w[..., 0] * r[1] - w[..., 1] * r[0]) / den
+                    hit = (t > 0) & (s >= 0) & (s < 1)
+                    out[i0:i0 + step] = np.count_nonzero(hit, axis=1) % 2 == 1
+            return out
+        r = np.array([0.5, 0.3 * math.sqrt(2.0), 0.1 * math.sqrt(3.0)])
+        v0, e1, e2 = fv[:, 0], fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0]
+        h = np.cross(r, e2)
+        a = np.einsum("fd,fd->f", e1, h)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = 1.0 / a
+            for i0 in range(0, x.shape[0], step):
+                sv = x[i0:i0 + step, None, :] - v0[None]
+                u = f * np.einsum("pfd,fd->pf", sv, h)
+                q = np.cross(sv, e1[None])
+                v = f * (q @ r)
+                t = f * np.einsum("pfd,fd->pf", q, e2)
+                hit = (u >= 0) & (v >= 0) & (u + v <= 1) & (t > 0)
+                out[i0:i0 + step] = np.count_nonzero(hit, axis=1) % 2 == 1
+        return out
+
+    def _facet_params(self, y: np.ndarray) -> np.ndarray:
+        """Coordinates ``(P, F, d-1)`` of points ``y (P, F, d)`` in the facets' edge frames."""
+        e = self.fv[:, 1:] - self.fv[:, :1]  # (F, d-1, d)
+        gram = np.einsum("fad,fbd->fab", e, e)
+        rhs = np.einsum("fad,pfd->pfa", e, y - self.fv[None, :, 0])
+        return np.einsum("fab,pfb->pfa", np.linalg.inv(gram), rhs)
+
+    def _first_crossing(self, p: np.ndarray, q: np.ndarray):
+        """Index of the first facet crossed outward by ``p -> q`` and the hit; -1 if none."""
+        fidx = np.full(p.shape[0], -1)
+        hit = np.zeros_like(p)
+        if p.shape[0] == 0 or self.fv.shape[0] == 0:
+            return fidx, hit
+        tol = 1e-10
+        n, v0 = self.normal, self.fv[:, 0]
+        for i0 in range(0, p.shape[0], 256):
+            pp, qq = p[i0:i0 + 256], q[i0:i0 + 256]
+            dn = (qq - pp) @ n.T  # (P, F)
+            num = np.einsum("fd,fd->f", v0, n)[None, :] - pp @ n.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = np.where(dn > 0, num / dn, np.inf)
+            ok = (t >= -tol) & (t <= 1.0 + tol)
+            y = pp[:, None, :] + np.clip(t, 0.0, 1.0)[..., None] * (qq - pp)[:, None, :]
+            if self.dim > 1:
+                s = self._facet_params(y)
+                ok &= np.all(s >= -tol, axis=-1) & (s.sum(axis=-1) <= 1.0 + tol)
+            t = np.where(ok, t, np.inf)
+            j = np.argmin(t, axis=1)
+            found = np.isfinite(t[np.arange(j.size), j])
+            fidx[i0:i0 + 256] = np.where(found, j, -1)
+            hit[i0:i0 + 256] = y[np.arange(j.size), j]
+        return fidx, hit
+
+    def _project_inside(self, q: np.ndarray) -> np.ndarray:
+        """Nearest boundary point, moved slightly towards the adjacent cell's centroid."""
+        if q.shape[0] == 0:
+            return q
+        v0 = self.fv[:, 0]
+        y = q[:, None, :] - np.einsum("pfd,fd->pf", q[:, None, :] - v0[None], self.normal)[
+            ..., None] * self.normal[None]
+        if self.dim > 1:
+            s = np.clip(self._facet_params(y), 0.0, None)
+            tot = s.sum(axis=-1, keepdims=True)
+            s = np.where(tot > 1.0, s / np.maximum(tot, 1e-300), s)
+            e = self.fv[:, 1:] - self.fv[:, :1]
+            y = v0[None] + np.einsum("pfa,fad->pfd", s, e)
+        dist = np.linalg.norm(q[:, None, :] - y, axis=-1)
+        j = np.argmin(dist, axis=1)
+        yb = y[np.arange(j.size), j]
+        return yb + 1e-6 * (self.cell_centroid[j] - yb)
+
+    def reflect(self, x_old: np.ndarray, x_new: np.ndarray, comm=None) -> np.ndarray:
+        """Reflect the steps ``x_old -> x_new`` at the mesh boundary (not collective)."""
+        p = np.array(x_old, dtype=float).reshape(-1, self.dim)
+        q = np.array(x_new, dtype=float).reshape(-1, self.dim)
+        for _ in range(self.max_reflections):
+            out = np.flatnonzero(~self.contains(q))
+            if out.size == 0:
+                return q
+            j, y = self._first_crossing(p[out], q[out])
+            found = j >= 0
+            o, jf, yf = out[found], j[found], y[found]
+            nrm = self.normal[jf]
+            q[o] = q[o] - 2.0 * np.einsum("pd,pd->p", q[o] - yf, nrm)[:, None] * nrm
+            p[o] = yf
+            lost = out[~found]
+            q[lost] = self._project_inside(q[lost])
+        out = np.flatnonzero(~self.contains(q))
+        q[out] = self._project_inside(q[out])
+        return q
+
+
+class FEDensitySampler:
+    """Sampler ``(rng, count) -> (count, d)`` from a DG0 or P1 density ``u >= 0`` on a mesh.
+
+    Args:
+        u: a scalar ``fem.Function`` in a DG0 or (continuous or discontinuous) P1 space.
+
+    Raises:
+        ValueError: for other spaces, negative or non-finite values, or zero mass (``density``).
+    """
+
+    def __init__(self, u):
+        V = u.function_space
+        msh = V.mesh
+        tdim, gdim = msh.topology.dim, msh.geometry.dim
+        degree = V.element.basix_element.degree
+        if degree not in (0, 1) or (V.dofmap.index_map_bs != 1):
+            raise ValueError(f"density: need a scalar DG0 or P1 function, got degree {degree}")
+        u.x.scatter_forward()
+        ncell = msh.topology.index_map(tdim).size_local
+        cells = np.arange(ncell, dtype=np.int32)
+        verts = _cell_vertices(msh, cells).reshape(ncell, tdim + 1, gdim)
+        dofs = V.dofmap.list[:ncell]
+        vals = u.x.array[dofs].reshape(ncell, -1).astype(float)
+        orig = np.asarray(msh.topology.original_cell_index[:ncell], dtype=np.int64)
+        comm = msh.comm
+        verts, vals, orig = (_gather_rows(comm, verts), _gather_rows(comm, vals),
+                             _gather_rows(comm, orig))
+        order = np.argsort(orig, kind="stable")
+        self.verts, self.vals = verts[order], check_density_values(vals[order])
+        e = self.verts[:, 1:] - self.verts[:, :1]
+        vol = np.abs(np.linalg.det(e)) / math.factorial(tdim) if tdim > 1 else np.abs(e[:, 0, 0])
+        self.cell_mass = vol * self.vals.mean(axis=1)
+        self._cdf = np.cumsum(self.cell_mass)
+        self.mass = float(self._cdf[-1])
+        if not self.mass > 0:
+            raise ValueError("density has zero mass")
+        self.dim = gdim
+
+    def _uniform_in(self, rng, cells):
+        d = self.verts.shape[1] - 1
+        e = np.sort(rng.random((cells.size, d)), axis=1)
+        lam = np.diff(np.concatenate([np.zeros((cells.size, 1)), e, np.ones((cells.size, 1))],
+                                     axis=1), axis=1)
+        return lam, np.einsum("pv,pvd->pd", lam, self.verts[cells])
+
+    def __call__(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """``count`` samples, shape ``(count, d)``."""
+        cells = np.searchsorted(self._cdf, rng.random(count) * self.mass, side="right")
+        cells = np.minimum(cells, self._cdf.size - 1)
+        lam, x = self._uniform_in(rng, cells)
+        if self.vals.shape[1] == 1:
+            return x
+        todo = np.arange(count)
+        vmax = self.vals.max(axis=1)
+        while todo.size:
+            c = cells[todo]
+            f = np.einsum("pv,pv->p", lam, self.vals[c])
+            rej = rng.random(todo.size) * vmax[c] >= f
+            todo = todo[rej]
+            if todo.size:
+                lam, x[todo] = self._uniform_in(rng, cells[todo])
+        return x

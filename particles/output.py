@@ -1,0 +1,98 @@
+"""Output: particle positions every ``k`` steps (npz, optionally CSV points) and diagnostics CSV.
+
+Rank 0 writes, after gathering the positions in global index order; the diagnostics (time,
+per-species mean and second moment ``E|X|^2``) are reduced over ranks every step. Files:
+``positions_<step>.npz`` (arrays ``positions (n, N, d)``, ``time``, ``step``), optionally
+``points_<step>.csv`` (columns ``x, y, z, species``: ParaView's CSV reader plus "Table To
+Points"), and ``diagnostics.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .state import ParticleState, gather_positions
+
+__all__ = ["ParticleWriter", "moments"]
+
+
+def moments(state: ParticleState, comm=None) -> tuple[np.ndarray, np.ndarray]:
+    """Global per-species mean ``(n, d)`` and second moment ``E|X|^2`` ``(n,)`` (collective)."""
+    x = state.positions
+    loc = np.concatenate([x.sum(axis=1), np.sum(x * x, axis=(1, 2))[:, None]], axis=1)
+    if comm is not None and comm.size > 1:
+        from mpi4py import MPI
+
+        tot = np.empty_like(loc)
+        comm.Allreduce(loc, tot, op=MPI.SUM)
+        loc = tot
+    loc = loc / state.n_total
+    return loc[:, :-1], loc[:, -1]
+
+
+class ParticleWriter:
+    """Collective writer; use as a context manager or call :meth:`close`.
+
+    Args:
+        directory: output folder (created by rank 0); must be the same path on every rank.
+        every: write positions every ``every`` steps (diagnostics every step).
+        comm: MPI communicator (``None``: serial).
+        csv_points: also write ``points_<step>.csv``.
+    """
+
+    def __init__(self, directory, every: int = 1, comm=None, csv_points: bool = False):
+        if int(every) < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        self.dir, self.every, self.comm = Path(directory), int(every), comm
+        self.csv_points = csv_points
+        self.rank = 0 if comm is None else comm.rank
+        self._file = None
+        self._csv = None
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, state: ParticleState) -> None:
+        """Record the diagnostics of ``state``, and its positions on output steps."""
+        mean, second = moments(state, self.comm)
+        if self.rank == 0:
+            if self._csv is None:
+                self._file = open(self.dir / "diagnostics.csv", "w", newline="")  # noqa: SIM115
+                self._csv = csv.writer(self._file)
+                n, d = mean.shape
+                head = ["step", "time"]
+                for k in range(n):
+                    head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
+                self._csv.writerow(head)
+            row = [state.step_index, repr(state.time)]
+            for k in range(mean.shape[0]):
+                row += [repr(float(v)) for v in mean[k]] + [repr(float(second[k]))]
+            self._csv.writerow(row)
+            self._file.flush()
+        if state.step_index % self.every == 0:
+            pos = gather_positions(state, self.comm, root=0)
+            if self.rank == 0:
+                tag = f"{state.step_index:06d}"
+                np.savez(self.dir / f"positions_{tag}.npz", positions=pos, time=state.time,
+                         step=state.step_index)
+                if self.csv_points:
+                    n, npart, d = pos.shape
+                    pts = np.zeros((n * npart, 4))
+                    pts[:, :d] = pos.reshape(-1, d)
+                    pts[:, 3] = np.repeat(np.arange(n), npart)
+                    np.savetxt(self.dir / f"points_{tag}.csv", pts, delimiter=",",
+                               header="x,y,z,species", comments="")
+
+    def close(self) -> None:
+        """Close the diagnostics file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
