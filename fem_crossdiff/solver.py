@@ -30,17 +30,23 @@ from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.upwind import UpwindFlux
 
 SCHEMES = ("upwind", "galerkin")
-LINEAR_SOLVERS = ("iterative", "direct")
+LINEAR_SOLVERS = ("auto", "iterative", "direct")
 _ids = itertools.count()
 
 
 def petsc_defaults(linear_solver: str = "iterative") -> dict:
-    """Newton and Krylov defaults: GMRES + GAMG (scalable, no hypre needed) or MUMPS LU."""
-    if linear_solver not in LINEAR_SOLVERS:
+    """Newton and Krylov defaults: GMRES + GAMG (scalable, no hypre needed) or MUMPS LU.
+
+    GMRES is right-preconditioned so that its tolerance bounds the true linear residual: Newton
+    steps are then accurate and the step-size test ``snes_stol`` (needed to stop at the
+    round-off floor when very large steps make the absolute tolerance unreachable) cannot
+    report convergence for an inexact step.
+    """
+    if linear_solver not in LINEAR_SOLVERS[1:]:
         raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}")
     opts = {
         "snes_type": "newtonls",
-        "snes_linesearch_type": "basic",
+        "snes_linesearch_type": "bt",
         "snes_rtol": 1e-10,
         "snes_stol": 1e-12,
         "snes_max_it": 30,
@@ -49,7 +55,8 @@ def petsc_defaults(linear_solver: str = "iterative") -> dict:
         opts.update({"ksp_type": "preonly", "pc_type": "lu",
                      "pc_factor_mat_solver_type": "mumps"})
     else:
-        opts.update({"ksp_type": "gmres", "ksp_rtol": 1e-10, "ksp_atol": 1e-15,
+        opts.update({"ksp_type": "gmres", "ksp_pc_side": "right", "ksp_rtol": 1e-10,
+                     "ksp_atol": 1e-15,
                      "ksp_max_it": 500, "ksp_gmres_restart": 100, "pc_type": "gamg"})
     return opts
 
@@ -86,20 +93,25 @@ class CrossDiffusionSolver:
         params: Model coefficients.
         degree: Lagrange degree (1 or 2; the upwind scheme needs 1).
         scheme: ``"upwind"`` (positivity preserving, P1 simplices) or ``"galerkin"``.
-        linear_solver: ``"iterative"`` (GMRES + GAMG) or ``"direct"`` (MUMPS).
+        linear_solver: ``"iterative"`` (GMRES + GAMG), ``"direct"`` (MUMPS) or ``"auto"``
+            (direct on intervals, where it is optimal and AMG is weak; iterative otherwise).
         petsc_options: Extra PETSc options, overriding the defaults.
         source: Optional ``source(x, t) -> [f_1, ..., f_n]`` of UFL expressions (for
             manufactured solutions; ``t`` is a ``fem.Constant`` holding the new time).
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
             (``None`` disables the check).
-        potential: Optional callable ``potential(rho_local) -> nodal array`` replacing the local
-            pressure in the upwind fluxes (used by the nonlocal model).
+        potential: Optional callable ``potential(rho_local) -> nodal array`` (owned + ghost
+            values) of a driving potential, evaluated once per step at the previous state: the
+            species are then transported by plain upwind fluxes ``b_k rho_k grad potential``
+            (a linear Fokker-Planck step) instead of the local pressure.
+        nonlocal_params: Solve the nonlocal model (1.5) instead of (1.1), see
+            :mod:`fem_crossdiff.nonlocal_`.
     """
 
     def __init__(self, msh, params: ModelParams, degree: int = 1, scheme: str = "upwind",
-                 linear_solver: str = "iterative", petsc_options: dict | None = None,
+                 linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
-                 potential: Callable | None = None):
+                 potential: Callable | None = None, nonlocal_params=None):
         if not isinstance(params, ModelParams):
             raise TypeError("params must be a ModelParams")
         if scheme not in SCHEMES:
@@ -108,6 +120,10 @@ class CrossDiffusionSolver:
             raise ValueError(f"degree must be 1 or 2, got {degree!r}")
         if scheme == "upwind" and degree != 1:
             raise ValueError("scheme='upwind' needs degree=1 (use scheme='galerkin' for P2)")
+        if (potential is not None or nonlocal_params is not None) and scheme != "upwind":
+            raise ValueError("a potential or the nonlocal model needs scheme='upwind'")
+        if potential is not None and nonlocal_params is not None:
+            raise ValueError("give either potential or nonlocal_params, not both")
         self.msh, self.params, self.degree, self.scheme = msh, params, degree, scheme
         self.comm = msh.comm
         n = params.n
@@ -128,23 +144,46 @@ class CrossDiffusionSolver:
         self.t_const = fem.Constant(msh, PETSc.ScalarType(0.0))
         self._dt_prev: float | None = None  # None: the next step is a start-up (IE) step
         self.positivity_tol = positivity_tol
+        self.nonlocal_params = nonlocal_params
+        self.nonlocal_model = None
+        self._energy_guard = (nonlocal_params is not None
+                              and nonlocal_params.coupling == "linear")
         self.potential = potential
+        # "frozen": potential from the previous state, once per step; "implicit": every call
+        self._potential_mode = None if potential is None else "frozen"
         v = ufl.TestFunction(self.V)
         x = ufl.SpatialCoordinate(msh)
         src = None if source is None else source(x, self.t_const)
         if src is not None and len(src) != n:
             raise ValueError(f"source must return {n} expressions, got {len(src)}")
         self.lumped = scheme == "upwind"
+        if nonlocal_params is not None:
+            from fem_crossdiff.nonlocal_ import NonlocalPotential
+
+            self.nonlocal_model = NonlocalPotential(self.V0, params, nonlocal_params)
+            self.potential = self.nonlocal_model
+            self._potential_mode = ("implicit" if nonlocal_params.coupling == "implicit"
+                                    else "frozen")
         if scheme == "upwind":
             F = forms.lumped_time_residual(self.rho, self.history, self.c, v, n, src)
-            self.flux = UpwindFlux(self.V, params)
-            if self.flux.negative_weights:
+            if self.potential is None:
+                self.flux = UpwindFlux(self.V, params)
+            else:
+                from fem_crossdiff.nonlocal_ import PotentialFlux
+
+                self.flux = PotentialFlux(self.V, params)
+            W = self.flux.W
+            neg = self.comm.allreduce(
+                int(np.count_nonzero(W < -1e-14 * np.abs(W).max(initial=1.0))), op=MPI.SUM)
+            if neg:
                 get_logger(self.comm).warning(
                     "mesh has %d edges with negative stiffness weight (not Delaunay): "
-                    "positivity is not guaranteed there", self.flux.negative_weights)
+                    "positivity is not guaranteed there", neg)
         else:
             F = forms.galerkin_residual(self.rho, self.history, self.c, params, v, src)
             self.flux = None
+        if linear_solver == "auto":
+            linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
         opts = petsc_defaults(linear_solver)
         opts.update(petsc_options or {})
         self._auto_atol = "snes_atol" not in opts
@@ -185,24 +224,50 @@ class CrossDiffusionSolver:
                 bl.array_w[:] += flux.residual(rho, self._current_potential(rho)).reshape(-1)
             b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
 
-        def jacobian(snes, x, A, P):
+        def jacobian(snes, x, J, P):
             dolfinx.la.petsc._ghost_update(x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
             fem.petsc.assign(x, u)
+            A = problem.A  # the assembled (frozen-potential) Jacobian; P for a shell J
             A.zeroEntries()
             fem.petsc.assemble_matrix(A, problem.J)
             rho = u.x.array.reshape(-1, n)
-            flux.add_jacobian(A, rho, self._current_potential(rho))
+            pot = self._current_potential(rho)
+            flux.add_jacobian(A, rho, pot)
             A.assemble()
+            if self._potential_mode == "implicit":
+                self._shell_ctx.update(rho, pot)
+                J.assemble()
 
         problem.solver.setFunction(residual, problem.b)
-        problem.solver.setJacobian(jacobian, problem.A, problem.P_mat)
+        if self._potential_mode == "implicit":
+            from fem_crossdiff.nonlocal_ import NonlocalJacobian
+
+            self._shell_ctx = NonlocalJacobian(problem.A, flux, self.nonlocal_model, self.V)
+            shell = PETSc.Mat().createPython(problem.A.getSizes(), self._shell_ctx,
+                                             comm=self.comm)
+            shell.setUp()
+            self._shell = shell
+            problem.solver.setJacobian(jacobian, shell, problem.A)
+        else:
+            problem.solver.setJacobian(jacobian, problem.A, problem.P_mat)
 
     def _current_potential(self, rho):
-        if self.potential is None:
+        if self._potential_mode is None:
             return None
+        if self._potential_mode == "implicit":
+            return self.potential(rho)
         if self._frozen_potential is None:
             self._frozen_potential = self.potential(rho)
         return self._frozen_potential
+
+    def potential_field(self) -> fem.Function:
+        """``g^eps`` of the current state as a P1 function (nonlocal model only)."""
+        if self.nonlocal_model is None:
+            raise ValueError("potential_field needs the nonlocal model (nonlocal_params)")
+        self.nonlocal_model(self.rho.x.array.reshape(-1, self.params.n))
+        g = fem.Function(self.V0, name="g")
+        g.x.array[:] = self.nonlocal_model.g.x.array
+        return g
 
     def _monitor(self, snes, it, norm):
         if it > 0:
@@ -260,7 +325,9 @@ class CrossDiffusionSolver:
                          for f in self._mass_forms])
 
     def energy(self) -> float:
-        """The energy ``A`` of (1.3) (its first term only if ``sigma = 0``)."""
+        """The energy ``A`` of (1.3), or ``A_eps`` of (1.4) for the nonlocal model."""
+        if self.nonlocal_model is not None:
+            return self.nonlocal_model.energy(self.rho.x.array.reshape(-1, self.params.n))
         return self.comm.allreduce(fem.assemble_scalar(self._energy_form), op=MPI.SUM)
 
     def extrema(self) -> tuple[np.ndarray, np.ndarray]:
@@ -301,6 +368,8 @@ class CrossDiffusionSolver:
             self.snes.setTolerances(atol=max(self.mass_tol * scale / dt, 1e-300))
         self._ksp_its = 0
         self._frozen_potential = None
+        if self._energy_guard:
+            self._energy_prev = self.energy()
         self.rho.x.array[:] = self.history[0].x.array  # initial guess: the previous state
         try:
             self.problem.solve()
@@ -312,6 +381,12 @@ class CrossDiffusionSolver:
         its = self.snes.getIterationNumber()
         ok = reason > 0 and self.comm.allreduce(
             bool(np.all(np.isfinite(self.rho.x.array))), op=MPI.LAND)
+        if ok and self._energy_guard:
+            # the lagged potential of the linear nonlocal coupling is only conditionally
+            # stable: an energy increase is the symptom, so such a step is retried smaller
+            e_new = self.energy()
+            if e_new > self._energy_prev + 1e-12 * abs(self._energy_prev):
+                ok, msg = False, f"energy increased ({self._energy_prev:.6e} -> {e_new:.6e})"
         if ok and self.positivity_tol is not None:
             mn, mx = self.extrema()
             if np.any(mn < -self.positivity_tol * np.maximum(mx, 1e-300)):
