@@ -185,6 +185,11 @@ class CrossDiffusionSolver:
         if linear_solver == "auto":
             linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
         opts = petsc_defaults(linear_solver)
+        if nonlocal_params is not None and nonlocal_params.coupling == "implicit" and \
+                opts["ksp_type"] == "preonly":
+            # the Jacobian is a matrix-free shell and the factorised matrix only its
+            # preconditioner: a Krylov method must apply the shell
+            opts.update({"ksp_type": "gmres", "ksp_pc_side": "right", "ksp_rtol": 1e-10})
         opts.update(petsc_options or {})
         self._auto_atol = "snes_atol" not in opts
         self.mass_tol = 1e-13
