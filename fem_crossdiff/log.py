@@ -8,13 +8,14 @@ import sys
 _LOGGER_NAME = "fem_crossdiff"
 
 
-def get_logger(comm=None, level: int | str = logging.INFO) -> logging.Logger:
+def get_logger(comm=None, level: int | str | None = None) -> logging.Logger:
     """Return the project logger, printing to stderr on rank 0 only.
 
     Args:
         comm: An mpi4py communicator; ``None`` means ``MPI.COMM_WORLD`` if mpi4py imports,
             else serial.
-        level: Logging level on rank 0 (other ranks only report errors).
+        level: Logging level on rank 0 (other ranks only report errors); ``None`` keeps the
+            level already set (INFO the first time).
 
     Returns:
         The configured ``logging.Logger``.
@@ -35,5 +36,10 @@ def get_logger(comm=None, level: int | str = logging.INFO) -> logging.Logger:
         handler.setFormatter(logging.Formatter("[fem-crossdiff] %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-    logger.setLevel(level if rank == 0 else logging.ERROR)
+    if rank != 0:
+        logger.setLevel(logging.ERROR)
+    elif level is not None:
+        logger.setLevel(level)
+    elif logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     return logger

@@ -137,7 +137,7 @@ class CrossDiffusionSolver:
         else:
             subs = [self.V.sub(k).collapse() for k in range(n)]
             self.V0 = subs[0][0]
-            self._sub_dofs = [np.asarray(d, dtype=np.int32) for _, d in subs]
+            self._sub_dofs = [np.asarray(d, dtype=np.int32).ravel() for _, d in subs]
         self.history = [fem.Function(self.V, name="rho_n"), fem.Function(self.V, name="rho_nm1")]
         self.c = [fem.Constant(msh, PETSc.ScalarType(0.0)) for _ in range(3)]
         self.t = 0.0

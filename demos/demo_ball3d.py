@@ -1,0 +1,92 @@
+# # Two species in the unit ball (3D, for MPI)
+#
+# System (1.1) in three dimensions: a Gaussian cloud of species 1 and a ball of species 2
+# with a smoothed edge (volume weights a = (1, 2), mobilities b = (1, 0.5)) spread in the unit
+# ball with no-flux walls. The second moments `int |x|^2 rho_k / int rho_k` measure the
+# spreading; both grow while the masses stay constant. Meant for MPI:
+#
+#     .venv/bin/mpiexec -n 2 .venv/bin/python demos/demo_ball3d.py [OUTDIR]
+#
+# With the `CI` environment variable set, a coarse mesh and a short time are used. Outputs
+# (in `output/ball3d/`): `rho.bp` (VTX, open in ParaView), `diagnostics.csv`, `moments.csv`.
+# No density PNG in 3D; use the VTX file.
+
+# +
+import csv
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import ufl
+
+import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+import meshes
+from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.log import get_logger
+from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.solver import CrossDiffusionSolver
+
+comm = MPI.COMM_WORLD
+log = get_logger(comm)
+short = bool(os.environ.get("CI"))
+outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/ball3d")
+# -
+
+# ## Geometry, model and initial data
+# gmsh tetrahedra are not Delaunay in general, so the upwind scheme's positivity guarantee
+# does not hold on every edge; smooth profiles on a small positive background keep both
+# densities away from zero for a while. The minimum of species 2 nevertheless decays much
+# faster than the continuous equation allows and crosses zero (at t ~ 0.025 for h = 0.12,
+# already at t ~ 0.004 for h = 0.08), an open issue of the scheme on such meshes; the run
+# therefore stops at T = 0.02 on h = 0.12.
+
+geo = meshes.ball(comm, radius=1.0, h=0.3 if short else 0.12)
+params = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)
+T = 0.01 if short else 0.02
+time_params = TimeParams(T=T, dt=2e-3, method="bdf2", adaptive=True, dt_max=0.02, grow=1.2)
+
+
+def cloud(x):
+    return np.exp(-((x[0] + 0.3) ** 2 + x[1] ** 2 + x[2] ** 2) / (2 * 0.2**2)) + 0.02
+
+
+def ball(x):
+    # a ball of radius 0.35 with a smoothed edge (width 0.05)
+    r = np.sqrt((x[0] - 0.35) ** 2 + x[1] ** 2 + x[2] ** 2)
+    return 0.25 * (1.0 - np.tanh((r - 0.35) / 0.05)) + 0.02
+
+
+solver = CrossDiffusionSolver(geo.mesh, params)
+solver.set_initial([cloud, ball])
+
+# ## Second moments over time
+
+x = ufl.SpatialCoordinate(geo.mesh)
+moment_forms = [fem.form(ufl.inner(x, x) * solver.rho[k] * ufl.dx) for k in range(2)]
+
+
+def moments(s):
+    mass = s.masses()
+    return [comm.allreduce(fem.assemble_scalar(f), op=MPI.SUM) / mass[k]
+            for k, f in enumerate(moment_forms)]
+
+
+history = [(0.0, *moments(solver))]
+rows = solver.run(time_params, csv_path=outdir / "diagnostics.csv", vtx_path=outdir / "rho.bp",
+                  output_every=5, callback=lambda s, row: history.append((s.t, *moments(s))))
+if comm.rank == 0:
+    with open(outdir / "moments.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["t", "second_moment_1", "second_moment_2"])
+        w.writerows(history)
+
+# ## What to check
+
+first, last = rows[0], rows[-1]
+drift = max(abs(last[f"mass_{k}"] / first[f"mass_{k}"] - 1) for k in (1, 2))
+log.info("%d ranks, %d dofs per species, %d steps, mass drift %.2e, energy %.5f -> %.5f",
+         comm.size, solver.V0.dofmap.index_map.size_global, len(rows) - 1, drift,
+         first["energy"], last["energy"])
+log.info("second moments %.4f, %.4f -> %.4f, %.4f", *history[0][1:], *history[-1][1:])
+log.info("wrote %s", outdir)
