@@ -1,0 +1,248 @@
+# # Shared set-up of the propagation-of-chaos studies (`demos/study_*.py`)
+#
+# All studies use the same 1D test case on the interval [-0.5, 1.5] with reflecting walls
+# (particles) and no-flux walls (PDE): two species with smooth, compactly supported initial
+# densities (raised-cosine bumps at 0.35 and 0.65), a = (1, 1.5), b = (0.5, 0.25), m = 2,
+# sigma = 0.02, T = 0.05. The walls are far from the mass on purpose: the particle drift sees the
+# pressure beyond a wall (empty space) while the FE model truncates its convolutions at the
+# wall, so near walls the two discretise slightly different models. This module holds the case,
+# the finite-element reference solutions (local (1.1) and nonlocal (1.5), P1 upwind, MUMPS),
+# the particle runs, the distances, the fitted slopes and the output (CSV, log-log PNG, JSON).
+"""Helpers shared by the study scripts ``demos/study_*.py`` (not a study itself)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff.compat import MPI, mesh
+from fem_crossdiff.measures import density_to_weighted_samples
+from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.solver import CrossDiffusionSolver
+from particles import Box, GridDrift, InverseCDF1D, ParticleParams, gather_positions, init_state
+from particles import step as particle_step
+from particles.distances import wasserstein_1d
+
+# Centres and half-width of the initial bumps (support [c - w, c + w], inside [0, 1]).
+CENTRES = (0.35, 0.65)
+HALF_WIDTH = 0.2
+
+
+def bump(c: float, w: float = HALF_WIDTH):
+    """Unit-mass raised-cosine bump ``(1 + cos(pi (x - c) / w)) / (2 w)`` on ``|x - c| < w``."""
+
+    def f(x):
+        x0 = x[0] if np.ndim(x) > 1 else x
+        return np.where(np.abs(x0 - c) < w, 1.0 + np.cos(np.pi * (x0 - c) / w), 0.0) / (2 * w)
+
+    return f
+
+
+@dataclass(frozen=True)
+class Case1D:
+    """The 1D test case of the studies.
+
+    Attributes:
+        a: Volume weights.
+        b: Mobilities.
+        m: Pressure exponent.
+        sigma: Linear diffusion.
+        T: Final time.
+        dt: Time step of particles and PDE (snapshots align).
+        kernel: Mollifier name.
+        lo: Left wall.
+        hi: Right wall.
+    """
+
+    a: tuple = (1.0, 1.5)
+    b: tuple = (0.5, 0.25)
+    m: float = 2.0
+    sigma: float = 0.02
+    T: float = 0.05
+    dt: float = 5e-4
+    kernel: str = "bump"
+    lo: float = -0.5
+    hi: float = 1.5
+
+    def __post_init__(self):
+        if len(self.a) != len(self.b) or len(self.a) > len(CENTRES):
+            raise ValueError(f"a and b need the same length <= {len(CENTRES)}, got {self.a}, "
+                             f"{self.b}")
+        if not (self.T > 0 and self.dt > 0 and self.dt <= self.T):
+            raise ValueError(f"need 0 < dt <= T, got dt={self.dt}, T={self.T}")
+
+    @property
+    def n(self) -> int:
+        """Number of species."""
+        return len(self.a)
+
+    @property
+    def n_steps(self) -> int:
+        """Number of time steps to ``T``."""
+        return int(round(self.T / self.dt))
+
+    def box(self) -> Box:
+        """The particle domain."""
+        return Box((self.lo,), (self.hi,))
+
+    def model(self) -> ModelParams:
+        """The PDE coefficients."""
+        return ModelParams(a=self.a, b=self.b, m=self.m, sigma=self.sigma)
+
+    def initial(self) -> list:
+        """Initial densities (callables of x), one per species."""
+        return [bump(CENTRES[k]) for k in range(self.n)]
+
+    def samplers(self) -> list:
+        """Exact samplers of (the fine piecewise-linear interpolants of) the initial data."""
+        return [InverseCDF1D(lambda x, f=f: f(x), lo=self.lo, hi=self.hi, n_table=16385)
+                for f in self.initial()]
+
+
+def fe_solve(case: Case1D, cells: int, eps: float | None = None, comm=None,
+             snapshots: bool = False, model: ModelParams | None = None, initial=None,
+             msh=None, coupling: str = "linear"):
+    """Solve the local (``eps=None``) or nonlocal model on ``[lo, hi]`` to ``case.T``.
+
+    Args:
+        case: The test case.
+        cells: Number of mesh cells.
+        eps: Mollifier radius of the nonlocal model (1.5); ``None``: the local system (1.1).
+        comm: Communicator (default COMM_WORLD).
+        snapshots: Also return ``[(t, g^eps)]`` at every step (nonlocal only).
+        model: Override the coefficients (default ``case.model()``).
+        initial: Override the initial data.
+        msh: Reuse this mesh (so that solutions can be compared); default: a new one.
+        coupling: Time coupling of the nonlocal potential ("linear": lagged, "implicit").
+
+    Returns:
+        ``(solver, snapshots or None)``.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if msh is None:
+        msh = mesh.create_interval(comm, cells, [case.lo, case.hi])
+    kw = {}
+    if eps is not None:
+        from fem_crossdiff.nonlocal_ import NonlocalParams
+
+        kw["nonlocal_params"] = NonlocalParams(eps=eps, kernel=case.kernel, coupling=coupling)
+    s = CrossDiffusionSolver(msh, model or case.model(), linear_solver="direct", **kw)
+    s.set_initial(initial or case.initial())
+    snaps = [(0.0, s.potential_field())] if snapshots else None
+
+    def keep(solver, row):
+        snaps.append((solver.t, solver.potential_field()))
+
+    s.run(TimeParams(T=case.T, dt=case.dt), progress=False,
+          callback=keep if snapshots else None)
+    return s, snaps
+
+
+def particle_params(case: Case1D, n_particles: int, eps: float, b=None, a=None):
+    """Particle parameters of the case."""
+    return ParticleParams(n_particles=n_particles, a=a or case.a, b=b or case.b,
+                          sigma=case.sigma, m=case.m, eps=eps, kernel=case.kernel)
+
+
+def run_particles(case: Case1D, n_particles: int, eps: float, seed: int, comm=None,
+                  cells_per_eps: float = 16.0):
+    """Run (1.6) with the grid drift to ``case.T``; all positions ``(n, N, 1)`` on every rank."""
+    params = particle_params(case, n_particles, eps)
+    box = case.box()
+    state = init_state(params, case.samplers(), seed, box, comm)
+    drift = GridDrift(cells_per_eps)
+    for _ in range(case.n_steps):
+        state = particle_step(state, case.dt, params, box, drift, comm)
+    return gather_positions(state, comm, root=None)
+
+
+def w1_to_fe(points: np.ndarray, rho) -> float:
+    """``W_1`` between the empirical measure of 1D ``points`` and the FE density ``rho``."""
+    xq, wq = density_to_weighted_samples(rho, gather="all", clip_negative=True)
+    return wasserstein_1d(points.reshape(-1), xq[:, 0], p=1.0, wy=wq)
+
+
+def fit_slope(x, y) -> float:
+    """Least-squares slope of ``log y`` against ``log x``."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def parse_args(argv, name: str, description: str) -> argparse.Namespace:
+    """``outdir`` (default ``output/<name>``) and ``--quick`` (also set by the CI variable)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("outdir", nargs="?", default=f"output/{name}")
+    p.add_argument("--quick", action="store_true", help="small, fast settings (CI)")
+    args = p.parse_args(argv)
+    args.quick = bool(args.quick or os.environ.get("CI"))
+    args.outdir = Path(args.outdir)
+    return args
+
+
+def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,
+                  xlabel: str, title: str, summary: dict) -> None:
+    """Rank 0: CSV table, printed table, log-log PNG with fitted slopes, JSON last line.
+
+    Args:
+        comm: Communicator.
+        outdir: Output folder.
+        name: File stem.
+        rows: Table rows (dicts with the same keys).
+        series: ``{label: (x, y, slope or None)}`` curves of the plot.
+        xlabel: Label of the x axis.
+        title: Plot title.
+        summary: The JSON object printed last.
+    """
+    if comm.rank != 0:
+        return
+    outdir.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0])
+    with open(outdir / f"{name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    widths = [max(12, len(k)) for k in keys]
+    print("  ".join(k.rjust(wd) for k, wd in zip(keys, widths, strict=True)))
+    for r in rows:
+        print("  ".join((f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])).rjust(wd)
+                        for k, wd in zip(keys, widths, strict=True)))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for label, (x, y, slope) in series.items():
+        lab = label if slope is None else f"{label} (slope {slope:.2f})"
+        ax.loglog(x, y, "o-", label=lab)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(outdir / f"{name}.png", dpi=110)
+    plt.close(fig)
+    print(json.dumps(summary))
+
+
+
+def kappa(d: int, m: float) -> float:
+    """Exponent ``kappa = 4 + 2d(m-1)`` of (2.2): ``C(eps, T) ~ eps^(2+kappa) exp(T/eps^kappa)``."""
+    return 4.0 + 2.0 * d * (m - 1.0)
+
+
+def eps_of_n(n: int, eps_ref: float, n_ref: int, d: int, m: float) -> float:
+    """Logarithmic law of Remark 1.4: ``eps(N) = eps_ref (ln N_ref / ln N)^(1 / kappa)``.
+
+    From (2.2), ``C(eps, T) / N -> 0`` when ``exp(T / eps^kappa) = N^theta`` with ``theta < 1``,
+    i.e. ``eps(N) = (T / (theta ln N))^(1 / kappa)``; the dropped constants of (2.2) are
+    absorbed into the prefactor, fixed by ``eps(N_ref) = eps_ref``.
+    """
+    return float(eps_ref * (np.log(n_ref) / np.log(n)) ** (1.0 / kappa(d, m)))
