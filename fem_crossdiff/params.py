@@ -8,7 +8,7 @@ waiting in a collective call).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _finite(name: str, value) -> float:
@@ -111,7 +111,6 @@ class TimeParams:
     grow: float = 1.25
     shrink: float = 0.5
     easy_newton: int = 3
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         T = _finite("T", self.T)
