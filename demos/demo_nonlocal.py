@@ -66,7 +66,7 @@ def l1(s1, s2, k):
 
 
 table = []
-snapshots = [(0.0, [local.species(k) for k in range(2)])]
+snapshots = [(f"local, t = {T:g}", [local.species(k) for k in range(2)])]
 for eps in epss:
     s = CrossDiffusionSolver(geo.mesh, params,
                              nonlocal_params=NonlocalParams(eps=eps, coupling="implicit"))
@@ -74,7 +74,7 @@ for eps in epss:
     s.run(time_params, csv_path=outdir / f"nonlocal_eps{eps:g}.csv", progress=False)
     dist = [l1(s, local, k) for k in range(2)]
     table.append({"eps": eps, "l1_rho1": dist[0], "l1_rho2": dist[1]})
-    snapshots.append((eps, [s.species(k) for k in range(2)]))
+    snapshots.append((f"eps = {eps:g}", [s.species(k) for k in range(2)]))
     log.info("eps = %.3g: L1 distance to local %.3e, %.3e", eps, *dist)
 
 rate = np.polyfit(np.log(epss), np.log([r["l1_rho1"] + r["l1_rho2"] for r in table]), 1)[0]
@@ -85,6 +85,5 @@ if comm.rank == 0:
         w = csv.DictWriter(fh, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)
-# The first column is the local solution at T; the others are nonlocal at eps (titles show eps).
 plot_species_snapshots(snapshots, outdir / "nonlocal.png",
                        title=f"local (first column) and nonlocal at eps = {epss}, t = {T}")

@@ -45,7 +45,8 @@ def plot_species_snapshots(snapshots: list[tuple[float, list[fem.Function]]], pa
     """Save a grid of tripcolor plots: one row per species, one column per time (rank 0 writes).
 
     Args:
-        snapshots: ``[(t, [rho_1, ..., rho_n]), ...]`` with scalar P1 functions on triangles.
+        snapshots: ``[(t, [rho_1, ..., rho_n]), ...]`` with scalar P1 functions on triangles;
+            ``t`` is a time or a column label (a string).
         path: PNG file.
         title: Figure title.
     """
@@ -71,7 +72,8 @@ def plot_species_snapshots(snapshots: list[tuple[float, list[fem.Function]]], pa
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"rho_{k + 1}, t = {t:.3g}", fontsize=9)
+            label = t if isinstance(t, str) else f"t = {t:.3g}"
+            ax.set_title(f"rho_{k + 1}, {label}", fontsize=9)
         fig.colorbar(im, ax=list(axes[k]), shrink=0.8)
     if title:
         fig.suptitle(title)
