@@ -237,7 +237,9 @@ class CrossDiffusionSolver:
                 bl.set(0.0)
                 fem.petsc.assemble_vector(b, problem.F)
                 rho = u.x.array.reshape(-1, n)
-                bl.array_w[:] += flux.residual(rho, self._current_potential(rho)).reshape(-1)
+                pot = self._current_potential(rho)
+                R = flux.residual(rho) if pot is None else flux.residual(rho, pot)
+                bl.array_w[:] += R.reshape(-1)
             b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
 
         def jacobian(snes, x, J, P):
@@ -248,7 +250,10 @@ class CrossDiffusionSolver:
             fem.petsc.assemble_matrix(A, problem.J)
             rho = u.x.array.reshape(-1, n)
             pot = self._current_potential(rho)
-            flux.add_jacobian(A, rho, pot)
+            if pot is None:
+                flux.add_jacobian(A, rho)
+            else:
+                flux.add_jacobian(A, rho, pot)
             A.assemble()
             if self._potential_mode == "implicit":
                 self._shell_ctx.update(rho, pot)

@@ -89,10 +89,6 @@ class UpwindFlux:
             raise ValueError(f"space has block size {V.dofmap.index_map_bs}, need {self.n}")
         self.I, self.J, self.W = p1_edge_weights(V)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
-        comm = V.mesh.comm
-        tol = 1e-14 * np.abs(self.W).max(initial=1.0)
-        #: Edges with w_ij < 0 (non-Delaunay): the positivity guarantee does not cover them.
-        self.negative_weights = comm.allreduce(int(np.count_nonzero(self.W < -tol)))
         self.a = np.asarray(params.a)
         self.b = np.asarray(params.b)
         self._build_pattern()
@@ -125,28 +121,23 @@ class UpwindFlux:
         self._src = None
         self._data = None
 
-    def _edge_terms(self, rho: np.ndarray, potential: np.ndarray | None):
+    def _edge_terms(self, rho: np.ndarray):
         """Edge fluxes ``G`` (E, n) and the intermediate edge quantities of the Jacobian.
 
         SNES evaluates the residual and then the Jacobian at the same iterate: the edge terms of
-        the last state are kept and reused when ``rho`` and ``potential`` are unchanged.
+        the last state are kept and reused when ``rho`` is unchanged.
         """
         key = self._cache_key
-        if (key is not None and (key[1] is None) == (potential is None)
-                and np.array_equal(key[0], rho)
-                and (potential is None or np.array_equal(key[1], potential))):
+        if key is not None and np.array_equal(key, rho):
             return self._cache
         p = self.params
         ri, rj = rho[self.I], rho[self.J]
         Si = np.maximum(ri @ self.a, 0.0)
         Sj = np.maximum(rj @ self.a, 0.0)
-        if potential is None:
-            if p.m == 2.0:
-                Pi, Pj = Si, Sj
-            else:
-                Pi, Pj = Si ** (p.m - 1), Sj ** (p.m - 1)
+        if p.m == 2.0:
+            Pi, Pj = Si, Sj
         else:
-            Pi, Pj = potential[self.I], potential[self.J]
+            Pi, Pj = Si ** (p.m - 1), Sj ** (p.m - 1)
         up_i = Pi >= Pj
         r_up = np.where(up_i[:, None], ri, rj)
         S_up = np.where(up_i, Si, Sj)
@@ -159,52 +150,44 @@ class UpwindFlux:
         w = self.W
         G = (self.b * c) * (w * F)[:, None] + p.sigma * w[:, None] * (ri - rj)
         out = G, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP)
-        self._cache_key = (rho.copy(), None if potential is None else potential.copy())
+        self._cache_key = rho.copy()
         self._cache = out
         return out
 
-    def residual(self, rho: np.ndarray, potential: np.ndarray | None = None) -> np.ndarray:
+    def residual(self, rho: np.ndarray) -> np.ndarray:
         """Edge part of the residual on local (owned + ghost) nodes, shape ``(nloc, n)``.
 
         Args:
             rho: Local nodal values, shape ``(nloc, n)``.
-            potential: Nodal driving potential; ``None`` means the local pressure
-                ``P = S^(m-1)`` (the nonlocal model passes its mollified ``g``).
         """
-        G, _ = self._edge_terms(rho, potential)
+        G, _ = self._edge_terms(rho)
         R = np.empty((self.nloc, self.n))
         both = np.concatenate([G, -G])
         for k in range(self.n):
             R[:, k] = np.bincount(self._IJ, both[:, k], self.nloc)
         return R
 
-    def jacobian_blocks(self, rho: np.ndarray, potential: np.ndarray | None = None) -> np.ndarray:
-        """Block-CSR values ``(nnzb, n, n)`` of the edge part of the Jacobian.
-
-        With a given ``potential`` the potential is treated as frozen (linearly implicit use).
-        """
+    def jacobian_blocks(self, rho: np.ndarray) -> np.ndarray:
+        """Block-CSR values ``(nnzb, n, n)`` of the edge part of the Jacobian."""
         out = np.empty((self._nnzb, self.n * self.n))
-        self._fill_blocks(rho, potential, out)
+        self._fill_blocks(rho, out)
         return out.reshape(-1, self.n, self.n)
 
-    def _fill_blocks(self, rho: np.ndarray, potential: np.ndarray | None, out: np.ndarray):
+    def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Write the block-CSR values into ``out`` (nnzb, n * n); work arrays are reused."""
         p, n, a, w = self.params, self.n, self.a, self.W
-        _, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP) = self._edge_terms(rho, potential)
+        _, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP) = self._edge_terms(rho)
         # Per edge, each block is rank one plus diagonal (why: dF/drho is a multiple of a and
         # dc/drho = (I - c a^T)/S), so J_i[k, l] = u_k a_l beta_i + delta_kl d_i[k] with
         # u_k = b_k w c_k, and likewise for J_j; only n-vectors are summed over edges.
-        if potential is None:
-            if p.m == 2.0:
-                dPi = dPj = 1.0
-            else:
-                m = p.m
-                dPi = (m - 1) * np.where(Si > 0, Si, 0.0) ** (m - 2)
-                dPj = (m - 1) * np.where(Sj > 0, Sj, 0.0) ** (m - 2)
-            alpha_i = 0.5 * dP + Sm * dPi
-            alpha_j = 0.5 * dP - Sm * dPj
+        if p.m == 2.0:
+            dPi = dPj = 1.0
         else:
-            alpha_i = alpha_j = 0.5 * dP
+            m = p.m
+            dPi = (m - 1) * np.where(Si > 0, Si, 0.0) ** (m - 2)
+            dPj = (m - 1) * np.where(Sj > 0, Sj, 0.0) ** (m - 2)
+        alpha_i = 0.5 * dP + Sm * dPi
+        alpha_j = 0.5 * dP - Sm * dPj
         g = F * inv_S  # upstream derivative of c_k F, without b_k w
         g_i = np.where(up_i, g, 0.0)
         g_j = g - g_i
@@ -242,10 +225,10 @@ class UpwindFlux:
         flat[2 * nE:, :: n + 1] += D[self._diag_node]
         np.take(flat, self._gather, axis=0, out=out)
 
-    def add_jacobian(self, A: PETSc.Mat, rho: np.ndarray, potential: np.ndarray | None = None):
+    def add_jacobian(self, A: PETSc.Mat, rho: np.ndarray):
         """Add the edge Jacobian into ``A`` (not final-assembled: the caller assembles)."""
         if self._data is None:
             self._data = np.empty((self._nnzb, self.n * self.n))
-        self._fill_blocks(rho, potential, self._data)
+        self._fill_blocks(rho, self._data)
         A.setValuesBlockedLocalCSR(self._indptr, self._indices, self._data.reshape(-1),
                                    addv=PETSc.InsertMode.ADD_VALUES)
