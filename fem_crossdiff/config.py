@@ -412,7 +412,6 @@ class GeometryConfig:
                 raise ConfigError("geometry.gdim", self.gdim, "must be 1, 2 or 3")
             return
         import meshes
-        from meshes import builders as mb
 
         if not isinstance(self.builder, str) or self.builder not in meshes.BUILDERS:
             raise ConfigError("geometry.builder", self.builder,
@@ -428,10 +427,7 @@ class GeometryConfig:
                                   f"{self.builder!r}; allowed: {', '.join(allowed)}")
             params[k] = _tuples(v)
         try:
-            mb._lookup(self.builder, params)
-            if "ghost_mode" in params:
-                mb._check_ghost_mode(params["ghost_mode"], None)
-            spec = mb._make_spec(self.builder, params)
+            spec = meshes.validate(self.builder, **params)
         except (ValueError, TypeError) as err:
             key = _param_key("geometry", str(err), allowed)
             raise ConfigError(key, params.get(key.split(".", 1)[-1], self.builder),

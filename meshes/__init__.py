@@ -22,6 +22,7 @@ from .builders import (
     read_msh,
     rectangle,
     rectangle_with_obstacles,
+    validate,
     write_msh,
 )
 from .specs import (
@@ -54,6 +55,7 @@ __all__ = [
     "read_msh",
     "rectangle",
     "rectangle_with_obstacles",
+    "validate",
     "write_msh",
     "AnnulusSpec",
     "BallSpec",

@@ -418,6 +418,21 @@ def write_msh(path: str | Path, name: str, comm, **params) -> Path:
     return path
 
 
+def validate(name: str, **params):
+    """Check a builder name and its parameters without running gmsh (no communication).
+
+    Returns:
+        The validated parameter spec the builder would use (defaults filled in).
+
+    Raises:
+        ValueError: unknown builder or parameter, or a bad value (naming the parameter).
+    """
+    _lookup(name, params)
+    if "ghost_mode" in params:
+        _check_ghost_mode(params["ghost_mode"], None)
+    return _make_spec(name, params)
+
+
 def _make_spec(name: str, params: dict[str, Any]):
     """The validated spec a builder would use, from its defaults overridden by ``params``."""
     values = {k: params.get(k, p.default)
