@@ -40,7 +40,7 @@ import ufl
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
 from fem_crossdiff.mollifiers import KERNELS, get_mollifier
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import p1_edge_weights
+from fem_crossdiff.upwind import nonnegative_edge_weights
 
 COUPLINGS = ("linear", "implicit")
 
@@ -91,9 +91,9 @@ class PotentialFlux:
         params: Model coefficients.
     """
 
-    def __init__(self, V, params: ModelParams):
+    def __init__(self, V, params: ModelParams, drop_negative: bool = True):
         self.params, self.n = params, params.n
-        self.I, self.J, self.W = p1_edge_weights(V)
+        self.I, self.J, self.W, self.dropped_edges = nonnegative_edge_weights(V, drop_negative)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.b = np.asarray(params.b)
         # scalar CSR pattern of (ii, ij, ji, jj) entries, built once

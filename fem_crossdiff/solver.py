@@ -114,12 +114,18 @@ class CrossDiffusionSolver:
             (a linear Fokker-Planck step) instead of the local pressure.
         nonlocal_params: Solve the nonlocal model (1.5) instead of (1.1), see
             :mod:`fem_crossdiff.nonlocal_`.
+        drop_negative_edges: Upwind scheme on non-Delaunay meshes (typical for tetrahedra):
+            leave edges with negative stiffness weight out of the fluxes, which keeps
+            positivity at the price of a local consistency error on those edges
+            (:func:`fem_crossdiff.upwind.nonnegative_edge_weights`); ``False`` keeps the
+            consistent weights and lets the positivity check reject steps instead.
     """
 
     def __init__(self, msh, params: ModelParams, degree: int = 1, scheme: str = "upwind",
                  linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
-                 potential: Callable | None = None, nonlocal_params=None):
+                 potential: Callable | None = None, nonlocal_params=None,
+                 drop_negative_edges: bool = True):
         if not isinstance(params, ModelParams):
             raise TypeError("params must be a ModelParams")
         if scheme not in SCHEMES:
@@ -175,18 +181,17 @@ class CrossDiffusionSolver:
         if scheme == "upwind":
             F = forms.lumped_time_residual(self.rho, self.history, self.c, v, n, src)
             if self.potential is None:
-                self.flux = UpwindFlux(self.V, params)
+                self.flux = UpwindFlux(self.V, params, drop_negative_edges)
             else:
                 from fem_crossdiff.nonlocal_ import PotentialFlux
 
-                self.flux = PotentialFlux(self.V, params)
-            W = self.flux.W
-            neg = self.comm.allreduce(
-                int(np.count_nonzero(W < -1e-12 * np.abs(W).max(initial=1.0))), op=MPI.SUM)
-            if neg:
+                self.flux = PotentialFlux(self.V, params, drop_negative_edges)
+            if self.flux.dropped_edges:
                 get_logger(self.comm).warning(
-                    "mesh has %d edges with negative stiffness weight (not Delaunay): "
-                    "positivity is not guaranteed there", neg)
+                    "mesh is not Delaunay: about %d edges have negative stiffness weight; %s",
+                    self.flux.dropped_edges,
+                    "they are left out of the fluxes to keep positivity (a local consistency "
+                    "error)" if drop_negative_edges else "positivity is not guaranteed there")
         else:
             F = forms.galerkin_residual(self.rho, self.history, self.c, params, v, src)
             self.flux = None

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fem_crossdiff.compat import PETSc, fem
+from fem_crossdiff.compat import MPI, PETSc, fem
 from fem_crossdiff.params import ModelParams
 
 
@@ -74,6 +74,69 @@ def p1_edge_weights(V: fem.FunctionSpace) -> tuple[np.ndarray, np.ndarray, np.nd
     return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W
 
 
+def total_edge_weights(V: fem.FunctionSpace, I: np.ndarray, J: np.ndarray,
+                       W: np.ndarray) -> np.ndarray:
+    """Sum the per-rank partial weights of every local edge over all ranks (collective).
+
+    The partial weights are added into a distributed PETSc matrix (COO assembly, off-process
+    entries communicated by PETSc), and each rank reads back the rows of its owned and ghost
+    vertices with ``MatCreateSubMatrices``: only neighbouring data moves.
+    """
+    comm = V.mesh.comm
+    imap = V.dofmap.index_map
+    nown, nloc = imap.size_local, imap.size_local + imap.num_ghosts
+    gidx = imap.local_to_global(np.arange(nloc, dtype=np.int32)).astype(PETSc.IntType)
+    A = PETSc.Mat().create(comm=comm)
+    A.setSizes(((nown, imap.size_global), (nown, imap.size_global)))
+    A.setType(PETSc.Mat.Type.AIJ)
+    rows = np.concatenate([gidx[I], gidx[J]]).astype(PETSc.IntType)
+    cols = np.concatenate([gidx[J], gidx[I]]).astype(PETSc.IntType)
+    A.setPreallocationCOO(rows, cols)
+    A.setValuesCOO(np.concatenate([W, W]), addv=PETSc.InsertMode.ADD_VALUES)
+    A.assemble()
+    order = np.argsort(gidx)
+    pos = np.empty(nloc, dtype=np.int64)
+    pos[order] = np.arange(nloc)
+    iset = PETSc.IS().createGeneral(gidx[order], comm=PETSc.COMM_SELF)
+    (S,) = A.createSubMatrices(iset, iset)
+    indptr, indices, data = S.getValuesCSR()
+    from scipy.sparse import csr_matrix
+
+    csr = csr_matrix((data, indices, indptr), shape=(nloc, nloc))
+    total = np.asarray(csr[pos[I], pos[J]]).ravel()
+    for obj in (S, iset, A):
+        obj.destroy()
+    return total
+
+
+def nonnegative_edge_weights(V: fem.FunctionSpace, drop_negative: bool = True):
+    """Edges and partial weights with every edge of negative *total* weight switched off.
+
+    On non-Delaunay meshes (common for tetrahedra) some ``w_ij = -K_ij`` are negative and the
+    M-matrix argument for positivity fails. Dropping those edges from the transport and
+    diffusion fluxes restores it (and keeps conservation: fluxes stay antisymmetric) at the
+    price of a local consistency error on exactly those edges. Decided on the summed weight, so
+    the result is partition independent. On Delaunay triangulations nothing changes beyond
+    round-off-sized weights.
+
+    Args:
+        V: Blocked or scalar P1 space.
+        drop_negative: With ``False`` the weights are kept (consistent, positivity not
+            guaranteed on those edges); the count is still reported.
+
+    Returns:
+        ``(I, J, W, dropped)``: local edges, partial weights, and the (approximate) global count
+        of edges with negative total weight.
+    """
+    I, J, W = p1_edge_weights(V)
+    total = total_edge_weights(V, I, J, W)
+    scale = V.mesh.comm.allreduce(float(np.abs(total).max(initial=0.0)), op=MPI.MAX)
+    neg = total < -1e-12 * scale
+    owned = I < V.dofmap.index_map.size_local  # a diagnostic count, not exact across ranks
+    dropped = V.mesh.comm.allreduce(int(np.count_nonzero(neg & owned)))
+    return I, J, (np.where(neg, 0.0, W) if drop_negative else W), dropped
+
+
 class UpwindFlux:
     """Edge-flux residual and Jacobian of the upwind scheme on a blocked P1 space.
 
@@ -82,12 +145,12 @@ class UpwindFlux:
         params: Model coefficients.
     """
 
-    def __init__(self, V: fem.FunctionSpace, params: ModelParams):
+    def __init__(self, V: fem.FunctionSpace, params: ModelParams, drop_negative: bool = True):
         self.params = params
         self.n = params.n
         if V.dofmap.index_map_bs != self.n:
             raise ValueError(f"space has block size {V.dofmap.index_map_bs}, need {self.n}")
-        self.I, self.J, self.W = p1_edge_weights(V)
+        self.I, self.J, self.W, self.dropped_edges = nonnegative_edge_weights(V, drop_negative)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.a = np.asarray(params.a)
         self.b = np.asarray(params.b)
