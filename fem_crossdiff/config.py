@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from fem_crossdiff.mollifiers import KERNELS
-from fem_crossdiff.params import TIME_METHODS, ModelParams, TimeParams
+from fem_crossdiff.params import (
+    COUPLINGS,
+    LINEAR_SOLVERS,
+    SCHEMES,
+    TIME_METHODS,
+    ModelParams,
+    TimeParams,
+)
 
 __all__ = [
     "ConfigError",
@@ -62,9 +69,6 @@ __all__ = [
 
 MODEL_TYPES = ("local", "nonlocal")
 _NONLOCAL_KEYS = ("eps", "kernel", "coupling", "allow_small_eps", "subdivisions")
-COUPLINGS = ("linear", "implicit")
-SCHEMES = ("upwind", "galerkin")
-LINEAR_SOLVERS = ("iterative", "direct")
 FORMATS = ("vtx", "xdmf", "csv", "png")
 SECTIONS = ("title", "model", "geometry", "initial", "time", "solver", "particles", "output",
             "short")
@@ -589,7 +593,8 @@ class SolverConfig:
     Attributes:
         scheme: ``"upwind"`` (P1, positivity preserving) or ``"galerkin"``.
         degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
-        linear_solver: ``"iterative"`` (GMRES + GAMG) or ``"direct"`` (MUMPS).
+        linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
+            ``"direct"``.
         petsc: Extra PETSc options (sorted ``(name, value)`` pairs), passed through.
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
             (``>= 0``; raise it where positivity is not guaranteed, e.g. non-Delaunay 3D
@@ -598,7 +603,7 @@ class SolverConfig:
 
     scheme: str = "upwind"
     degree: int = 1
-    linear_solver: str = "iterative"
+    linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
 

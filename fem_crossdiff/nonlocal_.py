@@ -39,10 +39,8 @@ import ufl
 
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
 from fem_crossdiff.mollifiers import KERNELS, get_mollifier
-from fem_crossdiff.params import ModelParams
+from fem_crossdiff.params import COUPLINGS, ModelParams
 from fem_crossdiff.upwind import nonnegative_edge_weights
-
-COUPLINGS = ("linear", "implicit")
 
 
 @dataclass(frozen=True)

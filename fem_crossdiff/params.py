@@ -82,6 +82,12 @@ class ModelParams:
 
 
 TIME_METHODS = ("ie", "bdf2")
+#: Spatial schemes of :class:`fem_crossdiff.solver.CrossDiffusionSolver`.
+SCHEMES = ("upwind", "galerkin")
+#: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
+LINEAR_SOLVERS = ("auto", "iterative", "direct")
+#: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).
+COUPLINGS = ("linear", "implicit")
 
 
 @dataclass(frozen=True)

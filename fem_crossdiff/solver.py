@@ -26,11 +26,9 @@ import ufl
 from fem_crossdiff import forms
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem, interpolate_any, io
 from fem_crossdiff.log import get_logger
-from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.params import LINEAR_SOLVERS, SCHEMES, ModelParams, TimeParams
 from fem_crossdiff.upwind import UpwindFlux
 
-SCHEMES = ("upwind", "galerkin")
-LINEAR_SOLVERS = ("auto", "iterative", "direct")
 _ids = itertools.count()
 
 
