@@ -468,9 +468,7 @@ def _run(cfg, comm, restart, progress, level, log, output) -> StudyResult:
         writer.write(row)
         if parts is not None:
             parts.advance(row["dt"])
-        easy = tp.adaptive and row["newton_its"] <= tp.easy_newton
-        # the step the solver's loop tries next (it grows dt after easy Newton solves)
-        last.update(step=gstep, next_dt=row["dt"] * (tp.grow if easy else 1.0))
+        last.update(step=gstep, next_dt=solver.next_dt)
         if gstep % every == 0:
             fields_out.write()
         if png2d and targets and solver.t >= targets[0] - 1e-12 * max(T, 1.0):

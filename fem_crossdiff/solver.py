@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,8 @@ class CrossDiffusionSolver:
         self.t = 0.0
         self.t_const = fem.Constant(msh, PETSc.ScalarType(0.0))
         self._dt_prev: float | None = None  # None: the next step is a start-up (IE) step
+        #: The step size :meth:`run` would try next (after growth), for checkpoints.
+        self.next_dt: float | None = None
         self.positivity_tol = positivity_tol
         self.nonlocal_params = nonlocal_params
         self.nonlocal_model = None
@@ -210,6 +213,9 @@ class CrossDiffusionSolver:
         self.prefix = f"crossdiff_{next(_ids)}_"
         self.problem = fem.petsc.NonlinearProblem(
             F, self.rho, petsc_options_prefix=self.prefix, petsc_options=opts)
+        # options read lazily (multigrid levels) stay in PETSc's global database: remove this
+        # solver's options with it, so nothing leaks or is reported as unused at exit
+        weakref.finalize(self, _clear_options, self.prefix)
         if self.flux is not None:
             self._attach_upwind()
         self.snes = self.problem.solver
@@ -469,6 +475,9 @@ class CrossDiffusionSolver:
                             f"({info.message})")
                     continue
                 nstep += 1
+                # the step the loop tries next (public for checkpoints and restarts)
+                easy = tp.adaptive and info.newton_its <= tp.easy_newton
+                self.next_dt = dt * tp.grow if easy else dt
                 row = self._row(dt, info.newton_its, info.krylov_its, nstep)
                 rows.append(row)
                 writer.write(row)
@@ -483,8 +492,7 @@ class CrossDiffusionSolver:
                              nstep, self.t, dt, info.newton_its, info.krylov_its,
                              min(row[f"min_{k + 1}"] for k in range(self.params.n)),
                              time.perf_counter() - t0)
-                if tp.adaptive and info.newton_its <= tp.easy_newton:
-                    dt *= tp.grow
+                dt = self.next_dt
         finally:
             writer.close()
             if vtx is not None:
@@ -502,6 +510,13 @@ class CrossDiffusionSolver:
             row[f"max_{k + 1}"] = mx[k]
         row["newton_its"], row["krylov_its"] = newton, krylov
         return row
+
+
+def _clear_options(prefix: str) -> None:
+    opts = PETSc.Options()
+    for name in list(opts.getAll()):
+        if name.startswith(prefix):
+            opts.delValue(name)
 
 
 class _CsvWriter:
