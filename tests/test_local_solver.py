@@ -335,3 +335,18 @@ def test_positivity_on_tetrahedra():
         for k in (1, 2):
             assert r[f"min_{k}"] >= -1e-10 * r[f"max_{k}"]
         assert abs(r["mass_1"] - rows[0]["mass_1"]) <= 1e-10 * rows[0]["mass_1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "dim,degree,scheme,ns,lo",
+    [(2, 1, "upwind", (32, 64, 128), 0.9), (2, 2, "galerkin", (16, 32, 64), 2.8),
+     (2, 1, "galerkin", (32, 64, 128), 1.9)],
+)
+def test_mms_space_rates_fine(dim, degree, scheme, ns, lo):
+    """Finer meshes (`make test-slow`): the upwind scheme approaches its first order."""
+    errs = [_steady_mms_error(dim, n, degree, scheme) for n in ns]
+    rate = _rate(ns, errs)
+    if COMM.rank == 0:
+        print(f"\nMMS fine dim={dim} P{degree} {scheme}: errors {errs} rate {rate:.2f}")
+    assert rate > lo
