@@ -177,7 +177,7 @@ class NonlocalPotential:
         self.lumped = d.array[: self.nown].copy()
         # M_s = (M + D^-1 M^T D) / 2: symmetric in the lumped inner product
         M = op.matrix
-        Mt = M.transpose()
+        Mt = M.transpose(PETSc.Mat())  # out of place: transpose() alone overwrites M
         dvec = M.createVecLeft()
         dvec.array[:] = self.lumped
         dinv = dvec.copy()

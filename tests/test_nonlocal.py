@@ -129,3 +129,29 @@ def test_bad_eps_for_mesh(eps, match):
     p = ModelParams(a=(1.0,), b=(1.0,))
     with pytest.raises(ValueError, match=match):
         CrossDiffusionSolver(msh, p, nonlocal_params=NonlocalParams(eps=eps))
+
+
+def test_symmetrised_operator():
+    """M_s = (M + D^-1 M^T D) / 2 is D-symmetric, and the mollifier's own matrix survives."""
+    from fem_crossdiff.nonlocal_ import NonlocalPotential
+
+    msh = mesh.create_unit_square(COMM, 9, 7)
+    V = fem.functionspace(msh, ("Lagrange", 1))
+    pot = NonlocalPotential(V, ModelParams(a=(1.0,), b=(1.0,)), NonlocalParams(eps=0.4))
+    M, Ms = pot.op.matrix, pot.M
+    d = M.createVecLeft()
+    d.array[:] = pot.lumped
+    DMs = Ms.copy()
+    DMs.diagonalScale(d, None)  # D M_s
+    DMsT = DMs.transpose(type(DMs)())
+    DMsT.axpy(-1.0, DMs)
+    assert DMsT.norm() < 1e-12 * DMs.norm()
+    # M_s - M is O(quadrature) small, not O(1): the symmetrisation keeps the operator
+    diff = Ms.copy()
+    diff.axpy(-1.0, M)
+    assert diff.norm() < 0.2 * M.norm()
+    x = M.createVecRight()
+    x.set(1.0)
+    y = M.createVecLeft()
+    M.mult(x, y)  # still a valid matrix
+    assert y.norm() > 0
