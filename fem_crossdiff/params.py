@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 
 
-def _finite(name: str, value) -> float:
+def finite_number(name: str, value) -> float:
+    """``float(value)``, or a ValueError naming ``name`` if it is not a finite real number."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -25,7 +26,7 @@ def _positive_tuple(name: str, values) -> tuple[float, ...]:
     if isinstance(values, (int, float)):
         values = (values,)
     try:
-        vals = tuple(_finite(f"{name}[{i}]", v) for i, v in enumerate(values))
+        vals = tuple(finite_number(f"{name}[{i}]", v) for i, v in enumerate(values))
     except TypeError:
         raise ValueError(f"{name} must be a sequence of positive numbers, got {values!r}") from None
     for i, v in enumerate(vals):
@@ -59,10 +60,10 @@ class ModelParams:
             raise ValueError(
                 f"b must have one mobility per species: len(a) = {len(a)}, len(b) = {len(b)}"
             )
-        m = _finite("m", self.m)
+        m = finite_number("m", self.m)
         if m < 2.0:
             raise ValueError(f"m must be >= 2, got {m}")
-        sigma = _finite("sigma", self.sigma)
+        sigma = finite_number("sigma", self.sigma)
         if sigma < 0.0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         object.__setattr__(self, "a", a)
@@ -119,24 +120,24 @@ class TimeParams:
     easy_newton: int = 3
 
     def __post_init__(self):
-        T = _finite("T", self.T)
+        T = finite_number("T", self.T)
         if T < 0.0:
             raise ValueError(f"T must be >= 0, got {T}")
-        dt = _finite("dt", self.dt)
+        dt = finite_number("dt", self.dt)
         if dt <= 0.0:
             raise ValueError(f"dt must be > 0, got {dt}")
         if self.method not in TIME_METHODS:
             raise ValueError(f"method must be one of {TIME_METHODS}, got {self.method!r}")
-        dt_min = _finite("dt_min", self.dt_min)
+        dt_min = finite_number("dt_min", self.dt_min)
         if not 0.0 < dt_min <= dt:
             raise ValueError(f"dt_min must satisfy 0 < dt_min <= dt = {dt}, got {dt_min}")
-        if self.dt_max is not None and _finite("dt_max", self.dt_max) < dt:
+        if self.dt_max is not None and finite_number("dt_max", self.dt_max) < dt:
             raise ValueError(f"dt_max must be >= dt = {dt}, got {self.dt_max}")
-        grow = _finite("grow", self.grow)
+        grow = finite_number("grow", self.grow)
         limit = 1.5 if self.method == "bdf2" else 10.0
         if not 1.0 <= grow <= limit:
             raise ValueError(f"grow must be in [1, {limit}] for method {self.method!r}, got {grow}")
-        shrink = _finite("shrink", self.shrink)
+        shrink = finite_number("shrink", self.shrink)
         if not 0.0 < shrink < 1.0:
             raise ValueError(f"shrink must be in (0, 1), got {shrink}")
         object.__setattr__(self, "T", T)

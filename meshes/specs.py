@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from scipy.special import ellipe
 
+from fem_crossdiff.params import finite_number
+
 __all__ = [
     "IntervalSpec",
     "RectangleSpec",
@@ -35,18 +37,10 @@ DOMAIN_TAG = 1
 _ORDERS = (1, 2)
 
 
-def _finite(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
 
 
 def _positive(name: str, value) -> float:
-    v = _finite(name, value)
+    v = finite_number(name, value)
     if not v > 0.0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return v
@@ -59,7 +53,7 @@ def _point(name: str, value, dim: int) -> tuple[float, ...]:
         raise ValueError(f"{name} must be a sequence of {dim} numbers, got {value!r}") from None
     if len(items) != dim:
         raise ValueError(f"{name} must have {dim} coordinates, got {value!r}")
-    return tuple(_finite(f"{name}[{i}]", c) for i, c in enumerate(items))
+    return tuple(finite_number(f"{name}[{i}]", c) for i, c in enumerate(items))
 
 
 def _order(value) -> int:
@@ -148,7 +142,7 @@ class IntervalSpec:
     boundary_names = {"left": 1, "right": 2}
 
     def __post_init__(self):
-        a, b = _finite("a", self.a), _finite("b", self.b)
+        a, b = finite_number("a", self.a), finite_number("b", self.b)
         if not b > a:
             raise ValueError(f"b must be > a, got a={self.a!r}, b={self.b!r}")
         _set(self, a=a, b=b)
