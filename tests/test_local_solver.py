@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ufl
+from _fields import functionals
 
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -225,15 +226,6 @@ def test_barenblatt_sigma0(m):
     assert errs[-1] < 5e-3
 
 
-def _functionals(s):
-    x = ufl.SpatialCoordinate(s.msh)
-    vals = []
-    for k in range(s.params.n):
-        for f in (s.rho[k], s.rho[k] * x[0] ** 2, s.rho[k] ** 2, s.rho[k] * x[1] ** 3):
-            vals.append(s.comm.allreduce(fem.assemble_scalar(fem.form(f * ufl.dx)), op=MPI.SUM))
-    return np.array(vals)
-
-
 @pytest.mark.parametrize("linear_solver", ["iterative", "direct"])
 def test_rank_invariance(linear_solver):
     """The same problem on all ranks of COMM_WORLD and on one rank agrees to 1e-8."""
@@ -243,7 +235,7 @@ def test_rank_invariance(linear_solver):
         s = CrossDiffusionSolver(_mesh(2, 16, comm=comm), p, linear_solver=linear_solver)
         s.set_initial([lambda x: _segregated(x)[0], lambda x: _segregated(x)[1]])
         s.run(TimeParams(T=0.05, dt=0.005, method="bdf2"), progress=False)
-        out.append(_functionals(s))
+        out.append(functionals(s))
     np.testing.assert_allclose(out[0], out[1], rtol=1e-8, atol=1e-10)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ufl
+from _fields import functionals
 
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.nonlocal_ import NonlocalParams
@@ -87,15 +88,6 @@ def test_nonlocal_to_local():
     assert 0.6 < rate < 2.5, rate
 
 
-def _functionals(s):
-    x = ufl.SpatialCoordinate(s.msh)
-    out = []
-    for k in range(2):
-        for f in (s.rho[k], s.rho[k] * x[0] ** 2, s.rho[k] ** 2, s.rho[k] * x[1] ** 3):
-            out.append(s.comm.allreduce(fem.assemble_scalar(fem.form(f * ufl.dx)), op=MPI.SUM))
-    return np.array(out)
-
-
 @pytest.mark.parametrize("coupling", ["linear", "implicit"])
 def test_rank_invariance(coupling):
     """1 rank and all ranks agree to 1e-8, with eps wider than a partition (0.6 > 1/2)."""
@@ -107,7 +99,7 @@ def test_rank_invariance(coupling):
                                  nonlocal_params=NonlocalParams(eps=0.6, coupling=coupling))
         s.set_initial(INIT)
         s.run(TimeParams(T=0.02, dt=0.005), progress=False)
-        res.append(_functionals(s))
+        res.append(functionals(s))
     np.testing.assert_allclose(res[0], res[1], rtol=1e-8, atol=1e-12)
 
 
