@@ -35,11 +35,11 @@ outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/ball3d")
 
 # ## Geometry, model and initial data
 # gmsh tetrahedra are not Delaunay: some edges have a negative stiffness weight, where the
-# M-matrix argument for positivity fails (with the consistent weights species 2 crosses zero
-# at t ~ 0.025 on h = 0.12). The solver leaves those edges out of the fluxes
-# (`drop_negative_edges=True`, the default; it logs how many), which keeps both densities
-# nonnegative; the price is a local consistency error, measured at 2% relative L1 difference
-# from the consistent scheme at t = 0.01 on h = 0.12.
+# M-matrix argument for positivity fails (with the consistent weights, `negative_edges="keep"`,
+# species 2 crosses zero at t ~ 0.025 on h = 0.12). By default (`negative_edges="limit"`) the
+# solver keeps the consistent weights on those edges and limits their fluxes where they would
+# empty a node, which keeps both densities nonnegative and the scheme consistent (it logs how
+# many edges are concerned).
 
 geo = meshes.ball(comm, radius=1.0, h=0.3 if short else 0.12)
 params = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)

@@ -162,7 +162,8 @@ def _make_solver(cfg: StudyConfig, msh):
 
     kwargs = dict(degree=cfg.solver.degree, scheme=cfg.solver.scheme,
                   linear_solver=cfg.solver.linear_solver, petsc_options=dict(cfg.solver.petsc),
-                  positivity_tol=cfg.solver.positivity_tol)
+                  positivity_tol=cfg.solver.positivity_tol,
+                  negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
     try:

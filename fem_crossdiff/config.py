@@ -41,6 +41,7 @@ from fem_crossdiff.mollifiers import KERNELS
 from fem_crossdiff.params import (
     COUPLINGS,
     LINEAR_SOLVERS,
+    NEGATIVE_EDGE_MODES,
     SCHEMES,
     TIME_METHODS,
     ModelParams,
@@ -597,8 +598,10 @@ class SolverConfig:
             ``"direct"``.
         petsc: Extra PETSc options (sorted ``(name, value)`` pairs), passed through.
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
-            (``>= 0``; raise it where positivity is not guaranteed, e.g. non-Delaunay 3D
-            meshes).
+            (``>= 0``; raise it where positivity is not guaranteed, e.g. with
+            ``negative_edges = "keep"``).
+        negative_edges: Upwind scheme on non-Delaunay meshes: ``"limit"`` (default),
+            ``"drop"`` or ``"keep"`` (see :class:`~fem_crossdiff.solver.CrossDiffusionSolver`).
     """
 
     scheme: str = "upwind"
@@ -606,11 +609,14 @@ class SolverConfig:
     linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
+    negative_edges: str = "limit"
 
     def __post_init__(self):
         _set(self, positivity_tol=_float("solver.positivity_tol", self.positivity_tol, lo=0.0))
         _set(self, scheme=_choice("solver.scheme", self.scheme, SCHEMES),
-             linear_solver=_choice("solver.linear_solver", self.linear_solver, LINEAR_SOLVERS))
+             linear_solver=_choice("solver.linear_solver", self.linear_solver, LINEAR_SOLVERS),
+             negative_edges=_choice("solver.negative_edges", self.negative_edges,
+                                    NEGATIVE_EDGE_MODES))
         if isinstance(self.degree, bool) or self.degree not in (1, 2):
             raise ConfigError("solver.degree", self.degree, "must be 1 or 2")
         if self.scheme == "upwind" and self.degree != 1:
@@ -746,7 +752,8 @@ class StudyConfig:
                                            "grow", "shrink") if getattr(t, k) is not None}
         s = self.solver
         solver = {"scheme": s.scheme, "degree": s.degree, "linear_solver": s.linear_solver,
-                  "positivity_tol": s.positivity_tol, "petsc": dict(s.petsc)}
+                  "positivity_tol": s.positivity_tol, "negative_edges": s.negative_edges,
+                  "petsc": dict(s.petsc)}
         o = self.output
         out = {"title": self.title} if self.title else {}
         out.update(model=model, geometry=geometry,
@@ -885,13 +892,15 @@ def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> 
     t = _section(raw, "time", ("T", "dt", "method", "adaptive", "dt_min", "dt_max", "grow",
                                "shrink"), ("T", "dt"))
     time = TimeConfig(**t)
-    s = _section(raw, "solver", ("scheme", "degree", "linear_solver", "positivity_tol", "petsc"))
+    s = _section(raw, "solver", ("scheme", "degree", "linear_solver", "positivity_tol",
+                                 "negative_edges", "petsc"))
     petsc = s.get("petsc", {})
     _table("solver.petsc", petsc, list(petsc))
     for k, v in petsc.items():
         if isinstance(v, dict):
             raise ConfigError(f"solver.petsc.{k}", v, "must be a string, number or boolean")
-    solver = SolverConfig(**_kwargs(s, ("scheme", "degree", "linear_solver", "positivity_tol")),
+    solver = SolverConfig(**_kwargs(s, ("scheme", "degree", "linear_solver", "positivity_tol",
+                                        "negative_edges")),
                           petsc=tuple(petsc.items()))
     particles = None
     if "particles" in raw:

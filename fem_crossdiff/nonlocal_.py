@@ -40,7 +40,7 @@ import ufl
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
 from fem_crossdiff.mollifiers import KERNELS, get_mollifier
 from fem_crossdiff.params import COUPLINGS, ModelParams
-from fem_crossdiff.upwind import nonnegative_edge_weights
+from fem_crossdiff.upwind import edge_weights, positivity_limiter
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,19 @@ class PotentialFlux:
     upstream node the one with larger ``g``: linear in ``rho`` for a fixed ``g``, so its
     Jacobian blocks are diagonal (species decouple for a given potential).
 
+    Edges of negative total weight are limited as in the local scheme
+    (:func:`fem_crossdiff.upwind.positivity_limiter`).
+
     Args:
         V: Blocked P1 space with one component per species.
         params: Model coefficients.
+        negative_edges: Treatment of negative-weight edges, see
+            :func:`fem_crossdiff.upwind.edge_weights`.
     """
 
-    def __init__(self, V, params: ModelParams, drop_negative: bool = True):
+    def __init__(self, V, params: ModelParams, negative_edges: str = "limit"):
         self.params, self.n = params, params.n
-        self.I, self.J, self.W, self.dropped_edges = nonnegative_edge_weights(V, drop_negative)
+        self.I, self.J, self.W, self._lim, self.negative_edges = edge_weights(V, negative_edges)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.b = np.asarray(params.b)
         # scalar CSR pattern of (ii, ij, ji, jj) entries, built once
@@ -110,6 +115,17 @@ class PotentialFlux:
         r_up = np.where(up_i[:, None], rho[self.I], rho[self.J])
         return dg, up_i, r_up
 
+    def _limiter(self, rho, dg, r_up):
+        """``theta`` and ``G dtheta/drho`` on the limited edges (``None`` if there are none)."""
+        if not self._lim.size:
+            return None
+        e = self._lim
+        ri, rj = rho[self.I[e]], rho[self.J[e]]
+        q = self.b * r_up[e] * dg[e][:, None] + self.params.sigma * (ri - rj)
+        theta, dth_i, dth_j = positivity_limiter(q, ri, rj)
+        G = self.W[e][:, None] * q
+        return theta, G * dth_i, G * dth_j
+
     def _scatter(self, G):
         R = np.empty((self.nloc, self.n))
         for k in range(self.n):
@@ -124,21 +140,33 @@ class PotentialFlux:
         G = self.b * r_up * (w * dg)[:, None]
         if self.params.sigma > 0:
             G += self.params.sigma * w[:, None] * (rho[self.I] - rho[self.J])
+        lim = self._limiter(rho, dg, r_up)
+        if lim is not None:
+            G[self._lim] *= lim[0]
         return self._scatter(G)
 
     def apply_potential_derivative(self, rho, potential, dpot):
-        """Edge residual change for a potential change ``dpot`` (rho and upstream fixed)."""
-        _, _, r_up = self._upstream(rho, potential)
+        """Edge residual change for a potential change ``dpot`` (rho, upstream, limiter fixed)."""
+        dg, _, r_up = self._upstream(rho, potential)
         ddg = dpot[self.I] - dpot[self.J]
-        return self._scatter(self.b * r_up * (self.W * ddg)[:, None])
+        G = self.b * r_up * (self.W * ddg)[:, None]
+        lim = self._limiter(rho, dg, r_up)
+        if lim is not None:
+            G[self._lim] *= lim[0]
+        return self._scatter(G)
 
     def jacobian_blocks(self, rho, potential):
         """Block-CSR values of the derivative with respect to ``rho`` at fixed ``g``."""
         n, w = self.n, self.W
-        dg, up_i, _ = self._upstream(rho, potential)
+        dg, up_i, r_up = self._upstream(rho, potential)
         diag = self.b[None, :] * (w * dg)[:, None]  # (E, n): d G_k / d rho_k,up
         Ji = np.where(up_i[:, None], diag, 0.0) + self.params.sigma * w[:, None]
         Jj = np.where(up_i[:, None], 0.0, diag) - self.params.sigma * w[:, None]
+        lim = self._limiter(rho, dg, r_up)
+        if lim is not None:  # d(theta G) = theta dG + G dtheta, species by species
+            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
+            Ji[e] = theta * Ji[e] + g_dth_i
+            Jj[e] = theta * Jj[e] + g_dth_j
         vals = np.concatenate([Ji, Jj, -Ji, -Jj])  # diagonal of each n x n block
         data = np.zeros((self._nnzb, n, n))
         for k in range(n):

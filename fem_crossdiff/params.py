@@ -89,6 +89,12 @@ SCHEMES = ("upwind", "galerkin")
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).
 COUPLINGS = ("linear", "implicit")
+#: Treatments of edges whose total stiffness weight is negative (non-Delaunay meshes, upwind
+#: scheme): ``"limit"`` keeps the consistent weights and limits the fluxes there
+#: (:func:`fem_crossdiff.upwind.positivity_limiter`), ``"drop"`` leaves those edges out
+#: (positive but inconsistent), ``"keep"`` uses them as they are (consistent, positivity not
+#: guaranteed).
+NEGATIVE_EDGE_MODES = ("limit", "drop", "keep")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ BROKEN = [
      "not a valid expression"),
     ({"solver": {"scheme": "upwind", "degree": 2}}, "solver.degree", "galerkin"),
     ({"solver": {"linear_solver": "cg"}}, "solver.linear_solver", "direct"),
+    ({"solver": {"negative_edges": "clip"}}, "solver.negative_edges", "limit"),
     ({"output.formats": ["vtk"]}, "output.formats[0]", "xdmf"),
     ({"output.checkpoint_every": -1}, "output.checkpoint_every", ">= 0"),
     ({"particles": {"N": 0}}, "particles.N", ">= 1"),

@@ -8,7 +8,7 @@ import pytest
 from fem_crossdiff.compat import MPI, fem, la, mesh
 from fem_crossdiff.nonlocal_ import PotentialFlux
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import UpwindFlux, p1_edge_weights
+from fem_crossdiff.upwind import UpwindFlux, p1_edge_weights, positivity_limiter
 
 
 def _dense(flux, data, n):
@@ -48,6 +48,57 @@ def test_local_flux_jacobian_matches_finite_differences(m, sigma, n, dim):
     assert np.abs(J - Jfd).max() < 1e-5 * np.abs(Jfd).max()
     # conservation: every edge moves mass between its two nodes
     assert np.abs(flux.residual(rho).sum(axis=0)).max() < 1e-13 * np.abs(Jfd).max()
+
+
+def _distorted_cube():
+    """A 3x3x3 Kuhn cube with jittered interior vertices: many negative stiffness weights."""
+    msh = mesh.create_unit_cube(MPI.COMM_SELF, 3, 3, 3)
+    x = msh.geometry.x
+    interior = np.all((x > 1e-12) & (x < 1 - 1e-12), axis=1)
+    x[interior] += np.random.default_rng(5).uniform(-0.12, 0.12, (int(interior.sum()), 3))
+    return msh
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05])
+def test_limited_edges_jacobian_and_positivity_mechanism(sigma):
+    """Negative-weight edges (limit mode): FD Jacobian, conservation, limiter active."""
+    msh = _distorted_cube()
+    n = 2
+    p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.5, sigma=sigma)
+    V = fem.functionspace(msh, ("Lagrange", 1, (n,)))
+    rng = np.random.default_rng(2)
+    for flux, extra in ((UpwindFlux(V, p), ()), (PotentialFlux(V, p), None)):
+        assert flux.negative_edges > 0 and flux._lim.size > 0
+        rho = rng.uniform(0.1, 1.0, (flux.nloc, n))
+        # one species empty at 30% of the nodes (the limiter at full strength); never both,
+        # where c_k = rho_k / S has no limit
+        u = rng.uniform(size=flux.nloc)
+        rho[u < 0.15, 0] = 0.0
+        rho[u > 0.85, 1] = 0.0
+        if extra is None:
+            g = rng.uniform(0.0, 1.0, flux.nloc)
+            extra = (g,)
+        res = lambda r, e=extra, f=flux: f.residual(r, *e)  # noqa: E731
+        J = _dense(flux, flux.jacobian_blocks(rho, *extra), n)
+        Jfd = _fd(res, rho)
+        assert np.abs(J - Jfd).max() < 1e-5 * np.abs(Jfd).max()
+        assert np.abs(res(rho).sum(axis=0)).max() < 1e-13 * np.abs(Jfd).max()
+        # the limiter is really active: empty nodes get no outflow on limited edges
+        e = flux._lim
+        ri, rj = rho[flux.I[e]], rho[flux.J[e]]
+        theta, _, _ = positivity_limiter(np.where(ri > rj, 1.0, -1.0), ri, rj)
+        assert np.any(theta == 0.0) and np.any((theta > 0) & (theta < 1))
+
+
+def test_positivity_limiter_values():
+    """theta: 1 from the fuller node, the density ratio from the emptier one, 0 from vacuum."""
+    q = np.array([[-1.0], [-1.0], [1.0], [-1.0], [-1.0]])  # q < 0: the mass leaves node i
+    ri = np.array([[2.0], [1.0], [1.0], [0.0], [-0.5]])
+    rj = np.array([[1.0], [4.0], [4.0], [3.0], [1.0]])
+    theta, d_i, d_j = positivity_limiter(q, ri, rj)
+    np.testing.assert_allclose(theta.ravel(), [1.0, 0.25, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(d_i.ravel(), [0.0, 0.25, 0.0, 1.0 / 3, 0.0])
+    np.testing.assert_allclose(d_j.ravel(), [0.0, -1.0 / 16, 0.0, 0.0, 0.0])
 
 
 def test_potential_flux_jacobian_and_derivative():
