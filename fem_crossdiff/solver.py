@@ -77,6 +77,37 @@ def petsc_defaults(linear_solver: str = "iterative") -> dict:
     return opts
 
 
+class _NonlinearProblem(fem.petsc.NonlinearProblem):
+    """DOLFINx's ``NonlinearProblem`` whose PETSc objects are released, not destroyed, when freed.
+
+    DOLFINx's ``__del__`` destroys the SNES and matrices explicitly, and destroying them is
+    collective (MUMPS finalises with a collective call): when the ranks free a solver at
+    different moments (one rank still holds it in a traceback, a plot or a reference cycle) the
+    run deadlocks. Left to petsc4py, objects on a parallel communicator go to PETSc's garbage
+    list instead, and are destroyed collectively by ``PETSc.garbage_cleanup(comm)``, which every
+    :class:`CrossDiffusionSolver` calls when it is created.
+    """
+
+    def __del__(self):
+        pass
+
+
+def _weak(method: Callable) -> Callable:
+    """``method`` called through a weak reference to its object (``None`` once it is gone).
+
+    PETSc keeps callbacks on the C side, out of reach of Python's cycle collector: a callback
+    holding the solver would keep it, its mesh and their duplicated MPI communicators alive
+    until MPICH runs out of communicator context ids (exit 15 in a long MPI test run).
+    """
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return call
+
+
 @dataclass
 class StepInfo:
     """Outcome of one attempted step."""
@@ -234,7 +265,8 @@ class CrossDiffusionSolver:
         self._pc_stale, self._pc_baseline, self._pc_every_newton = False, None, False
         self.mass_tol = 1e-13
         self.prefix = f"crossdiff_{next(_ids)}_"
-        self.problem = fem.petsc.NonlinearProblem(
+        PETSc.garbage_cleanup(self.comm)  # collective: the solvers freed since the last one
+        self.problem = _NonlinearProblem(
             F, self.rho, petsc_options_prefix=self.prefix, petsc_options=opts)
         # options read lazily (multigrid levels) stay in PETSc's global database: remove this
         # solver's options with it, so nothing leaks or is reported as unused at exit
@@ -243,8 +275,8 @@ class CrossDiffusionSolver:
             self._attach_upwind()
         self.snes = self.problem.solver
         self._ksp_its = 0
-        self.snes.setMonitor(self._monitor)
-        self.snes.setUpdate(self._newton_update)
+        self.snes.setMonitor(_weak(self._monitor))
+        self.snes.setUpdate(_weak(self._newton_update))
         # diagnostics forms, compiled once
         self._mass_forms = [fem.form(self.rho[k] * ufl.dx(metadata=forms.VERTEX)
                                      if self.lumped else self.rho[k] * ufl.dx)
@@ -260,43 +292,13 @@ class CrossDiffusionSolver:
 
     # ----------------------------------------------------------------- SNES callbacks
     def _attach_upwind(self):
-        problem, flux, n = self.problem, self.flux, self.params.n
-        u = self.rho
-
-        def residual(snes, x, b):
-            dolfinx.la.petsc._ghost_update(x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
-            fem.petsc.assign(x, u)
-            with b.localForm() as bl:
-                bl.set(0.0)
-                fem.petsc.assemble_vector(b, problem.F)
-                rho = u.x.array.reshape(-1, n)
-                pot = self._current_potential(rho)
-                R = flux.residual(rho) if pot is None else flux.residual(rho, pot)
-                bl.array_w[:] += R.reshape(-1)
-            b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-
-        def jacobian(snes, x, J, P):
-            dolfinx.la.petsc._ghost_update(x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
-            fem.petsc.assign(x, u)
-            A = problem.A  # the assembled (frozen-potential) Jacobian; P for a shell J
-            A.zeroEntries()
-            fem.petsc.assemble_matrix(A, problem.J)
-            rho = u.x.array.reshape(-1, n)
-            pot = self._current_potential(rho)
-            if pot is None:
-                flux.add_jacobian(A, rho)
-            else:
-                flux.add_jacobian(A, rho, pot)
-            A.assemble()
-            if self._potential_mode == "implicit":
-                self._shell_ctx.update(rho, pot)
-                J.assemble()
-
+        problem = self.problem
+        residual, jacobian = _weak(self._upwind_residual), _weak(self._upwind_jacobian)
         problem.solver.setFunction(residual, problem.b)
         if self._potential_mode == "implicit":
             from fem_crossdiff.nonlocal_ import NonlocalJacobian
 
-            self._shell_ctx = NonlocalJacobian(problem.A, flux, self.nonlocal_model, self.V)
+            self._shell_ctx = NonlocalJacobian(problem.A, self.flux, self.nonlocal_model, self.V)
             shell = PETSc.Mat().createPython(problem.A.getSizes(), self._shell_ctx,
                                              comm=self.comm)
             shell.setUp()
@@ -304,6 +306,37 @@ class CrossDiffusionSolver:
             problem.solver.setJacobian(jacobian, shell, problem.A)
         else:
             problem.solver.setJacobian(jacobian, problem.A, problem.P_mat)
+
+    def _upwind_residual(self, snes, x, b):
+        problem, u = self.problem, self.rho
+        dolfinx.la.petsc._ghost_update(x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
+        fem.petsc.assign(x, u)
+        with b.localForm() as bl:
+            bl.set(0.0)
+            fem.petsc.assemble_vector(b, problem.F)
+            rho = u.x.array.reshape(-1, self.params.n)
+            pot = self._current_potential(rho)
+            R = self.flux.residual(rho) if pot is None else self.flux.residual(rho, pot)
+            bl.array_w[:] += R.reshape(-1)
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+
+    def _upwind_jacobian(self, snes, x, J, P):
+        problem, u = self.problem, self.rho
+        dolfinx.la.petsc._ghost_update(x, PETSc.InsertMode.INSERT, PETSc.ScatterMode.FORWARD)
+        fem.petsc.assign(x, u)
+        A = problem.A  # the assembled (frozen-potential) Jacobian; P for a shell J
+        A.zeroEntries()
+        fem.petsc.assemble_matrix(A, problem.J)
+        rho = u.x.array.reshape(-1, self.params.n)
+        pot = self._current_potential(rho)
+        if pot is None:
+            self.flux.add_jacobian(A, rho)
+        else:
+            self.flux.add_jacobian(A, rho, pot)
+        A.assemble()
+        if self._potential_mode == "implicit":
+            self._shell_ctx.update(rho, pot)
+            J.assemble()
 
     def _current_potential(self, rho):
         if self._potential_mode is None:

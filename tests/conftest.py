@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mpi4py import MPI
 
-import fem_crossdiff.compat  # noqa: F401  (orders MPI before dolfinx/petsc4py)
+from fem_crossdiff.compat import PETSc  # (orders MPI before dolfinx/petsc4py)
 
 COMM = MPI.COMM_WORLD
 
@@ -50,9 +50,11 @@ def mpi_tmp_path(tmp_path_factory) -> Path:
 def _collect_garbage():
     """Free each test's meshes and PETSc objects at the same point on every rank.
 
-    Solvers hold reference cycles (SNES callbacks refer back to their solver), so without this
-    their duplicated MPI communicators accumulate until MPICH runs out of context ids and
-    aborts (exit code 15) a few hundred tests into the MPI run.
+    Whatever a test leaves in reference cycles is collected here, and PETSc objects freed on
+    parallel communicators (kept in PETSc's garbage list, see ``fem_crossdiff.solver``) are
+    destroyed collectively: without this, duplicated MPI communicators accumulate until MPICH
+    runs out of context ids and aborts (exit code 15) a few hundred tests into the MPI run.
     """
     yield
     gc.collect()
+    PETSc.garbage_cleanup(COMM)

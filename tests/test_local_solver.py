@@ -453,3 +453,40 @@ def test_stale_multigrid_is_rebuilt():
             assert not s._pc_stale
     diff = COMM.allreduce(float(np.abs(out[0] - out[1]).max()), op=MPI.MAX)
     assert diff < 1e-8
+
+
+def test_solver_is_freed():
+    """No reference cycle through PETSc's C-side callbacks keeps a solver (and its comms) alive."""
+    import gc
+    import weakref
+
+    s = CrossDiffusionSolver(_mesh(2, 4), ModelParams(a=(1.0,), b=(1.0,)))
+    s.set_initial([1.0])
+    assert s.step(1e-3, "ie").accepted
+    ref = weakref.ref(s)
+    del s
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.timeout(60)
+def test_solver_freed_on_one_rank_first_does_not_hang():
+    """Ranks may free a solver at different moments (rank 0 holding a plot or a traceback).
+
+    Destroying MUMPS is collective; the solver defers it to ``PETSc.garbage_cleanup``, called
+    collectively, so this finishes instead of deadlocking under ``mpirun -n 2``.
+    """
+    import gc
+
+    s = CrossDiffusionSolver(_mesh(1, 40), ModelParams(a=(1.0,), b=(1.0,)),
+                             linear_solver="direct")
+    s.set_initial([lambda x: 1.0 + x[0]])
+    assert s.step(1e-3, "ie").accepted
+    holder = [s] if COMM.rank == 0 else []
+    del s
+    gc.collect()  # the other ranks free it here
+    COMM.Barrier()
+    holder.clear()
+    gc.collect()
+    PETSc.garbage_cleanup(COMM)
+    COMM.Barrier()
