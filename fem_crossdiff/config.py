@@ -31,7 +31,7 @@ import math
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -541,50 +541,36 @@ class InitialConfig:
 
 
 @dataclass(frozen=True)
-class TimeConfig:
-    """``[time]``: the arguments of :class:`~fem_crossdiff.params.TimeParams`.
+class TimeConfig(TimeParams):
+    """``[time]``: a :class:`~fem_crossdiff.params.TimeParams` read from a study file.
 
-    Attributes:
-        T: Final time.
-        dt: Initial step.
-        method: ``"ie"`` or ``"bdf2"``.
-        adaptive: Grow the step after easy Newton solves.
-        dt_min: Smallest step.
-        dt_max: Largest step (None: T).
-        grow: Growth factor.
-        shrink: Reduction factor after a failed step.
+    The fields and their ranges are those of ``TimeParams`` (``easy_newton`` is not a key);
+    this class adds the file's strict typing (no strings for numbers, real booleans) and names
+    the offending key (``time.dt``) in its errors.
     """
 
-    T: float
-    dt: float
-    method: str = "ie"
-    adaptive: bool = False
-    dt_min: float = 1e-10
-    dt_max: float | None = None
-    grow: float = 1.25
-    shrink: float = 0.5
-
     def __post_init__(self):
-        _set(self, T=_float("time.T", self.T, lo=0.0),
-             dt=_float("time.dt", self.dt, lo=0.0, lo_open=True),
+        _set(self, T=_float("time.T", self.T), dt=_float("time.dt", self.dt),
              method=_choice("time.method", self.method, TIME_METHODS),
              adaptive=_bool("time.adaptive", self.adaptive),
-             dt_min=_float("time.dt_min", self.dt_min, lo=0.0, lo_open=True),
-             grow=_float("time.grow", self.grow), shrink=_float("time.shrink", self.shrink))
+             dt_min=_float("time.dt_min", self.dt_min), grow=_float("time.grow", self.grow),
+             shrink=_float("time.shrink", self.shrink))
         if self.dt_max is not None:
-            _set(self, dt_max=_float("time.dt_max", self.dt_max, lo=0.0, lo_open=True))
+            _set(self, dt_max=_float("time.dt_max", self.dt_max))
         try:
-            self.params()
+            super().__post_init__()
         except ValueError as err:
-            names = ("T", "dt", "method", "adaptive", "dt_min", "dt_max", "grow", "shrink")
-            key = _param_key("time", str(err), names)
+            key = _param_key("time", str(err), TIME_KEYS)
             raise ConfigError(key, getattr(self, key.split(".")[-1], None), str(err)) from None
 
     def params(self, dt: float | None = None) -> TimeParams:
-        """The :class:`~fem_crossdiff.params.TimeParams` (optionally with another first step)."""
-        return TimeParams(T=self.T, dt=self.dt if dt is None else dt, method=self.method,
-                          adaptive=self.adaptive, dt_min=self.dt_min, dt_max=self.dt_max,
-                          grow=self.grow, shrink=self.shrink)
+        """The plain :class:`~fem_crossdiff.params.TimeParams` (optionally another first step)."""
+        values = {k: getattr(self, k) for k in TIME_KEYS}
+        return TimeParams(**{**values, "dt": self.dt if dt is None else dt})
+
+
+#: ``[time]`` keys: the fields of :class:`~fem_crossdiff.params.TimeParams` but ``easy_newton``.
+TIME_KEYS = tuple(f.name for f in fields(TimeParams) if f.name != "easy_newton")
 
 
 @dataclass(frozen=True)
@@ -748,8 +734,7 @@ class StudyConfig:
         geometry = ({"msh": g.msh} | ({"gdim": g.gdim} if g.gdim is not None else {})
                     if g.msh is not None else {"builder": g.builder, **dict(g.params)})
         t = self.time
-        time = {k: getattr(t, k) for k in ("T", "dt", "method", "adaptive", "dt_min", "dt_max",
-                                           "grow", "shrink") if getattr(t, k) is not None}
+        time = {k: getattr(t, k) for k in TIME_KEYS if getattr(t, k) is not None}
         s = self.solver
         solver = {"scheme": s.scheme, "degree": s.degree, "linear_solver": s.linear_solver,
                   "positivity_tol": s.positivity_tol, "negative_edges": s.negative_edges,
@@ -889,8 +874,7 @@ def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> 
         initial.append(InitialConfig(profile=tab["profile"], key=key, gdim=geometry.gdim,
                                      values=tuple((a, b) for a, b in tab.items()
                                                   if a != "profile")))
-    t = _section(raw, "time", ("T", "dt", "method", "adaptive", "dt_min", "dt_max", "grow",
-                               "shrink"), ("T", "dt"))
+    t = _section(raw, "time", TIME_KEYS, ("T", "dt"))
     time = TimeConfig(**t)
     s = _section(raw, "solver", ("scheme", "degree", "linear_solver", "positivity_tol",
                                  "negative_edges", "petsc"))
