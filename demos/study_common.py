@@ -169,6 +169,17 @@ def w1_to_fe(points: np.ndarray, rho) -> float:
     return wasserstein_1d(points.reshape(-1), xq[:, 0], p=1.0, wy=wq)
 
 
+def seed_stats(name: str, values) -> dict[str, float]:
+    """``{name: mean, name_se: standard error}`` over independent seeds."""
+    v = np.asarray(values, float)
+    return {name: float(v.mean()), f"{name}_se": float(v.std(ddof=1) / np.sqrt(v.size))}
+
+
+#: ``(cells, N values, seeds)`` of the eps(N) sweeps (studies 3 and 5), quick and full.
+EPS_OF_N_SWEEP = {True: (400, [100, 400, 1600, 6400], [1, 2]),
+                  False: (1600, [100, 400, 1600, 6400, 25600, 102400], [1, 2, 3, 4])}
+
+
 def fit_slope(x, y) -> float:
     """Least-squares slope of ``log y`` against ``log x``."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))

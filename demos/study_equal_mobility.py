@@ -43,12 +43,8 @@ def main(argv=None) -> dict:
     comm = MPI.COMM_WORLD
     t_start = time.perf_counter()
     b = (0.5, 0.5)
-    if args.quick:
-        case = sc.Case1D(b=b, dt=1e-3)
-        cells, ns, seeds = 400, [100, 400, 1600, 6400], [1, 2]
-    else:
-        case = sc.Case1D(b=b)
-        cells, ns, seeds = 1600, [100, 400, 1600, 6400, 25600, 102400], [1, 2, 3, 4]
+    case = sc.Case1D(b=b, dt=1e-3) if args.quick else sc.Case1D(b=b)
+    cells, ns, seeds = sc.EPS_OF_N_SWEEP[args.quick]
     a = np.asarray(case.a)
 
     # ## The single viscous porous-medium equation for u = sum_k a_k rho_k
@@ -75,8 +71,7 @@ def main(argv=None) -> dict:
             pts = pos[:, :, 0].reshape(-1)
             wts = np.repeat(a / n, n)
             w1s.append(wasserstein_1d(pts, xq[:, 0], p=1.0, wx=wts, wy=wq))
-        rows.append({"N": n, "eps": eps, "seeds": len(seeds), "w1": float(np.mean(w1s)),
-                     "w1_se": float(np.std(w1s, ddof=1) / np.sqrt(len(seeds))),
+        rows.append({"N": n, "eps": eps, "seeds": len(seeds), **sc.seed_stats("w1", w1s),
                      "fe_total_l1": float(fe_l1)})
     N = np.array(ns, float)
     w1 = np.array([r["w1"] for r in rows])

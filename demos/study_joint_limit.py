@@ -42,12 +42,8 @@ def main(argv=None) -> dict:
     args = sc.parse_args(argv, "study_joint_limit", __doc__)
     comm = MPI.COMM_WORLD
     t_start = time.perf_counter()
-    if args.quick:
-        case = sc.Case1D(dt=1e-3)
-        cells, ns, seeds = 400, [100, 400, 1600, 6400], [1, 2]
-    else:
-        case = sc.Case1D()
-        cells, ns, seeds = 1600, [100, 400, 1600, 6400, 25600, 102400], [1, 2, 3, 4]
+    case = sc.Case1D(dt=1e-3) if args.quick else sc.Case1D()
+    cells, ns, seeds = sc.EPS_OF_N_SWEEP[args.quick]
     local, _ = sc.fe_solve(case, cells, eps=None, comm=comm)
     rho = [local.species(k) for k in range(case.n)]
     rows = []
@@ -57,8 +53,7 @@ def main(argv=None) -> dict:
         for seed in seeds:
             pos = sc.run_particles(case, n, eps, seed, comm)
             w1s.append(sum(sc.w1_to_fe(pos[k], rho[k]) for k in range(case.n)))
-        rows.append({"N": n, "eps": eps, "seeds": len(seeds), "w1": float(np.mean(w1s)),
-                     "w1_se": float(np.std(w1s, ddof=1) / np.sqrt(len(seeds))),
+        rows.append({"N": n, "eps": eps, "seeds": len(seeds), **sc.seed_stats("w1", w1s),
                      "sampling_prediction": 0.0})
     N = np.array(ns, float)
     w1 = np.array([r["w1"] for r in rows])

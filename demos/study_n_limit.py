@@ -88,8 +88,7 @@ def main(argv=None) -> dict:
                 l1 += lp_distance(md, rho_moll[k], p=1.0)
             l1s.append(l1)
             cps.append(cp)
-        rows.append({"N": n, "eps": eps, "seeds": len(seeds), "w1": float(np.mean(w1s)),
-                     "w1_se": float(np.std(w1s, ddof=1) / np.sqrt(len(seeds))),
+        rows.append({"N": n, "eps": eps, "seeds": len(seeds), **sc.seed_stats("w1", w1s),
                      "l1_moll": float(np.mean(l1s)), "coupling": float(np.mean(cps)),
                      "kde_prediction": float((n * eps) ** -0.5)})
 

@@ -40,7 +40,7 @@ import ufl
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
 from fem_crossdiff.mollifiers import KERNELS, get_mollifier
 from fem_crossdiff.params import COUPLINGS, ModelParams
-from fem_crossdiff.upwind import edge_weights, positivity_limiter
+from fem_crossdiff.upwind import edge_weights, limit_fluxes
 
 
 @dataclass(frozen=True)
@@ -108,23 +108,26 @@ class PotentialFlux:
         np.cumsum(np.bincount(keys // nloc, minlength=nloc), out=self._indptr[1:])
         self._indices = (keys % nloc).astype(PETSc.IntType)
         self._nnzb = keys.size
+        self._cache_key = self._cache = None
 
-    def _upstream(self, rho, g):
+    def _edge_terms(self, rho, g):
+        """Edge fluxes ``G`` (limited) and what the derivatives need, for ``rho`` and ``g``.
+
+        Kept for the last ``(rho, g)``: the matrix-free Jacobian applies the potential
+        derivative once per Krylov iteration at the same state.
+        """
+        key = self._cache_key
+        if key is not None and np.array_equal(key[0], rho) and np.array_equal(key[1], g):
+            return self._cache
         dg = g[self.I] - g[self.J]
         up_i = dg >= 0
-        r_up = np.where(up_i[:, None], rho[self.I], rho[self.J])
-        return dg, up_i, r_up
-
-    def _limiter(self, rho, dg, r_up):
-        """``theta`` and ``G dtheta/drho`` on the limited edges (``None`` if there are none)."""
-        if not self._lim.size:
-            return None
-        e = self._lim
-        ri, rj = rho[self.I[e]], rho[self.J[e]]
-        q = self.b * r_up[e] * dg[e][:, None] + self.params.sigma * (ri - rj)
-        theta, dth_i, dth_j = positivity_limiter(q, ri, rj)
-        G = self.W[e][:, None] * q
-        return theta, G * dth_i, G * dth_j
+        ri, rj = rho[self.I], rho[self.J]
+        r_up = np.where(up_i[:, None], ri, rj)
+        q = self.b * r_up * dg[:, None] + self.params.sigma * (ri - rj)  # G = w q
+        G = self.W[:, None] * q
+        lim = limit_fluxes(G, q, ri, rj, self._lim)
+        self._cache_key, self._cache = (rho.copy(), g.copy()), (G, dg, up_i, r_up, lim)
+        return self._cache
 
     def _scatter(self, G):
         R = np.empty((self.nloc, self.n))
@@ -135,22 +138,13 @@ class PotentialFlux:
 
     def residual(self, rho, potential):
         """Edge residual for nodal ``rho`` (nloc, n) and potential ``g`` (nloc,)."""
-        dg, _, r_up = self._upstream(rho, potential)
-        w = self.W
-        G = self.b * r_up * (w * dg)[:, None]
-        if self.params.sigma > 0:
-            G += self.params.sigma * w[:, None] * (rho[self.I] - rho[self.J])
-        lim = self._limiter(rho, dg, r_up)
-        if lim is not None:
-            G[self._lim] *= lim[0]
-        return self._scatter(G)
+        return self._scatter(self._edge_terms(rho, potential)[0])
 
     def apply_potential_derivative(self, rho, potential, dpot):
         """Edge residual change for a potential change ``dpot`` (rho, upstream, limiter fixed)."""
-        dg, _, r_up = self._upstream(rho, potential)
+        _, _, _, r_up, lim = self._edge_terms(rho, potential)
         ddg = dpot[self.I] - dpot[self.J]
         G = self.b * r_up * (self.W * ddg)[:, None]
-        lim = self._limiter(rho, dg, r_up)
         if lim is not None:
             G[self._lim] *= lim[0]
         return self._scatter(G)
@@ -158,11 +152,10 @@ class PotentialFlux:
     def jacobian_blocks(self, rho, potential):
         """Block-CSR values of the derivative with respect to ``rho`` at fixed ``g``."""
         n, w = self.n, self.W
-        dg, up_i, r_up = self._upstream(rho, potential)
+        _, dg, up_i, _, lim = self._edge_terms(rho, potential)
         diag = self.b[None, :] * (w * dg)[:, None]  # (E, n): d G_k / d rho_k,up
         Ji = np.where(up_i[:, None], diag, 0.0) + self.params.sigma * w[:, None]
         Jj = np.where(up_i[:, None], 0.0, diag) - self.params.sigma * w[:, None]
-        lim = self._limiter(rho, dg, r_up)
         if lim is not None:  # d(theta G) = theta dG + G dtheta, species by species
             e, (theta, g_dth_i, g_dth_j) = self._lim, lim
             Ji[e] = theta * Ji[e] + g_dth_i

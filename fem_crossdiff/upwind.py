@@ -192,6 +192,22 @@ def positivity_limiter(q: np.ndarray, ri: np.ndarray, rj: np.ndarray):
     return theta, np.where(src_i, d_s, d_o), np.where(src_i, d_o, d_s)
 
 
+def limit_fluxes(G: np.ndarray, q: np.ndarray, ri: np.ndarray, rj: np.ndarray,
+                 edges: np.ndarray):
+    """Apply :func:`positivity_limiter` in place to the fluxes ``G = w q`` of ``edges``.
+
+    Returns:
+        ``None`` if there are no such edges, else ``(theta, G dtheta_i, G dtheta_j)`` on them
+        (unlimited ``G``): the Jacobian of ``theta G`` is ``theta dG + G dtheta``.
+    """
+    if not edges.size:
+        return None
+    theta, dth_i, dth_j = positivity_limiter(q[edges], ri[edges], rj[edges])
+    Ge = G[edges]
+    G[edges] = theta * Ge
+    return theta, Ge * dth_i, Ge * dth_j
+
+
 class UpwindFlux:
     """Edge-flux residual and Jacobian of the upwind scheme on a blocked P1 space.
 
@@ -267,15 +283,9 @@ class UpwindFlux:
         dP = Pi - Pj
         Sm = 0.5 * (Si + Sj)
         F = Sm * dP
-        w = self.W
-        G = (self.b * c) * (w * F)[:, None] + p.sigma * w[:, None] * (ri - rj)
-        lim = None
-        if self._lim.size:
-            e = self._lim
-            q = (self.b * c[e]) * F[e][:, None] + p.sigma * (ri[e] - rj[e])
-            theta, dth_i, dth_j = positivity_limiter(q, ri[e], rj[e])
-            lim = (theta, G[e] * dth_i, G[e] * dth_j)  # G dtheta: the Jacobian's extra term
-            G[e] *= theta
+        q = (self.b * c) * F[:, None] + p.sigma * (ri - rj)  # G = w q
+        G = self.W[:, None] * q
+        lim = limit_fluxes(G, q, ri, rj, self._lim)
         out = G, (ri, rj, Si, Sj, Pi, Pj, up_i, c, inv_S, F, Sm, dP, lim)
         self._cache_key = rho.copy()
         self._cache = out

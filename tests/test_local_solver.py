@@ -193,13 +193,13 @@ def test_equal_mobilities_reduce_to_pme():
     assert l1 < 0.02, l1
 
 
-def _barenblatt(x, tau, m, d=1):
-    """Barenblatt profile of u_t = Lap(u^m) at time tau (unit-mass-free form, C = 1)."""
+def _barenblatt(x, tau, m, d=1, C=1.0):
+    """Barenblatt profile of u_t = Lap(u^m) at time tau (C sets the mass)."""
     alpha = d / (d * (m - 1) + 2)
     beta = alpha / d
     k = alpha * (m - 1) / (2 * m * d)
     r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(1.0 - k * r2 * tau ** (-2 * beta), 0.0) ** (1 / (m - 1))
+    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * beta), 0.0) ** (1 / (m - 1))
 
 
 @pytest.mark.parametrize("m", [2.0, 3.0])
@@ -337,12 +337,9 @@ def _barenblatt_3d_error(h: float, negative_edges: str) -> float:
     import meshes
 
     m, C = 2.0, 0.0185  # support radius 0.53 at tau = 1/2, 0.61 at tau = 1 (ball radius 1)
-    alpha = 3 / (3 * (m - 1) + 2)
-    k = alpha * (m - 1) / (2 * m * 3)
 
     def profile(x, tau):
-        r2 = x[0] ** 2 + x[1] ** 2 + x[2] ** 2
-        return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * alpha / 3), 0.0)
+        return _barenblatt(x, tau, m, d=3, C=C)
 
     geo = meshes.ball(COMM, h=h)
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0),
