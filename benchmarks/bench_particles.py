@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from particles import (
+from fem_crossdiff.particles import (
     Box,
     CellListDrift,
     GridDrift,
@@ -25,7 +25,7 @@ from particles import (
     QuadratureSpec,
     drift_bruteforce,
 )
-from particles.state import init_state, step
+from fem_crossdiff.particles.state import init_state, step
 
 EPS = 0.1
 BOX = Box((0.0, 0.0), (1.0, 1.0))

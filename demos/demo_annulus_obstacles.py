@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-import meshes
+from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.params import ModelParams, TimeParams

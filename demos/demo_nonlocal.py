@@ -21,7 +21,7 @@ import numpy as np
 import ufl
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-import meshes
+from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.nonlocal_ import NonlocalParams

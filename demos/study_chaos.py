@@ -35,12 +35,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI
-from particles import Box, GridDrift, gather_positions, init_state
-from particles import step as particle_step
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import study_common as sc  # noqa: I001
+from fem_crossdiff.particles import Box, GridDrift, gather_positions, init_state
+from fem_crossdiff.particles import step as particle_step
 
 
 @dataclass(frozen=True)

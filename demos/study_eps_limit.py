@@ -2,11 +2,12 @@
 #
 # The nonlocal system (1.5) against the local cross-diffusion system (1.1), both by the P1
 # upwind finite-element scheme on the same fine mesh of [-0.5, 1.5] with the same time step
-# (case of `study_common.py`). Theorem 1.6 gives convergence (up to subsequences) without a rate;
-# for smooth solutions with an even kernel the literature (e.g. [21] of the paper for the
-# viscous porous-medium equation) suggests O(eps) in weak/L1 norms, while the double
-# mollification `V^eps * (V^eps * rho)` of an even kernel is a second-order perturbation of
-# the identity, so O(eps^2) is also plausible for this smooth case: we report what we measure.
+# (case of `fem_crossdiff.studies`). Theorem 1.6 gives convergence (up to subsequences)
+# without a rate; for smooth solutions with an even kernel the literature (e.g. [21] of the
+# paper for the viscous porous-medium equation) suggests O(eps) in weak/L1 norms, while the
+# double mollification `V^eps * (V^eps * rho)` of an even kernel is a second-order
+# perturbation of the identity, so O(eps^2) is also plausible for this smooth case: we report
+# what we measure.
 # Errors at T, summed over the species: `l1 = ||rho^eps_k - rho_k||_L1`, and `w1`, the
 # 1-Wasserstein distance between the two FE densities (quadrature-point samples). The mesh must
 # resolve eps: `eps >= 2 h` is enforced by the mollifier; the smallest eps used here spans at
@@ -27,12 +28,10 @@ import time
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
-from particles.distances import wasserstein_1d
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import study_common as sc  # noqa: I001
+from fem_crossdiff.particles.distances import wasserstein_1d
 
 
 def w1_fe(r1, r2) -> float:

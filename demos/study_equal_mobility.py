@@ -2,8 +2,8 @@
 #
 # With `b_1 = ... = b_n = b`, `u = sum_k a_k rho_k` solves the single viscous porous-medium
 # equation `d_t u = div(b u grad u^(m-1)) + sigma Lap u` (the key observation of the uniqueness
-# proof). We take two species with a = (1, 1.5), b = (0.5, 0.5) (case of `study_common.py`) and
-# compare
+# proof). We take two species with a = (1, 1.5), b = (0.5, 0.5) (case of
+# `fem_crossdiff.studies`) and compare
 #
 # * `w1`: the particle estimate of u, the measure `sum_k a_k / N sum_i delta_{X_k^i}` of (1.6)
 #   with `eps(N)` logarithmic as in study 3, against the local FE solution of the single
@@ -26,13 +26,11 @@ import time
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
 from fem_crossdiff.params import ModelParams
-from particles.distances import wasserstein_1d
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import study_common as sc  # noqa: I001
+from fem_crossdiff.particles.distances import wasserstein_1d
 
 EPS_REF, N_REF = 0.1, 100
 

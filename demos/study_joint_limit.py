@@ -1,7 +1,7 @@
 # # Study 3: joint limit N -> infinity with eps(N) logarithmic in N (Remark 1.4, Theorem 1.10)
 #
 # Particles of (1.6) with `eps = eps(N)` against the LOCAL finite-element solution of (1.1) at
-# time T (case of `study_common.py`, unequal mobilities b = (0.5, 0.25)).
+# time T (case of `fem_crossdiff.studies`, unequal mobilities b = (0.5, 0.25)).
 #
 # Choice of eps(N). By (2.2), `C(eps, T) ~ eps^(6 + 2d(m-1)) exp(T / eps^kappa)` with
 # `kappa = 4 + 2d(m-1)` (= 6 here: d = 1, m = 2). Proposition 1.2 gives `W_2^2 <= C(eps,T)/N`,
@@ -29,10 +29,8 @@ import time
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import study_common as sc  # noqa: I001
 
 EPS_REF, N_REF = 0.1, 100
 

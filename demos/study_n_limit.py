@@ -1,7 +1,7 @@
 # # Study 1: N -> infinity at fixed eps (Proposition 1.2, Remark 1.3)
 #
 # Particles of (1.6) against the nonlocal finite-element solution of (1.5) at time T, on the
-# interval [-0.5, 1.5] with reflecting / no-flux walls (case of `study_common.py`, eps fixed).
+# interval [-0.5, 1.5] with reflecting / no-flux walls (case of `fem_crossdiff.studies`, eps fixed).
 # Three errors, each summed over the two species and averaged over independent seeds:
 #
 # * `w1`: the 1-Wasserstein distance (exact, via quantile functions) between the empirical
@@ -26,15 +26,19 @@ import time
 import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.coupling import FETimeGradientField
 from fem_crossdiff.measures import lp_distance, mollified_density
 from fem_crossdiff.mollify import MollificationOperator
-from particles import FieldDrift, GridDrift, brownian_increments, gather_positions, init_state
-from particles import step as particle_step
-
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import study_common as sc  # noqa: I001
+from fem_crossdiff.particles import (
+    FieldDrift,
+    GridDrift,
+    brownian_increments,
+    gather_positions,
+    init_state,
+)
+from fem_crossdiff.particles import step as particle_step
 
 
 def coupled_run(case, n_particles, eps, seed, grad_g, comm):

@@ -83,11 +83,6 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
-def _sub_dofs(solver) -> list[np.ndarray]:
-    # collapse() may hand back a (1, N) array in parallel: flatten
-    return [np.asarray(d).reshape(-1) for d in solver._sub_dofs]
-
-
 def _local_state(solver):
     """Owned scalar dofs: coordinates (nown, 3) and values (nown, n, 3) of rho, h0, h1."""
     V0 = solver.V0
@@ -95,7 +90,7 @@ def _local_state(solver):
     coords = V0.tabulate_dof_coordinates()[:nown]
     arrays = (solver.rho.x.array, solver.history[0].x.array, solver.history[1].x.array)
     vals = np.empty((nown, solver.params.n, 3))
-    for k, dofs in enumerate(_sub_dofs(solver)):
+    for k, dofs in enumerate(solver.species_dofs):
         for j, arr in enumerate(arrays):
             vals[:, k, j] = arr[dofs[:nown]]
     return coords, vals
@@ -124,7 +119,7 @@ def save_checkpoint(path: str | Path, solver, *, step: int, next_dt: float,
         allv = np.concatenate([p[1] for p in parts])
         meta = {
             "version": FORMAT_VERSION, "t": float(solver.t), "step": int(step),
-            "dt_prev": np.nan if solver._dt_prev is None else float(solver._dt_prev),
+            "dt_prev": np.nan if solver.dt_prev is None else float(solver.dt_prev),
             "next_dt": float(next_dt), "n_species": solver.params.n, "degree": solver.degree,
         }
 
@@ -223,9 +218,9 @@ def load_checkpoint(path: str | Path, solver, *, config_hash: str | None = None
                               f"within {MATCH_TOL:g} (relative): not the same mesh")
     idx = np.asarray(idx, dtype=np.int64)
     arrays = (solver.rho.x.array, solver.history[0].x.array, solver.history[1].x.array)
-    for k, dofs in enumerate(_sub_dofs(solver)):
+    for k, dofs in enumerate(solver.species_dofs):
         for j, arr in enumerate(arrays):
             arr[dofs] = values[idx, k, j]
     solver.t = info.t
-    solver._dt_prev = info.dt_prev
+    solver.dt_prev = info.dt_prev
     return info

@@ -21,11 +21,9 @@ fails (e.g. the step falls below ``dt_min``) gives exit code 1.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
-import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +36,7 @@ from fem_crossdiff.config import (
     short_mode_requested,
     to_toml,
 )
+from fem_crossdiff.errors import ParameterError
 
 __all__ = ["main", "run_study", "StudyResult", "build_parser"]
 
@@ -144,17 +143,29 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         prefix = "config error" if isinstance(err, ConfigError) else "restart error"
         _echo(comm, f"crossdiff: {prefix} in {args.config}: {err}", sys.stderr)
         return 2
-    except RuntimeError as err:  # collective failures (dt_min, missing nonlocal module)
+    except RuntimeError as err:  # collective failures (the step fell below dt_min)
         _echo(comm, f"crossdiff: run failed: {err}", sys.stderr)
         return 1
     return 0
 
 
 # --------------------------------------------------------------------------- the run
-def _species_error(err: ValueError) -> ConfigError:
-    found = re.search(r"species (\d+)", str(err))
-    key = f"initial[{found.group(1)}]" if found else "initial"
-    return ConfigError(key, "<initial data>", str(err))
+#: Names of the API's parameters -> the TOML keys that set them.
+_API_KEYS = {"eps": "model.eps", "kernel": "model.kernel", "coupling": "model.coupling",
+             "subdivisions": "model.subdivisions", "boundary": "model.boundary",
+             "scheme": "solver.scheme",
+             "model": "solver.scheme", "degree": "solver.degree",
+             "linear_solver": "solver.linear_solver", "negative_edges": "solver.negative_edges",
+             "initial": "initial"}
+
+
+def _config_error(err: ParameterError, context: str = "") -> ConfigError:
+    """A library parameter error under the TOML key that set the parameter."""
+    key = err.key
+    base = key.split("[", 1)[0]
+    toml = key if base == "initial" else _API_KEYS.get(base, key)
+    allowed = f"{context}{err.allowed}" if context else err.allowed
+    return ConfigError(toml, err.value, allowed)
 
 
 def _make_solver(cfg: StudyConfig, msh):
@@ -168,195 +179,45 @@ def _make_solver(cfg: StudyConfig, msh):
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
     try:
         return CrossDiffusionSolver(msh, cfg.model.params(), **kwargs)
-    except ValueError as err:  # raised on every rank: the checks use reduced mesh sizes
-        text = str(err)
-        key = ("model.eps" if "eps" in text else "solver.scheme" if "scheme" in text
-               else "solver")
-        value = {"model.eps": cfg.model.eps, "solver.scheme": cfg.solver.scheme}.get(key, "")
-        raise ConfigError(key, value, f"rejected by the solver on this mesh: {text}") from None
-    except TypeError as err:
-        if "nonlocal_params" in str(err):
-            raise RuntimeError("this CrossDiffusionSolver does not accept nonlocal_params "
-                               f'(model.type = "nonlocal" unsupported here): {err}') from None
-        raise
+    except ParameterError as err:  # raised on every rank: the checks use reduced mesh sizes
+        raise _config_error(err, "rejected on this mesh: ") from None
 
 
-def _state_row(s, step: int, dt: float) -> dict:
-    mass = s.masses()
-    mn, mx = s.extrema()
-    row = {"step": step, "t": s.t, "dt": dt, "energy": s.energy()}
-    n = s.params.n
-    row.update({f"mass_{k + 1}": mass[k] for k in range(n)})
-    for k in range(n):
-        row[f"min_{k + 1}"], row[f"max_{k + 1}"] = mn[k], mx[k]
-    row["newton_its"], row["krylov_its"] = 0, 0
-    return row
+def _particle_observer(cfg: StudyConfig, s, folder: Path):
+    """The particle system (1.6) next to the PDE, sampled from the current densities.
 
-
-class _Csv:
-    """Rank-0 diagnostics CSV, rows appended and flushed.
-
-    On a restart into the same folder, the rows after the checkpoint's step are dropped first
-    (the file is rewritten atomically).
+    Each species' particles carry the weight ``a_l M_l / N`` with ``M_l`` the mass of its FE
+    density, and move with the drift of the FE model's own mollification operator (same wall
+    treatment as the nonlocal model), reflected at the walls.
     """
-
-    def __init__(self, path: Path | None, comm, fields: list[str], keep_until: int | None):
-        self.file, self.previous = None, []
-        if path is None or comm.rank != 0:
-            return
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                self.previous = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
-            text = [",".join(fields)] + [",".join(r.get(k, "") for k in fields)
-                                         for r in self.previous]
-            ckpt.atomic_write(path, lambda f: f.write(("\n".join(text) + "\n").encode()))
-            self.file = open(path, "a", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
-            self.writer.writeheader()
-        self.previous = [{k: float(v) for k, v in r.items()} for r in self.previous]
-
-    def write(self, row: dict) -> None:
-        if self.file is not None:
-            self.writer.writerow({k: (f"{v:.16e}" if isinstance(v, float) else v)
-                                  for k, v in row.items()})
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-class _Fields:
-    """VTX / XDMF field output of every species (collective)."""
-
-    def __init__(self, s, folder: Path, formats, suffix: str):
-        from fem_crossdiff.compat import fem, io
-
-        self.s, self.vtx, self.xdmf = s, None, None
-        self.outs = [s.species(k) for k in range(s.params.n)]
-        msh = s.msh
-        if "vtx" in formats:
-            self.vtx = io.VTXWriter(s.comm, str(folder / f"rho{suffix}.bp"), self.outs,
-                                    engine="BP4")
-        if "xdmf" in formats:
-            gdeg = msh.geometry.cmaps[0].degree
-            # XDMF needs fields of the mesh's geometry degree
-            self.xspace = (None if gdeg == s.degree
-                           else fem.functionspace(msh, ("Lagrange", gdeg)))
-            self.xouts = (self.outs if self.xspace is None else
-                          [fem.Function(self.xspace, name=f.name) for f in self.outs])
-            self.xdmf = io.XDMFFile(s.comm, str(folder / f"rho{suffix}.xdmf"), "w")
-            self.xdmf.write_mesh(msh)
-
-    def write(self) -> None:
-        for k, f in enumerate(self.outs):
-            f.x.array[:] = self.s.rho.x.array[np.asarray(self.s._sub_dofs[k]).reshape(-1)]
-        if self.vtx is not None:
-            self.vtx.write(self.s.t)
-        if self.xdmf is not None:
-            for f, g in zip(self.outs, self.xouts):
-                if g is not f:
-                    g.interpolate(f)
-                self.xdmf.write_function(g, self.s.t)
-
-    def close(self) -> None:
-        for w in (self.vtx, self.xdmf):
-            if w is not None:
-                w.close()
-
-
-def _p1_species(s) -> list:
     from fem_crossdiff.compat import fem
+    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.observers import ParticleObserver, p1_species
+    from fem_crossdiff.particles import ParticleParams, ParticleWriter, init_state
+    from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
+    from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
 
-    out = [s.species(k) for k in range(s.params.n)]
-    if s.degree == 1:
-        return out
-    V1 = fem.functionspace(s.msh, ("Lagrange", 1))
-    res = []
-    for f in out:
-        g = fem.Function(V1, name=f.name)
-        g.interpolate(f)
-        res.append(g)
-    return res
-
-
-class _Particles:
-    """The particle system (1.6) alongside the PDE: one Euler-Maruyama step per PDE step."""
-
-    def __init__(self, cfg: StudyConfig, s, folder: Path):
-        from dataclasses import replace
-
-        from fem_crossdiff.compat import fem
-        from particles import GridDrift, ParticleParams, ParticleWriter, init_state
-        from particles.mesh_domain import FEDensitySampler, MeshDomain
-
-        pc, comm = cfg.particles, s.comm
-        self.comm = comm
-        self.params = ParticleParams(n_particles=pc.N, a=cfg.model.a, b=cfg.model.b,
-                                     sigma=cfg.model.sigma, m=cfg.model.m, eps=pc.eps,
-                                     kernel=pc.kernel)
-        self.domain, self.drift = MeshDomain(s.msh), GridDrift()
-        samplers = []
-        for f in _p1_species(s):
-            g = fem.Function(f.function_space)
-            # restored states may hold round-off negatives (~1e-19): sample the positive part
-            g.x.array[:] = np.maximum(f.x.array, 0.0)
-            samplers.append(FEDensitySampler(g))
-        state = init_state(self.params, samplers, pc.seed, self.domain, comm)
-        self.state = replace(state, time=s.t)
-        self.writer = ParticleWriter(folder / "particles", every=pc.output_every, comm=comm)
-        self.writer.write(self.state)
-
-    def advance(self, dt: float) -> None:
-        from particles import step
-
-        self.state = step(self.state, dt, self.params, self.domain, self.drift, self.comm)
-        self.writer.write(self.state)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def _plot_diagnostics(rows: list[dict], n: int, path: Path, title: str) -> None:
-    """Rank 0: mass drift, energy and minimum density over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.array([r["t"] for r in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for k in range(1, n + 1):
-        m = np.array([r[f"mass_{k}"] for r in rows])
-        axes[0].semilogy(t, np.maximum(np.abs(m / m[0] - 1.0), 1e-17), label=f"rho_{k}")
-        axes[2].plot(t, [r[f"min_{k}"] for r in rows], label=f"rho_{k}")
-    axes[0].set_title("relative mass drift")
-    axes[1].plot(t, [r["energy"] for r in rows], "k")
-    axes[1].set_title("energy")
-    axes[2].set_title("minimum density")
-    for ax in axes:
-        ax.set_xlabel("t")
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    ckpt.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
-
-
-def _plot_densities(snapshots, path: Path, title: str, comm) -> None:
-    from fem_crossdiff.plotting import plot_species_snapshots
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    plot_species_snapshots(snapshots, tmp, title=title)
-    if comm.rank == 0:
-        tmp.replace(path)
+    pc = cfg.particles
+    samplers = []
+    for f in p1_species(s):
+        g = fem.Function(f.function_space)
+        # restored states may hold round-off negatives (~1e-19): sample the positive part
+        g.x.array[:] = np.maximum(f.x.array, 0.0)
+        samplers.append(FEDensitySampler(g))
+    params = ParticleParams(n_particles=pc.N, a=cfg.model.a, b=cfg.model.b,
+                            sigma=cfg.model.sigma, m=cfg.model.m, eps=pc.eps, kernel=pc.kernel,
+                            masses=tuple(sm.mass for sm in samplers))
+    boundary = (cfg.model.nonlocal_params().boundary if cfg.model.type == "nonlocal"
+                else NonlocalParams.boundary)
+    nl = NonlocalParams(eps=pc.eps, kernel=pc.kernel, boundary=boundary)
+    try:
+        drift = MeshOperatorDrift(s.msh, params, nl)
+    except ParameterError as err:
+        raise ConfigError(f"particles.{err.key}", err.value, err.allowed) from None
+    domain = MeshDomain(s.msh)
+    state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t)
+    writer = ParticleWriter(folder / "particles", every=pc.output_every, comm=s.comm)
+    return ParticleObserver(params, domain, drift, state, writer)
 
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
@@ -383,21 +244,19 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
     from fem_crossdiff.log import get_logger
 
     level = logging.WARNING if quiet else getattr(logging, log_level.upper())
+    before = get_logger(comm).level
     log = get_logger(comm, level)
-    handler_levels = [(h, h.level) for h in log.handlers]
-    if comm.rank == 0:
-        for h in log.handlers:  # the solver resets the logger to INFO; the handler filters
-            h.setLevel(level)
     try:
-        return _run(cfg, comm, restart, not quiet and cfg.output.progress, level, log, output)
+        return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output)
     finally:
-        for h, lev in handler_levels:
-            h.setLevel(lev)
+        get_logger(comm, before if comm.rank == 0 else None)
 
 
-def _run(cfg, comm, restart, progress, level, log, output) -> StudyResult:
+def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
+    from fem_crossdiff import driver
+    from fem_crossdiff import observers as obs
     from fem_crossdiff.compat import mesh as dmesh
-    from meshes import GmshError
+    from fem_crossdiff.meshes import GmshError
 
     folder = Path(output if output is not None else cfg.output.folder)
     formats = cfg.output.formats
@@ -408,6 +267,9 @@ def _run(cfg, comm, restart, progress, level, log, output) -> StudyResult:
     comm.barrier()
     try:
         geo = cfg.geometry.build(comm)
+    except ParameterError as err:
+        raise ConfigError(f"geometry.{err.key}", err.value,
+                          f"cannot build the mesh: {err.allowed}") from None
     except (ValueError, FileNotFoundError, GmshError) as err:
         key = "geometry.msh" if cfg.geometry.msh is not None else "geometry"
         raise ConfigError(key, cfg.geometry.msh or cfg.geometry.builder,
@@ -418,86 +280,49 @@ def _run(cfg, comm, restart, progress, level, log, output) -> StudyResult:
     s = _make_solver(cfg, msh)
     try:
         s.set_initial(funcs)
-    except ValueError as err:
-        raise _species_error(err) from None
+    except ParameterError as err:
+        raise _config_error(err) from None
     tp = cfg.time.params()
     chash = cfg.physics_hash()
-    step0, suffix, first_dt = 0, "", 0.0
+    step0, suffix = 0, ""
     if restart is not None:
         info = ckpt.load_checkpoint(restart, s, config_hash=chash)
         step0, suffix = info.step, f"_restart{info.step:06d}"
-        first_dt = info.dt_prev or 0.0
         next_dt = min(max(info.next_dt, tp.dt_min), tp.dt_max or np.inf)
         tp = cfg.time.params(dt=next_dt) if next_dt >= tp.dt_min else tp
         log.info("restarted from %s: step %d, t = %.6g", restart, info.step, info.t)
-    rows = [_state_row(s, step0, first_dt)]
-    fields = list(rows[0])
-    writer = _Csv(folder / "diagnostics.csv" if "csv" in formats else None, comm, fields,
-                  keep_until=step0 if restart is not None else None)
-    if not writer.previous:
-        writer.write(rows[0])
-    fields_out = _Fields(s, folder, formats, suffix)
-    fields_out.write()
-    png2d = ("png" in formats and gdim == 2
-             and msh.topology.cell_type == dmesh.CellType.triangle)
+    observers = []
+    csv_obs = None
+    if "csv" in formats:
+        csv_obs = obs.CsvObserver(folder / "diagnostics.csv",
+                                  keep_until=step0 if restart is not None else None)
+        observers.append(csv_obs)
+    fields = [f for f in ("vtx", "xdmf") if f in formats]
+    if fields:
+        observers.append(obs.FieldObserver(folder / f"rho{suffix}", fields,
+                                           every=cfg.output.every))
+    if "png" in formats:
+        if gdim == 2 and msh.topology.cell_type == dmesh.CellType.triangle:
+            observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
+        observers.append(obs.DiagnosticsPlotObserver(
+            folder / "diagnostics.png", cfg.title,
+            previous=(lambda: csv_obs.previous) if csv_obs is not None else None))
+    checkpoints = obs.CheckpointObserver(folder / "checkpoints", cfg.output.checkpoint_every,
+                                         chash)
+    observers.append(checkpoints)
     parts = None
     if cfg.particles is not None:
         if restart is not None:
             log.info("particles are not checkpointed: re-sampled from the restored densities")
         try:
-            parts = _Particles(cfg, s, folder)
+            parts = _particle_observer(cfg, s, folder)
+            observers.append(parts)
+        except ConfigError:
+            raise
         except ValueError as err:
-            raise ConfigError("particles", cfg.particles.N, f"cannot start the particles: "
-                              f"{err}") from None
-    t_start, T = s.t, tp.T
-    targets = [t_start + (T - t_start) * j / 3 for j in (1, 2, 3)] if T > t_start else []
-    snapshots = [(s.t, _p1_species(s))] if png2d else []
-    written: list[Path] = []
-    every, cevery = cfg.output.every, cfg.output.checkpoint_every
-    root = logging.getLogger("fem_crossdiff")
-    last = {"step": step0, "next_dt": tp.dt}
-
-    def save(step, next_dt):
-        path = folder / "checkpoints" / f"step_{step:06d}.npz"
-        written.append(ckpt.save_checkpoint(path, s, step=step, next_dt=next_dt,
-                                            config_hash=chash))
-
-    def on_step(solver, row):
-        gstep = step0 + row["step"]
-        row = dict(row, step=gstep)
-        rows.append(row)
-        writer.write(row)
-        if parts is not None:
-            parts.advance(row["dt"])
-        last.update(step=gstep, next_dt=solver.next_dt)
-        if gstep % every == 0:
-            fields_out.write()
-        if png2d and targets and solver.t >= targets[0] - 1e-12 * max(T, 1.0):
-            snapshots.append((solver.t, _p1_species(solver)))
-            while targets and solver.t >= targets[0] - 1e-12 * max(T, 1.0):
-                targets.pop(0)
-        if cevery and gstep % cevery == 0:
-            save(gstep, last["next_dt"])
-        if comm.rank == 0 and root.level != level:
-            root.setLevel(level)  # get_logger() in solver.run reset it
-
-    try:
-        s.run(tp, progress=progress, callback=on_step)
-    finally:
-        writer.close()
-        if parts is not None:
-            parts.close()
-        if last["step"] > step0 and last["step"] % every != 0:
-            fields_out.write()
-        fields_out.close()
-    if cevery and last["step"] > step0 and last["step"] % cevery != 0:
-        save(last["step"], last["next_dt"])
-    if "png" in formats:
-        if png2d:
-            _plot_densities(snapshots, folder / "densities.png", cfg.title, comm)
-        if comm.rank == 0:
-            _plot_diagnostics(writer.previous + rows[1 if writer.previous else 0:],
-                              s.params.n, folder / "diagnostics.png", cfg.title)
+            raise ConfigError("particles", cfg.particles.N,
+                              f"cannot start the particles: {err}") from None
+    rows = driver.run(s, tp, observers, progress=progress, step0=step0)
     comm.barrier()
     first, end = rows[0], rows[-1]
     drift = max(abs(end[f"mass_{k}"] / first[f"mass_{k}"] - 1.0)
@@ -505,5 +330,5 @@ def _run(cfg, comm, restart, progress, level, log, output) -> StudyResult:
     log.info("done: %d steps to t = %.6g, relative mass drift %.2e, energy %.6g -> %.6g; "
              "output in %s", end["step"] - step0, s.t, drift, first["energy"], end["energy"],
              folder)
-    return StudyResult(rows=rows, solver=s, folder=folder, checkpoints=written,
+    return StudyResult(rows=rows, solver=s, folder=folder, checkpoints=checkpoints.written,
                        particles=None if parts is None else parts.state)

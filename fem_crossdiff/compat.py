@@ -16,12 +16,14 @@ except ImportError:  # conda / spack / docker builds
 import dolfinx  # noqa: E402
 import dolfinx.fem.petsc  # noqa: E402, F401
 from dolfinx import fem, geometry, io, la, mesh  # noqa: E402
+from dolfinx.io import gmsh as gmshio  # noqa: E402  (dolfinx.io.gmshio before 0.10)
 from mpi4py import MPI  # noqa: E402  (must precede dolfinx and petsc4py)
 from petsc4py import PETSc  # noqa: E402
 
 __all__ = [
     "MPI", "PETSc", "dolfinx", "fem", "geometry", "io", "la", "mesh", "gmshio",
-    "check_versions", "version_report",
+    "check_versions", "version_report", "basix_cell", "interpolation_points", "interpolate_any",
+    "MIN_DEGREE_BESIDE_VERTEX_RULE",
 ]
 
 #: Oldest and newest DOLFINx minor versions this code is written against.
@@ -66,17 +68,25 @@ def version_report() -> dict[str, str]:
     }
 
 
-# gmsh I/O moved from dolfinx.io.gmshio (<= 0.9) to dolfinx.io.gmsh (>= 0.10).
-try:
-    from dolfinx.io import gmsh as gmshio
-except ImportError:  # pragma: no cover - older DOLFINx
-    from dolfinx.io import gmshio  # type: ignore[no-redef]
-
-
 def interpolation_points(V) -> object:
     """Reference interpolation points of a space (a property in 0.11, a method in 0.10)."""
     pts = V.element.interpolation_points
     return pts() if callable(pts) else pts
+
+
+def basix_cell(msh):
+    """The basix cell type of a mesh (``Mesh.basix_cell()`` in 0.11, by name in 0.10)."""
+    import basix
+
+    if hasattr(msh, "basix_cell"):
+        return msh.basix_cell()
+    return basix.cell.string_to_type(msh.topology.cell_type.name)
+
+
+#: Smallest quadrature degree of an integral that shares a form with a vertex-rule integral:
+#: with FFCx 0.11 a one-point rule in the same form as a vertex-rule integral made the vertex
+#: integral assemble with midpoint values (seen here), so such integrals use degree >= 2.
+MIN_DEGREE_BESIDE_VERTEX_RULE = 2
 
 
 def interpolate_any(f, data) -> None:
@@ -89,3 +99,24 @@ def interpolate_any(f, data) -> None:
         f.interpolate(fem.Expression(data, interpolation_points(f.function_space)))
     else:
         f.interpolate(data)
+
+
+# ---- meshes
+def unsupported_ghost_mode(ghost_mode: str, tdim: int | None) -> str | None:
+    """Why DOLFINx cannot use ``ghost_mode`` for meshes of dimension ``tdim``, or None if it can.
+
+    With ``GhostMode.none``, DOLFINx (0.10 and 0.11; FEniCS/dolfinx PR #4525, open) finds no
+    inter-process facets of a 1D mesh, so the vertices at partition boundaries count as
+    exterior facets and ``ds`` integrates over them.
+
+    Args:
+        ghost_mode: ``"shared_facet"`` or ``"none"``.
+        tdim: Topological dimension of the mesh (None: not known yet, nothing to say).
+
+    Returns:
+        The reason, in words, or None.
+    """
+    if ghost_mode == "none" and tdim == 1:
+        return ("ghost_mode 'none' is not supported for 1D meshes (DOLFINx counts "
+                "partition-boundary vertices as exterior facets); use 'shared_facet'")
+    return None

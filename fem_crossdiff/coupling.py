@@ -3,9 +3,9 @@
 The process (1.7) moves with ``-b_k grad g^eps(t, Y)``, where ``g^eps`` comes from the nonlocal
 PDE (1.5). Here ``g`` is a scalar Lagrange ``fem.Function`` (degree ``p``) and
 :class:`FEGradientField` evaluates ``grad g`` at arbitrary points: a callable ``grad_g(t, y)``
-for :class:`particles.FieldDrift`. :class:`FETimeGradientField` interpolates linearly in time
-between stored snapshots ``(t_j, g_j)`` so that ``Y`` can be driven by the PDE solution over
-``[0, T]``.
+for :class:`fem_crossdiff.particles.FieldDrift`. :class:`FETimeGradientField` interpolates
+linearly in time between stored snapshots ``(t_j, g_j)`` so that ``Y`` can be driven by the PDE
+solution over ``[0, T]``.
 
 Exactness. ``grad g`` is interpolated once into the discontinuous vector space
 ``DG_{p-1}``, which contains it exactly (the gradient of a P1 function is piecewise constant,
@@ -15,17 +15,18 @@ face shared by two cells, where the gradient jumps and the owning cell (chosen b
 partition) decides (probability zero for random points).
 
 Parallel evaluation (collective: every rank calls with its own points, any number, possibly
-none). The particles of :mod:`particles` are split over the ranks by global index, the mesh by
-cells, so a particle usually lies in another rank's cells. ``geometry.determine_point_ownership``
-(with the points padded to shape ``(n, 3)``: ``(n, gdim)`` arrays are silently misread) names
-the owning rank of every point; the points, with their positions in the caller's array, are sent
-there by one ``Alltoallv``; the owner finds the containing owned cell (bounding-box tree, exact
-collision test; the closest owned cell for points within ``padding`` outside the mesh), evaluates
-the gradients and sends them back by a second ``Alltoallv``. The memory per rank stays
-proportional to its points and cells, unlike gathering the whole field; the result does not
-depend on the number of ranks (up to the face ambiguity above). Points outside the mesh by more
-than ``padding`` get the value ``outside_value`` (default 0, as for a field that vanishes outside
-the domain) or raise, see ``outside``.
+none). The particles of :mod:`fem_crossdiff.particles` are split over the ranks by global index,
+the mesh by cells, so a particle usually lies in another rank's cells.
+``geometry.determine_point_ownership`` (with the points padded to shape ``(n, 3)``: ``(n,
+gdim)`` arrays are silently misread) names the owning rank of every point; the points, with
+their positions in the caller's array, are sent there by one ``Alltoallv``; the owner finds the
+containing owned cell (bounding-box tree, exact collision test; the closest owned cell for
+points within ``padding`` outside the mesh), evaluates the gradients and sends them back by a
+second ``Alltoallv``. The memory per rank stays proportional to its points and cells, unlike
+gathering the whole field; the result does not depend on the number of ranks (up to the face
+ambiguity above). Points outside the mesh by more than ``padding`` get the value
+``outside_value`` (default 0, as for a field that vanishes outside the domain) or raise, see
+``outside``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import ufl
 
-from fem_crossdiff.compat import MPI, fem, geometry
+from fem_crossdiff.compat import MPI, fem, geometry, interpolation_points
 
 __all__ = ["FEGradientField", "FETimeGradientField", "gradient_function"]
 
@@ -64,9 +65,7 @@ def gradient_function(g) -> fem.Function:
     gdim = msh.geometry.dim
     W = fem.functionspace(msh, ("Discontinuous Lagrange", degree - 1, (gdim,)))
     grad = fem.Function(W, name="grad_g")
-    pts = W.element.interpolation_points
-    pts = pts() if callable(pts) else pts
-    grad.interpolate(fem.Expression(ufl.grad(g), pts))
+    grad.interpolate(fem.Expression(ufl.grad(g), interpolation_points(W)))
     grad.x.scatter_forward()
     return grad
 
@@ -234,7 +233,7 @@ class FETimeGradientField:
     def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
         """``grad g(t, y)`` for this rank's points ``y`` of shape ``(M, d)`` (collective).
 
-        ``t`` must be the same on every rank (it is in :func:`particles.state.step`).
+        ``t`` must be the same on every rank (it is in :func:`fem_crossdiff.particles.state.step`).
         """
         j0, j1, lam = self._bracket(float(t))
         if j0 == j1:

@@ -23,7 +23,7 @@ all points, so the result has mass ``N_inside / N`` (mass that left the domain s
 
 FE densities become weighted samples (quadrature points times quadrature weights) with
 :func:`density_to_weighted_samples`, to be compared with particles by
-:mod:`particles.distances`. :func:`lp_distance` and :func:`empirical_lp_distance` give
+:mod:`fem_crossdiff.particles.distances`. :func:`lp_distance` and :func:`empirical_lp_distance` give
 ``L^p`` distances (UFL integrals, summed over ranks), :func:`density_moments` the moments.
 """
 
@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, PETSc, fem, geometry, la
 from fem_crossdiff.mollifiers import get_mollifier
-from particles.distances import Moments
+from fem_crossdiff.particles.distances import Moments
 
 __all__ = [
     "LocatedPoints",
@@ -333,7 +333,7 @@ def density_to_weighted_samples(rho, quadrature_degree: int | None = None,
             the full sample on every rank; ``"none"``: each rank keeps its owned cells' part.
         clip_negative: Set negative weights (undershoots of the FE density) to 0, which
             changes the mass; otherwise they are returned as they are (and the distances of
-            :mod:`particles.distances` reject them).
+            :mod:`fem_crossdiff.particles.distances` reject them).
 
     Returns:
         ``(points (n, gdim), weights (n,))``.
@@ -439,7 +439,8 @@ def density_moments(rho, quadrature_degree: int | None = None) -> Moments:
         quadrature_degree: Default: degree of ``rho`` + 2 (exact on affine cells).
 
     Returns:
-        :class:`particles.distances.Moments`, mean and second moment normalised by the mass.
+        :class:`fem_crossdiff.particles.distances.Moments`, mean and second moment normalised
+        by the mass.
     """
     msh = rho.function_space.mesh
     gdim = msh.geometry.dim

@@ -1,8 +1,8 @@
 """Compactly supported mollifiers ``V^eps(x) = eps^-d V(x/eps)``: the single definition.
 
 Both the finite-element side (mollified pressure projections, the nonlocal model (1.5)) and
-the :mod:`particles` package (the drift of (1.6)) evaluate kernels through this module, which
-depends on numpy and scipy only, so that particles run without DOLFINx.
+the :mod:`fem_crossdiff.particles` package (the drift of (1.6)) evaluate kernels through this
+module, which depends on numpy and scipy only, so that particles run without DOLFINx.
 
 Every kernel is radial, even, nonnegative, supported in the closed ball of radius ``eps`` and
 normalised to unit mass in dimension ``d`` (1, 2 or 3):

@@ -85,7 +85,8 @@ import scipy.sparse as sp
 import ufl
 from scipy.spatial import cKDTree
 
-from fem_crossdiff.compat import MPI, PETSc, fem
+from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
+from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 
 __all__ = ["MollificationOperator", "MollifiedPressure", "mollified_pressure",
@@ -196,11 +197,9 @@ def _owned_cell_geometry(msh) -> np.ndarray:
 
 def _global_mesh_sizes(msh) -> tuple[float, float]:
     """Globally reduced largest cell diameter and bounding-box diameter of the mesh."""
-    tdim, gdim = msh.topology.dim, msh.geometry.dim
+    gdim = msh.geometry.dim
     G = _owned_cell_geometry(msh)
-    nv = basix.geometry(msh.basix_cell()).shape[0] if hasattr(msh, "basix_cell") else None
-    if nv is None:
-        nv = {1: 2, 2: 3, 3: 4}[tdim]
+    nv = basix.geometry(basix_cell(msh)).shape[0]
     V = G[:, :nv, :]
     hmax = 0.0
     if V.shape[0]:
@@ -279,10 +278,10 @@ class MollificationOperator:
         # Reduce before raising, so that an eps bad on one rank only fails on every rank.
         valid = _comm_all(comm, math.isfinite(eps_f) and eps_f > 0.0)
         if not valid:
-            raise ValueError(f"eps must be a finite number > 0 on every rank, got {eps!r}")
+            raise ParameterError("eps", eps, "a finite number > 0 on every rank")
         lo, hi = comm.allreduce(eps_f, op=MPI.MIN), comm.allreduce(eps_f, op=MPI.MAX)
         if lo != hi:
-            raise ValueError(f"eps must be equal on all ranks, got values in [{lo}, {hi}]")
+            raise ParameterError("eps", eps, f"equal on all ranks (got values in [{lo}, {hi}])")
         self.kernel = get_mollifier(kernel)
         _check_space(V, "V")
         _check_space(V_out, "V_out")
@@ -297,15 +296,17 @@ class MollificationOperator:
 
         hmax, diam = _global_mesh_sizes(V.mesh)
         if eps_f > diam:
-            raise ValueError(
-                f"eps={eps_f:g} exceeds the domain diameter {diam:g}: the operator would be "
-                "dense; choose eps <= the domain diameter")
+            raise ParameterError(
+                "eps", eps_f, f"at most the domain diameter {diam:g} (the operator would be "
+                "dense)")
         if eps_f < 2.0 * hmax:
             msg = (f"eps={eps_f:g} < 2*h_max={2.0 * hmax:g}: the kernel does not span two "
                    "cells of the coarsest part of the mesh, so V^eps is under-resolved")
             if not allow_small_eps:
-                raise ValueError(msg + "; refine the mesh, enlarge eps or pass "
-                                       "allow_small_eps=True")
+                raise ParameterError(
+                    "eps", eps_f, f">= 2 h_max = {2.0 * hmax:g}, so that the kernel spans two "
+                    "cells of the coarsest part of the mesh; refine the mesh, enlarge eps or "
+                    "pass allow_small_eps=True")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
         self.eps = eps_f
@@ -321,8 +322,7 @@ class MollificationOperator:
         V = self.V
         msh = V.mesh
         gdim = msh.geometry.dim
-        cell = msh.basix_cell() if hasattr(msh, "basix_cell") else basix.cell.string_to_type(
-            msh.topology.cell_type.name)
+        cell = basix_cell(msh)
         X, w = composite_quadrature(cell, self.quadrature_degree, self.subdivisions)
         cmap = msh.geometry.cmaps[0]
         cel = basix.create_element(basix.ElementFamily.P, cell, cmap.degree,

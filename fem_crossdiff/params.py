@@ -2,7 +2,8 @@
 
 Validation happens in ``__post_init__``, before any mesh or solver exists, and depends only on
 the arguments, so every MPI rank raises the same error at the same point (no rank is left
-waiting in a collective call).
+waiting in a collective call). Every error is a :class:`~fem_crossdiff.errors.ParameterError`
+whose ``key`` is the field's name (``"dt"``, ``"a[1]"``).
 """
 
 from __future__ import annotations
@@ -10,28 +11,32 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.laws import PowerLaw
+
 
 def finite_number(name: str, value) -> float:
-    """``float(value)``, or a ValueError naming ``name`` if it is not a finite real number."""
+    """``float(value)``, or a :class:`ParameterError` keyed ``name`` if not a finite real number."""
+    if isinstance(value, bool):
+        raise ParameterError(name, value, f"{name} must be a real number, not a boolean")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+        raise ParameterError(name, value, f"{name} must be a real number") from None
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ParameterError(name, value, f"{name} must be finite")
     return v
 
 
 def _positive_tuple(name: str, values) -> tuple[float, ...]:
     if isinstance(values, (int, float)):
         values = (values,)
-    try:
-        vals = tuple(finite_number(f"{name}[{i}]", v) for i, v in enumerate(values))
-    except TypeError:
-        raise ValueError(f"{name} must be a sequence of positive numbers, got {values!r}") from None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ParameterError(name, values, f"{name} must be a sequence of positive numbers")
+    vals = tuple(finite_number(f"{name}[{i}]", v) for i, v in enumerate(values))
     for i, v in enumerate(vals):
         if v <= 0.0:
-            raise ValueError(f"{name}[{i}] must be > 0, got {v}")
+            raise ParameterError(f"{name}[{i}]", v, f"{name}[{i}] must be > 0")
     return vals
 
 
@@ -55,17 +60,17 @@ class ModelParams:
         a = _positive_tuple("a", self.a)
         b = _positive_tuple("b", self.b)
         if len(a) == 0:
-            raise ValueError("a must hold at least one coefficient (one per species)")
+            raise ParameterError("a", self.a, "a must hold at least one coefficient (one per "
+                                 "species)")
         if len(b) != len(a):
-            raise ValueError(
-                f"b must have one mobility per species: len(a) = {len(a)}, len(b) = {len(b)}"
-            )
+            raise ParameterError("b", self.b, f"b must have one mobility per species "
+                                 f"(len(a) = {len(a)})")
         m = finite_number("m", self.m)
         if m < 2.0:
-            raise ValueError(f"m must be >= 2, got {m}")
+            raise ParameterError("m", self.m, "m must be >= 2")
         sigma = finite_number("sigma", self.sigma)
         if sigma < 0.0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+            raise ParameterError("sigma", self.sigma, "sigma must be >= 0")
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)
         object.__setattr__(self, "m", m)
@@ -75,6 +80,11 @@ class ModelParams:
     def n(self) -> int:
         """Number of species."""
         return len(self.a)
+
+    @property
+    def law(self) -> PowerLaw:
+        """The pressure law ``P = S^(m-1)`` (:class:`fem_crossdiff.laws.PowerLaw`)."""
+        return PowerLaw(self.m)
 
     @property
     def equal_mobilities(self) -> bool:
@@ -128,23 +138,28 @@ class TimeParams:
     def __post_init__(self):
         T = finite_number("T", self.T)
         if T < 0.0:
-            raise ValueError(f"T must be >= 0, got {T}")
+            raise ParameterError("T", self.T, "T must be >= 0")
         dt = finite_number("dt", self.dt)
         if dt <= 0.0:
-            raise ValueError(f"dt must be > 0, got {dt}")
+            raise ParameterError("dt", self.dt, "dt must be > 0")
         if self.method not in TIME_METHODS:
-            raise ValueError(f"method must be one of {TIME_METHODS}, got {self.method!r}")
+            raise ParameterError("method", self.method,
+                                 f"method must be one of {', '.join(TIME_METHODS)}")
         dt_min = finite_number("dt_min", self.dt_min)
         if not 0.0 < dt_min <= dt:
-            raise ValueError(f"dt_min must satisfy 0 < dt_min <= dt = {dt}, got {dt_min}")
-        if self.dt_max is not None and finite_number("dt_max", self.dt_max) < dt:
-            raise ValueError(f"dt_max must be >= dt = {dt}, got {self.dt_max}")
+            raise ParameterError("dt_min", self.dt_min, f"dt_min must satisfy 0 < dt_min <= dt "
+                                 f"= {dt:g}")
+        dt_max = None if self.dt_max is None else finite_number("dt_max", self.dt_max)
+        if dt_max is not None and dt_max < dt:
+            raise ParameterError("dt_max", self.dt_max, f"dt_max must be >= dt = {dt:g}")
         grow = finite_number("grow", self.grow)
         limit = 1.5 if self.method == "bdf2" else 10.0
         if not 1.0 <= grow <= limit:
-            raise ValueError(f"grow must be in [1, {limit}] for method {self.method!r}, got {grow}")
+            raise ParameterError("grow", self.grow, f"grow must be in [1, {limit:g}] for method "
+                                 f"{self.method!r}")
         shrink = finite_number("shrink", self.shrink)
         if not 0.0 < shrink < 1.0:
-            raise ValueError(f"shrink must be in (0, 1), got {shrink}")
-        object.__setattr__(self, "T", T)
-        object.__setattr__(self, "dt", dt)
+            raise ParameterError("shrink", self.shrink, "shrink must be in (0, 1)")
+        values = dict(T=T, dt=dt, dt_min=dt_min, dt_max=dt_max, grow=grow, shrink=shrink)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)

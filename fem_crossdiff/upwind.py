@@ -2,7 +2,7 @@
 
 Why this scheme. Standard Galerkin (consistent or lumped mass) produces negative densities for
 segregated or compactly supported data, and log-density unknowns fail for small ``sigma`` and
-at ``sigma = 0`` (measured: ``shared/notes/positivity.md``). We use an edge-based finite-volume
+at ``sigma = 0`` (measured, see ``docs/positivity.md``). We use an edge-based finite-volume
 form of lumped P1 with the stiffness weights ``w_ij = -K_ij`` and fractional-flow upwinding:
 
     R_k,i = m_i d_t rho_k,i + sum_{j ~ i} G_k,ij,
@@ -150,6 +150,16 @@ def edge_weights(V: fem.FunctionSpace, negative_edges: str = "limit"):
     return I, J, W, limited, count
 
 
+def negative_edges_message(count: int, mode: str) -> str | None:
+    """The log line about a non-Delaunay mesh (``None`` when every weight is >= 0)."""
+    if not count:
+        return None
+    what = {"limit": "their fluxes are limited next to vacuum to keep positivity",
+            "drop": "they are left out of the fluxes (positive, not consistent)",
+            "keep": "positivity is not guaranteed there"}[mode]
+    return f"mesh is not Delaunay: about {count} edges have negative stiffness weight; {what}"
+
+
 def positivity_limiter(q: np.ndarray, ri: np.ndarray, rj: np.ndarray):
     """Flux limiter of the edges with negative total weight, and its derivatives.
 
@@ -208,7 +218,37 @@ def limit_fluxes(G: np.ndarray, q: np.ndarray, ri: np.ndarray, rj: np.ndarray,
     return theta, Ge * dth_i, Ge * dth_j
 
 
-class UpwindFlux:
+class BlockPattern:
+    """A block-CSR edge pattern written into PETSc matrices by COO assembly.
+
+    Subclasses hold ``_indptr`` and ``_indices`` over ``nloc`` local nodes, blocks ``n x n``.
+
+    The first :meth:`set_matrix` on a matrix gives it the pattern
+    (``MatSetPreallocationCOOLocal``: local indices through the matrix's local-to-global map;
+    contributions to rows owned elsewhere are summed by PETSc); later calls only pass values
+    (``MatSetValuesCOO``, no index search), which is cheaper than block-CSR insertion. The
+    values replace the matrix's, so nothing else may be assembled into it before.
+    """
+
+    coo_matrix = None
+
+    def set_matrix(self, A: PETSc.Mat, data: np.ndarray) -> None:
+        """Set ``A`` to the block values ``data`` (``nnzb`` blocks in pattern order)."""
+        if self.coo_matrix is not A:
+            n = self.n
+            brow = np.repeat(np.arange(self.nloc, dtype=np.int64), np.diff(self._indptr))
+            bcol = np.asarray(self._indices, dtype=np.int64)
+            r = np.arange(n)
+            shape = (brow.size, n, n)
+            rows = np.broadcast_to(brow[:, None, None] * n + r[None, :, None], shape)
+            cols = np.broadcast_to(bcol[:, None, None] * n + r[None, None, :], shape)
+            A.setPreallocationCOOLocal(rows.ravel().astype(PETSc.IntType),
+                                       cols.ravel().astype(PETSc.IntType))
+            self.coo_matrix = A
+        A.setValuesCOO(data.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
+
+
+class UpwindFlux(BlockPattern):
     """Edge-flux residual and Jacobian of the upwind scheme on a blocked P1 space.
 
     Args:
@@ -227,6 +267,7 @@ class UpwindFlux:
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.a = np.asarray(params.a)
         self.b = np.asarray(params.b)
+        self.law = params.law
         self._build_pattern()
 
     def _build_pattern(self):
@@ -270,10 +311,7 @@ class UpwindFlux:
         ri, rj = rho[self.I], rho[self.J]
         Si = np.maximum(ri @ self.a, 0.0)
         Sj = np.maximum(rj @ self.a, 0.0)
-        if p.m == 2.0:
-            Pi, Pj = Si, Sj
-        else:
-            Pi, Pj = Si ** (p.m - 1), Sj ** (p.m - 1)
+        Pi, Pj = self.law.pressure(Si), self.law.pressure(Sj)
         up_i = Pi >= Pj
         r_up = np.where(up_i[:, None], ri, rj)
         S_up = np.where(up_i, Si, Sj)
@@ -317,12 +355,7 @@ class UpwindFlux:
         # Per edge, each block is rank one plus diagonal (why: dF/drho is a multiple of a and
         # dc/drho = (I - c a^T)/S), so J_i[k, l] = u_k a_l beta_i + delta_kl d_i[k] with
         # u_k = b_k w c_k, and likewise for J_j; only n-vectors are summed over edges.
-        if p.m == 2.0:
-            dPi = dPj = 1.0
-        else:
-            m = p.m
-            dPi = (m - 1) * np.where(Si > 0, Si, 0.0) ** (m - 2)
-            dPj = (m - 1) * np.where(Sj > 0, Sj, 0.0) ** (m - 2)
+        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
         alpha_i = 0.5 * dP + Sm * dPi
         alpha_j = 0.5 * dP - Sm * dPj
         g = F * inv_S  # upstream derivative of c_k F, without b_k w
@@ -370,9 +403,8 @@ class UpwindFlux:
         np.take(flat, self._gather, axis=0, out=out)
 
     def add_jacobian(self, A: PETSc.Mat, rho: np.ndarray):
-        """Add the edge Jacobian into ``A`` (not final-assembled: the caller assembles)."""
+        """Set ``A`` to the edge Jacobian (COO assembly: it replaces every entry of ``A``)."""
         if self._data is None:
             self._data = np.empty((self._nnzb, self.n * self.n))
         self._fill_blocks(rho, self._data)
-        A.setValuesBlockedLocalCSR(self._indptr, self._indices, self._data.reshape(-1),
-                                   addv=PETSc.InsertMode.ADD_VALUES)
+        self.set_matrix(A, self._data)

@@ -1,7 +1,8 @@
 """gmsh geometry builders distributed with DOLFINx, a registry, and ``.msh`` file I/O.
 
-Every builder validates its parameters on all ranks first (a ValueError everywhere, before any
-gmsh or MPI call), runs gmsh on rank 0 only, and distributes the mesh with
+Every builder validates its parameters on all ranks first (a
+:class:`~fem_crossdiff.errors.ParameterError`, keyed by the parameter's name, everywhere and
+before any gmsh or MPI call), runs gmsh on rank 0 only, and distributes the mesh with
 ``gmshio.model_to_mesh``; the mesh is therefore identical for any number of ranks. The result
 is a :class:`Geometry`: the mesh, its cell and facet tags, the boundary tag names and the
 exact domain and boundary measures (for checks and convergence studies). Meshes are ghosted
@@ -24,8 +25,9 @@ from typing import Any
 
 import ufl
 
-from fem_crossdiff.compat import gmshio
+from fem_crossdiff.compat import gmshio, unsupported_ghost_mode
 from fem_crossdiff.compat import mesh as dmesh
+from fem_crossdiff.errors import ParameterError
 
 from ._session import GmshError, run_on_root
 from .specs import (
@@ -122,13 +124,11 @@ GHOST_MODES = ("shared_facet", "none")
 
 def _check_ghost_mode(ghost_mode: str, tdim: int | None) -> None:
     if ghost_mode not in GHOST_MODES:
-        raise ValueError(f"ghost_mode must be one of {GHOST_MODES}, got {ghost_mode!r}")
-    if ghost_mode == "none" and tdim == 1:
-        # DOLFINx 0.11 with GhostMode.none takes the vertices at partition boundaries of a 1D
-        # mesh for exterior facets (ds integrates over them); FEniCS/dolfinx PR #4525.
-        raise ValueError("ghost_mode 'none' is not supported for 1D meshes (DOLFINx 0.11 "
-                         "counts partition-boundary vertices as exterior facets); use "
-                         "'shared_facet'")
+        raise ParameterError("ghost_mode", ghost_mode,
+                             f"ghost_mode must be one of {', '.join(GHOST_MODES)}")
+    reason = unsupported_ghost_mode(ghost_mode, tdim)
+    if reason is not None:
+        raise ParameterError("ghost_mode", ghost_mode, reason)
 
 
 def _partitioner(comm, ghost_mode: str):
@@ -169,8 +169,8 @@ def interval(comm, *, a: float = 0.0, b: float = 1.0, h: float = 0.05,
         b: Right end, > a.
         h: Cell size, > 0; cells have size ``(b - a) / ceil((b - a) / h)``.
         order: Geometry order, 1 or 2.
-        ghost_mode: Only ``"shared_facet"``: DOLFINx 0.11 mis-detects exterior facets of
-            1D meshes ghosted with ``"none"``.
+        ghost_mode: Only ``"shared_facet"``: DOLFINx mis-detects exterior facets of 1D
+            meshes ghosted with ``"none"`` (:func:`fem_crossdiff.compat.unsupported_ghost_mode`).
 
     Returns:
         The distributed :class:`Geometry` (gdim 1).
@@ -361,14 +361,15 @@ BUILDERS: dict[str, Callable[..., Geometry]] = {
 
 
 def _lookup(name: str, params: dict[str, Any]) -> Callable[..., Geometry]:
-    if name not in BUILDERS:
-        raise ValueError(f"unknown geometry builder {name!r}; allowed: {sorted(BUILDERS)}")
+    if not isinstance(name, str) or name not in BUILDERS:
+        raise ParameterError("builder", name,
+                             f"builder must be one of {', '.join(sorted(BUILDERS))}")
     builder = BUILDERS[name]
     allowed = [p for p in inspect.signature(builder).parameters if p != "comm"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for builder {name!r}; "
-                         f"allowed: {allowed}")
+    for key in params:
+        if key not in allowed:
+            raise ParameterError(key, params[key], f"unknown parameter of builder {name!r}; "
+                                 f"allowed: {', '.join(allowed)}")
     return builder
 
 
@@ -384,8 +385,8 @@ def build(name: str, comm, **params) -> Geometry:
         The distributed :class:`Geometry`.
 
     Raises:
-        ValueError: unknown builder name or parameter, or a bad parameter value (on every rank,
-            before gmsh runs).
+        ParameterError: unknown builder name (keyed ``builder``) or parameter (keyed by its
+            name), or a bad parameter value (on every rank, before gmsh runs).
     """
     return _lookup(name, params)(comm, **params)
 
@@ -403,7 +404,7 @@ def write_msh(path: str | Path, name: str, comm, **params) -> Path:
         The path written.
 
     Raises:
-        ValueError: as for :func:`build`.
+        ParameterError: as for :func:`build`.
         GmshError: on every rank, if gmsh failed on rank 0 (e.g. unwritable path).
     """
     _lookup(name, params)
@@ -425,12 +426,13 @@ def validate(name: str, **params):
         The validated parameter spec the builder would use (defaults filled in).
 
     Raises:
-        ValueError: unknown builder or parameter, or a bad value (naming the parameter).
+        ParameterError: unknown builder or parameter, or a bad value (keyed as for
+            :func:`build`).
     """
     _lookup(name, params)
-    if "ghost_mode" in params:
-        _check_ghost_mode(params["ghost_mode"], None)
-    return _make_spec(name, params)
+    spec = _make_spec(name, params)
+    _check_ghost_mode(params.get("ghost_mode", GHOST_MODES[0]), spec.gdim)  # built: tdim = gdim
+    return spec
 
 
 def _make_spec(name: str, params: dict[str, Any]):
@@ -475,12 +477,12 @@ def read_msh(path: str | Path, comm, gdim: int | None = None,
 
     Raises:
         FileNotFoundError: on every rank, naming the path, if rank 0 cannot see the file.
-        ValueError: ``gdim`` not in (1, 2, 3), or a bad ``ghost_mode``.
+        ParameterError: ``gdim`` not in (1, 2, 3), or a bad ``ghost_mode``.
         GmshError: on every rank, if gmsh cannot read the file.
         RuntimeError: the file has no physical groups.
     """
     if gdim is not None and (isinstance(gdim, bool) or gdim not in (1, 2, 3)):
-        raise ValueError(f"gdim must be 1, 2, 3 or None, got {gdim!r}")
+        raise ParameterError("gdim", gdim, "gdim must be 1, 2, 3 or None")
     _check_ghost_mode(ghost_mode, None)
     path = Path(path)
     exists = comm.bcast(path.is_file() if comm.rank == 0 else None, root=0)

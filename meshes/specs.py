@@ -4,7 +4,8 @@ Each spec knows its geometric dimension, its boundary tags (name -> gmsh physica
 exact domain measure and the exact measure of every tagged boundary piece, and how to build its
 gmsh model (:meth:`populate`, called on rank 0 only). Validation happens in ``__post_init__``,
 i.e. identically on every rank and before any collective or gmsh call, so a bad parameter is a
-ValueError everywhere and never a hang.
+:class:`~fem_crossdiff.errors.ParameterError` (a ValueError keyed by the builder parameter's
+name: ``"h"``, ``"obstacles[1]"``) everywhere and never a hang.
 
 All geometry is built with the OpenCASCADE kernel so that ``order=2`` places the mid-edge
 nodes on the true curved boundary.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from scipy.special import ellipe
 
+from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.params import finite_number
 
 __all__ = [
@@ -37,12 +39,10 @@ DOMAIN_TAG = 1
 _ORDERS = (1, 2)
 
 
-
-
 def _positive(name: str, value) -> float:
     v = finite_number(name, value)
     if not v > 0.0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ParameterError(name, value, f"{name} must be > 0")
     return v
 
 
@@ -50,15 +50,15 @@ def _point(name: str, value, dim: int) -> tuple[float, ...]:
     try:
         items = tuple(value)
     except TypeError:
-        raise ValueError(f"{name} must be a sequence of {dim} numbers, got {value!r}") from None
+        raise ParameterError(name, value, f"{name} must be a sequence of {dim} numbers") from None
     if len(items) != dim:
-        raise ValueError(f"{name} must have {dim} coordinates, got {value!r}")
+        raise ParameterError(name, value, f"{name} must have {dim} coordinates")
     return tuple(finite_number(f"{name}[{i}]", c) for i, c in enumerate(items))
 
 
 def _order(value) -> int:
     if isinstance(value, bool) or value not in _ORDERS:
-        raise ValueError(f"order must be one of {_ORDERS}, got {value!r}")
+        raise ParameterError("order", value, f"order must be one of {', '.join(map(str, _ORDERS))}")
     return int(value)
 
 
@@ -71,7 +71,7 @@ def _set(obj, **values) -> None:
 def _check_mesh_size(obj, extent: float) -> None:
     h = _positive("h", obj.h)
     if h > extent:
-        raise ValueError(f"h must be <= the domain size {extent:g}, got {obj.h!r}")
+        raise ParameterError("h", obj.h, f"h must be <= the domain size {extent:g}")
     _set(obj, h=h, order=_order(obj.order))
 
 
@@ -144,7 +144,7 @@ class IntervalSpec:
     def __post_init__(self):
         a, b = finite_number("a", self.a), finite_number("b", self.b)
         if not b > a:
-            raise ValueError(f"b must be > a, got a={self.a!r}, b={self.b!r}")
+            raise ParameterError("b", self.b, f"b must be > a = {self.a!r}")
         _set(self, a=a, b=b)
         _check_mesh_size(self, b - a)
 
@@ -192,10 +192,11 @@ class RectangleSpec:
     def __post_init__(self):
         lo, hi = _point("lower", self.lower, 2), _point("upper", self.upper, 2)
         if not (hi[0] > lo[0] and hi[1] > lo[1]):
-            raise ValueError(f"upper must be > lower componentwise, got lower={self.lower!r}, "
-                             f"upper={self.upper!r}")
+            raise ParameterError("upper", self.upper, f"upper must be > lower = "
+                                 f"{self.lower!r} componentwise")
         if not isinstance(self.quadrilateral, bool):
-            raise ValueError(f"quadrilateral must be a bool, got {self.quadrilateral!r}")
+            raise ParameterError("quadrilateral", self.quadrilateral,
+                                 "quadrilateral must be a bool")
         _set(self, lower=lo, upper=hi)
         _check_mesh_size(self, max(hi[0] - lo[0], hi[1] - lo[1]))
 
@@ -330,8 +331,8 @@ class AnnulusSpec:
         r, R = _positive("inner_radius", self.inner_radius), _positive("outer_radius",
                                                                         self.outer_radius)
         if not r < R:
-            raise ValueError(f"inner_radius must be < outer_radius, got inner_radius="
-                             f"{self.inner_radius!r}, outer_radius={self.outer_radius!r}")
+            raise ParameterError("inner_radius", self.inner_radius,
+                                 f"inner_radius must be < outer_radius = {self.outer_radius!r}")
         _set(self, center=_point("center", self.center, 2), inner_radius=r, outer_radius=R)
         _check_mesh_size(self, 2 * R)
 
@@ -386,7 +387,7 @@ class LShapeSpec:
     def __post_init__(self):
         size, cut = _positive("size", self.size), _positive("cut", self.cut)
         if not cut < size:
-            raise ValueError(f"cut must be < size, got cut={self.cut!r}, size={self.size!r}")
+            raise ParameterError("cut", self.cut, f"cut must be < size = {self.size!r}")
         _set(self, size=size, cut=cut)
         _check_mesh_size(self, size)
 
@@ -435,28 +436,30 @@ class ObstaclesSpec:
     def __post_init__(self):
         lo, hi = _point("lower", self.lower, 2), _point("upper", self.upper, 2)
         if not (hi[0] > lo[0] and hi[1] > lo[1]):
-            raise ValueError(f"upper must be > lower componentwise, got lower={self.lower!r}, "
-                             f"upper={self.upper!r}")
+            raise ParameterError("upper", self.upper, f"upper must be > lower = "
+                                 f"{self.lower!r} componentwise")
         try:
             raw = tuple(self.obstacles)
         except TypeError:
-            raise ValueError(f"obstacles must be a sequence of (cx, cy, r), got "
-                             f"{self.obstacles!r}") from None
+            raise ParameterError("obstacles", self.obstacles,
+                                 "obstacles must be a sequence of (cx, cy, r)") from None
         if not raw:
-            raise ValueError("obstacles must hold at least one (cx, cy, r); use rectangle "
-                             "for none")
+            raise ParameterError("obstacles", self.obstacles, "obstacles must hold at least "
+                                 "one (cx, cy, r); use rectangle for none")
         circles = []
         for i, ob in enumerate(raw):
-            cx, cy, r = _point(f"obstacles[{i}]", ob, 3)
-            _positive(f"obstacles[{i}] radius", r)
+            key = f"obstacles[{i}]"
+            cx, cy, r = _point(key, ob, 3)
+            if not r > 0.0:
+                raise ParameterError(key, ob, f"{key} radius must be > 0")
             gap = min(cx - lo[0], hi[0] - cx, cy - lo[1], hi[1] - cy) - r
             if not gap > 0.0:
-                raise ValueError(f"obstacles[{i}] = {ob!r} overlaps or touches the outer "
-                                 f"boundary of ({lo[0]:g}, {hi[0]:g}) x ({lo[1]:g}, {hi[1]:g})")
+                raise ParameterError(key, ob, f"{key} overlaps or touches the outer boundary of "
+                                     f"({lo[0]:g}, {hi[0]:g}) x ({lo[1]:g}, {hi[1]:g})")
             for j, (dx, dy, dr) in enumerate(circles):
                 if not math.hypot(cx - dx, cy - dy) > r + dr:
-                    raise ValueError(f"obstacles[{i}] = {ob!r} overlaps or touches "
-                                     f"obstacles[{j}] = {raw[j]!r}")
+                    raise ParameterError(key, ob, f"{key} overlaps or touches obstacles[{j}] = "
+                                         f"{raw[j]!r}")
             circles.append((cx, cy, r))
         _set(self, lower=lo, upper=hi, obstacles=tuple(circles))
         _check_mesh_size(self, max(hi[0] - lo[0], hi[1] - lo[1]))
@@ -513,8 +516,8 @@ class BoxSpec:
     def __post_init__(self):
         lo, hi = _point("lower", self.lower, 3), _point("upper", self.upper, 3)
         if not all(b > a for a, b in zip(lo, hi, strict=True)):
-            raise ValueError(f"upper must be > lower componentwise, got lower={self.lower!r}, "
-                             f"upper={self.upper!r}")
+            raise ParameterError("upper", self.upper, f"upper must be > lower = "
+                                 f"{self.lower!r} componentwise")
         _set(self, lower=lo, upper=hi)
         _check_mesh_size(self, max(b - a for a, b in zip(lo, hi, strict=True)))
 

@@ -2,7 +2,9 @@
 
 Importing this package needs no DOLFINx and no MPI; communicators are optional arguments (mpi4py
 is imported only when one is passed). The DOLFINx bridge (reflection at the boundary of any mesh,
-sampling from a finite-element density) is :mod:`particles.mesh_domain`, imported explicitly.
+sampling from a finite-element density) is :mod:`fem_crossdiff.particles.mesh_domain`, imported
+explicitly. Distances between weighted samples (POT) are in
+:mod:`fem_crossdiff.particles.distances`.
 
 Typical use::
 
@@ -15,15 +17,7 @@ Typical use::
 
 from .coupling import coupled_sup_error, coupling_error
 from .domains import Box, FreeSpace, check_inside
-from .drift import (
-    BruteForceDrift,
-    CellListDrift,
-    FieldDrift,
-    GridDrift,
-    QuadratureSpec,
-    drift_bruteforce,
-)
-from .nonlocal1d import NonlocalFV1D, NonlocalSolution1D
+from .drift import CellListDrift, FieldDrift, GridDrift, QuadratureSpec, drift_bruteforce
 from .output import ParticleWriter, moments
 from .params import ParticleParams
 from .sampling import InverseCDF1D, RejectionSampler
@@ -41,14 +35,11 @@ __all__ = [
     "Box",
     "FreeSpace",
     "check_inside",
-    "BruteForceDrift",
     "CellListDrift",
     "FieldDrift",
     "GridDrift",
     "QuadratureSpec",
     "drift_bruteforce",
-    "NonlocalFV1D",
-    "NonlocalSolution1D",
     "ParticleWriter",
     "moments",
     "ParticleParams",

@@ -2,8 +2,9 @@
 
 ``X`` and ``Y`` start from the same positions ``xi`` and use the same Brownian increments; ``X``
 feels the empirical interaction, ``Y`` the field ``grad g^eps`` of the nonlocal PDE solution
-(a callable ``grad_g(t, y)``: the 1D reference :class:`particles.nonlocal1d.NonlocalFV1D`, or a
-finite-element evaluator). Both are advanced with the same Euler-Maruyama steps.
+(a callable ``grad_g(t, y)``: a finite-element evaluator of the nonlocal solver, or in the tests
+the 1D finite-volume reference ``NonlocalFV1D`` of ``tests/_nonlocal1d.py``). Both are advanced
+with the same Euler-Maruyama steps.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def coupled_sup_error(
     Args:
         params: model parameters.
         domain: particle domain.
-        sampler: initial sampler(s), as for :func:`particles.state.init_state`.
+        sampler: initial sampler(s), as for :func:`fem_crossdiff.particles.state.init_state`.
         seed: seed of the run (initial data and noise).
         grad_g: ``grad_g(t, y)`` of the nonlocal solution.
         dt: time step.

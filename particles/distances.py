@@ -1,4 +1,4 @@
-"""Distances between probability measures given as weighted samples (numpy/scipy only).
+"""Distances between probability measures given as weighted samples (POT, numpy and scipy).
 
 A *weighted sample* is a pair ``(points, weights)``: ``points`` of shape ``(n,)`` or ``(n, d)``
 and nonnegative ``weights`` of shape ``(n,)`` (``None`` means ``1/n`` each). It stands for the
@@ -8,35 +8,41 @@ finite-element density turned into quadrature points times quadrature weights (s
 *normalised* measures (weights divided by their sum), i.e. probability measures as in the
 paper; compare the masses separately with :func:`moments`.
 
-What is computed, and how exactly:
+The transport computations are POT's (Python Optimal Transport, ``import ot``, a required
+dependency); this module validates and normalises the samples, draws the projections, aligns
+the cumulative weights of the two samples (POT integrates between them as computed, so two
+representations of one measure would differ by rounding slivers: :func:`_sorted_aligned`) and
+adds what POT lacks (the bounded-Lipschitz distance and its bounds, moments):
 
-* :func:`wasserstein_1d`: ``W_p`` on the line, exact for discrete measures. With ``F^-1`` the
-  (piecewise-constant) quantile functions, ``W_p^p = int_0^1 |F_mu^-1(t) - F_nu^-1(t)|^p dt``;
-  both quantile functions are constant between consecutive cumulative weights of either
-  sample, so the integral is a finite sum (cost ``O((n + m) log(n + m))``).
+* :func:`wasserstein_1d`: ``W_p`` on the line, exact for discrete measures
+  (``ot.wasserstein_1d``). With ``F^-1`` the (piecewise-constant) quantile functions,
+  ``W_p^p = int_0^1 |F_mu^-1(t) - F_nu^-1(t)|^p dt``; both quantile functions are constant
+  between consecutive cumulative weights of either sample, so the integral is a finite sum
+  (cost ``O((n + m) log(n + m))``).
 * :func:`sliced_wasserstein`: ``SW_p^p(mu, nu) = E_theta W_p^p(theta#mu, theta#nu)``, theta
-  uniform on the sphere ``S^{d-1}``; estimated by the mean over ``n_proj`` directions drawn
-  from an explicit ``numpy.random.Generator`` (or passed in, so that several distances share
-  one projection set: the triangle inequality then holds exactly for the estimates). The
-  estimate of ``SW_p^p`` is unbiased with Monte Carlo standard error
-  ``std_theta(W_p^p) / sqrt(n_proj)``, returned on request. ``SW_p <= W_p``. For a
-  translation ``nu = mu(. - dm)``: ``W_p(theta#mu, theta#nu) = |theta . dm|`` so
-  ``SW_2^2 = |dm|^2 / d`` and ``SW_1 = |dm| Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2))``
-  (``2|dm|/pi`` in 2D).
+  uniform on the sphere ``S^{d-1}``; estimated, as ``ot.sliced_wasserstein_distance`` does
+  with given ``projections``, by the mean of POT's batched ``ot.wasserstein_1d`` over
+  ``n_proj`` directions drawn here from an explicit ``numpy.random.Generator`` (POT's
+  ``seed`` takes legacy seeds only) or passed in, so that several distances share one
+  projection set (the triangle inequality then holds exactly for the estimates). The estimate
+  of ``SW_p^p`` is unbiased with Monte Carlo standard error ``std_theta(W_p^p) / sqrt(n_proj)``,
+  returned on request. ``SW_p <= W_p``. For a translation ``nu = mu(. - dm)``:
+  ``W_p(theta#mu, theta#nu) = |theta . dm|`` so ``SW_2^2 = |dm|^2 / d`` and
+  ``SW_1 = |dm| Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2))`` (``2|dm|/pi`` in 2D).
 * :func:`wasserstein_exact`: exact ``W_p`` in any dimension by the transport linear program
-  (POT's ``ot.emd2`` when the ``pot`` package is installed, otherwise scipy's HiGHS); meant
-  for small samples (``n * m`` cost entries).
+  (``ot.emd2``, network simplex); meant for small samples (``n * m`` cost entries).
 * The bounded-Lipschitz distance of section 1.3,
   ``d(mu, nu) = sup { int f d(mu - nu) : |f| <= 1, Lip(f) <= 1 }`` (Dudley's convention:
   sup-norm and Lipschitz constant both at most 1; if the bound on ``f`` were left free, ``d``
   would equal ``W_1`` for probability measures). Since ``f`` and ``f + c`` give the same
   integral, ``d`` is exactly ``W_1`` for the truncated metric ``min(|x - y|, 2)``, hence
   ``d <= min(W_1, 2)``. :func:`bounded_lipschitz` computes ``d`` exactly (1D: a linear
-  program over the values of ``f`` at the atoms; d-D: the transport problem with the truncated
-  cost, small samples); :func:`bounded_lipschitz_bounds` gives a certified *lower* bound
-  (``max_theta d(theta#mu, theta#nu)``: ``f o theta`` is admissible) and a certified *upper*
-  bound (the truncated cost of the couplings induced by sorting along each direction, minimised
-  over the directions) for samples too large for the exact program.
+  program over the values of ``f`` at the atoms, scipy's HiGHS; d-D: the transport problem
+  with the truncated cost, ``ot.emd2``, small samples); :func:`bounded_lipschitz_bounds` gives
+  a certified *lower* bound (``max_theta d(theta#mu, theta#nu)``: ``f o theta`` is admissible)
+  and a certified *upper* bound (the truncated cost of the couplings induced by sorting along
+  each direction, POT's 1D transport plans, minimised over the directions) for samples too
+  large for the exact program.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import ot
 from scipy import sparse
 from scipy.optimize import linprog
 from scipy.spatial.distance import cdist
@@ -60,17 +67,7 @@ __all__ = [
     "bounded_lipschitz",
     "bounded_lipschitz_1d",
     "bounded_lipschitz_bounds",
-    "has_pot",
 ]
-
-
-def has_pot() -> bool:
-    """Return whether the optional POT package (``import ot``) is available."""
-    try:
-        import ot  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def as_weighted_sample(
@@ -165,38 +162,6 @@ def moments(points: np.ndarray, weights: np.ndarray | None = None) -> Moments:
     return Moments(mass, mean, second, second - np.outer(mean, mean))
 
 
-#: Cumulative-weight levels closer than this are treated as equal (see _monotone_coupling).
-_LEVEL_TOL = 64 * np.finfo(float).eps
-
-
-def _monotone_coupling(px: np.ndarray, wx: np.ndarray, py: np.ndarray, wy: np.ndarray):
-    """The quantile (monotone) coupling of two 1D discrete probability measures.
-
-    Returns ``(i, j, dt)``: the coupling puts mass ``dt[k]`` on the pair
-    ``(px[i[k]], py[j[k]])``; indices refer to the *unsorted* inputs.
-    """
-    ox = np.argsort(px, kind="stable")
-    oy = np.argsort(py, kind="stable")
-    cx = np.cumsum(wx[ox])
-    cy = np.cumsum(wy[oy])
-    cx[-1] = cy[-1] = 1.0  # the top level is exactly 1 for both, whatever the rounding
-    levels = np.union1d(cx, cy)
-    # Cumulative sums of the same measure written differently (permuted, split or rescaled
-    # atoms) differ by rounding; the slivers between such near-equal levels would pair
-    # distinct atoms and leave a spurious ~1e-8 in W_2. Merging levels closer than _LEVEL_TOL
-    # moves at most that much mass per level.
-    keep = np.concatenate((np.diff(levels) > _LEVEL_TOL, [True]))
-    levels = levels[keep]
-    prev = np.concatenate(([0.0], levels[:-1]))
-    dt = levels - prev
-    keep = dt > 0.0
-    # Both quantile functions are constant on (prev, level]; the midpoint picks the atom.
-    mid = 0.5 * (prev[keep] + levels[keep])
-    i = np.minimum(np.searchsorted(cx, mid, side="left"), cx.size - 1)
-    j = np.minimum(np.searchsorted(cy, mid, side="left"), cy.size - 1)
-    return ox[i], oy[j], dt[keep]
-
-
 def _check_p(p: float) -> float:
     p = float(p)
     if not (p >= 1.0 and math.isfinite(p)):
@@ -204,9 +169,63 @@ def _check_p(p: float) -> float:
     return p
 
 
-def _wpp_1d(px, wx, py, wy, p) -> float:
-    i, j, dt = _monotone_coupling(px, wx, py, wy)
-    return float(dt @ np.abs(px[i] - py[j]) ** p)
+#: Levels closer than this (in units of _GRID, i.e. 64 ulp of 1) are identified.
+_LEVEL_TOL = 64
+#: Aligned cumulative weights are integer multiples of _GRID: sums of them are exact.
+_GRID = 2.0**-52
+
+
+def _sorted_aligned(
+    px: np.ndarray, wx: np.ndarray, py: np.ndarray, wy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted atoms and weights for POT's 1D transport whose cumulative sums agree.
+
+    POT integrates the quantile functions between the cumulative weights of both samples.
+    Cumulative sums of the same measure written differently (atoms permuted, split or
+    rescaled) differ by rounding, and the slivers between such near-equal levels pair distinct
+    atoms: a spurious ~1e-8 in ``W_2`` of two equal measures. Along each column the levels are
+    therefore rounded to integer multiples of ``_GRID = 2^-52``, a level of ``y`` within
+    ``_LEVEL_TOL`` grid units of a level of ``x`` is set to it, and the weights are the
+    differences of the levels. Every partial sum of such weights is exact, so POT's cumulative
+    sums reproduce the aligned levels; each level moves by at most
+    ``(_LEVEL_TOL + 1/2) _GRID`` (about 1.4e-14) of mass.
+
+    Args:
+        px: Atoms of ``x``, ``(n, K)``: ``K`` projections (columns) of the same sample.
+        wx: Probability weights of ``x``, ``(n,)``.
+        py: Atoms of ``y``, ``(m, K)``.
+        wy: Probability weights of ``y``, ``(m,)``.
+
+    Returns:
+        ``(xs, ax, ys, ay)``: each column of the atoms sorted, ``(n, K)`` and ``(m, K)``, and
+        the aligned weights in that order (for ``ot.wasserstein_1d(..., require_sort=False)``).
+    """
+    top = round(1.0 / _GRID)
+    # rows = columns of the inputs: contiguous sorts, cumulative sums and searches
+    ox = np.argsort(px.T, axis=1, kind="stable")
+    oy = np.argsort(py.T, axis=1, kind="stable")
+    cx, cy = np.cumsum(wx[ox], axis=1), np.cumsum(wy[oy], axis=1)
+    # Dividing by the last sum spreads its rounding (up to ~n ulp) over the levels rather than
+    # putting it on the outermost atoms; the top level is then exactly 1 for both.
+    ix = np.rint(cx / cx[:, -1:] * top).astype(np.int64)
+    iy = np.rint(cy / cy[:, -1:] * top).astype(np.int64)
+    for lx, ly in zip(ix, iy, strict=True):
+        j = np.searchsorted(lx, ly)  # lx[j - 1] < ly <= lx[j]
+        up, down = lx[np.minimum(j, lx.size - 1)], lx[np.maximum(j - 1, 0)]
+        near = np.where(up - ly <= ly - down, up, down)
+        ly[:] = np.maximum.accumulate(np.where(np.abs(near - ly) <= _LEVEL_TOL, near, ly))
+    xs = np.take_along_axis(px.T, ox, axis=1).T
+    ys = np.take_along_axis(py.T, oy, axis=1).T
+    ax = (np.diff(ix, axis=1, prepend=0) * _GRID).T
+    ay = (np.diff(iy, axis=1, prepend=0) * _GRID).T
+    return xs, ax, ys, ay
+
+
+def _wpp(px: np.ndarray, wx: np.ndarray, py: np.ndarray, wy: np.ndarray, p: float) -> np.ndarray:
+    """``W_p^p`` along each column of ``px`` ``(n, K)``, ``py`` ``(m, K)`` (POT), ``(K,)``."""
+    xs, ax, ys, ay = _sorted_aligned(px, wx, py, wy)
+    w = ot.wasserstein_1d(xs, ys, ax, ay, p=p, require_sort=False)
+    return np.atleast_1d(np.asarray(w, dtype=float))
 
 
 def wasserstein_1d(
@@ -216,7 +235,7 @@ def wasserstein_1d(
     wx: np.ndarray | None = None,
     wy: np.ndarray | None = None,
 ) -> float:
-    """Exact ``W_p`` between two weighted samples on the line, via quantile functions.
+    """Exact ``W_p`` between two weighted samples on the line (``ot.wasserstein_1d``).
 
     Args:
         x: First sample, shape ``(n,)`` or ``(n, 1)``.
@@ -233,7 +252,7 @@ def wasserstein_1d(
     y, wy = _normalised(y, wy, "y")
     if _same_dim(x, y) != 1:
         raise ValueError(f"wasserstein_1d needs 1D samples, got dimension {x.shape[1]}")
-    return _wpp_1d(x[:, 0], wx, y[:, 0], wy, p) ** (1.0 / p)
+    return float(_wpp(x, wx, y, wy, p)[0]) ** (1.0 / p)
 
 
 def random_directions(d: int, n_proj: int, rng: np.random.Generator) -> np.ndarray:
@@ -282,8 +301,13 @@ def sliced_wasserstein(
     """Monte Carlo sliced Wasserstein distance ``SW_p`` between two weighted samples.
 
     The estimator is ``(mean_l W_p^p(theta_l#mu, theta_l#nu))^(1/p)`` with each 1D distance
-    exact (:func:`wasserstein_1d`). Its ``p``-th power is unbiased for ``SW_p^p`` with standard
-    error ``std_l(W_p^p) / sqrt(n_proj)``, i.e. the Monte Carlo error decays like
+    exact, computed by POT's batched ``ot.wasserstein_1d`` on the projections along the
+    directions ``theta_l`` drawn here (or given), so that the result depends only on ``rng``
+    or ``directions``. This is ``ot.sliced_wasserstein_distance`` with ``projections``, with
+    the weights aligned per direction as in :func:`wasserstein_1d` (equal measures give 0) and
+    the slice values kept for the standard error. Its
+    ``p``-th power is unbiased for ``SW_p^p`` with standard error
+    ``std_l(W_p^p) / sqrt(n_proj)``, i.e. the Monte Carlo error decays like
     ``1/sqrt(n_proj)``. In 1D the two directions ``+-1`` give the same value, so the result is
     the exact ``W_p``.
 
@@ -294,7 +318,9 @@ def sliced_wasserstein(
         wx: Weights of ``x`` (``None``: equal).
         wy: Weights of ``y`` (``None``: equal).
         n_proj: Number of random directions when ``directions`` is not given.
-        rng: Generator drawing the directions (required unless ``directions`` is given).
+        rng: Generator drawing the directions (required unless ``directions`` is given;
+            :func:`random_directions`). POT's own ``seed`` is not used: it takes legacy
+            seeds only.
         directions: A fixed projection set ``(n_proj, d)`` (rows normalised here); share it
             between calls to compare several distances on the same slices.
         return_stderr: Also return the standard error of the estimate of ``SW_p`` (delta
@@ -309,14 +335,8 @@ def sliced_wasserstein(
     y, wy = _normalised(y, wy, "y")
     d = _same_dim(x, y)
     th = _directions(d, n_proj, rng, directions)
-    px, py = x @ th.T, y @ th.T
-    if px.shape[0] == py.shape[0] and np.ptp(wx) == 0.0 and np.ptp(wy) == 0.0:
-        # Equal sizes and equal weights: the quantile coupling pairs the sorted values.
-        vals = np.mean(np.abs(np.sort(px, axis=0) - np.sort(py, axis=0)) ** p, axis=0)
-    else:
-        vals = np.array([_wpp_1d(px[:, k], wx, py[:, k], wy, p) for k in range(th.shape[0])])
-    mean_pp = float(vals.mean())
-    value = mean_pp ** (1.0 / p)
+    vals = _wpp(x @ th.T, wx, y @ th.T, wy, p)  # W_p^p of each slice
+    value = float(vals.mean()) ** (1.0 / p)
     if not return_stderr:
         return value
     se_pp = float(vals.std(ddof=1) / math.sqrt(vals.size)) if vals.size > 1 else math.inf
@@ -327,19 +347,15 @@ def sliced_wasserstein(
 
 
 def _transport_cost(wx: np.ndarray, wy: np.ndarray, cost: np.ndarray) -> float:
-    """Optimal transport cost ``min_pi <pi, cost>`` between two probability vectors."""
-    if has_pot():
-        import ot
+    """Optimal transport cost ``min_pi <pi, cost>`` between two probability vectors (POT).
 
-        return float(ot.emd2(wx, wy, cost, numItermax=10_000_000))
-    n, m = cost.shape
-    rows = sparse.kron(sparse.eye(n), np.ones((1, m)))
-    cols = sparse.kron(np.ones((1, n)), sparse.eye(m))
-    res = linprog(cost.ravel(), A_eq=sparse.vstack([rows, cols]).tocsr(),
-                  b_eq=np.concatenate([wx, wy]), bounds=(0, None), method="highs")
-    if res.status != 0:
-        raise RuntimeError(f"transport linear program failed: {res.message}")
-    return float(res.fun)
+    Raises:
+        RuntimeError: if the network simplex stops early (iteration limit, infeasibility).
+    """
+    value, log = ot.emd2(wx, wy, cost, numItermax=10_000_000, log=True)
+    if log.get("warning") is not None:
+        raise RuntimeError(f"transport linear program failed: {log['warning']}")
+    return float(value)
 
 
 def _check_size(n: int, m: int, max_atoms: int) -> None:
@@ -360,8 +376,7 @@ def wasserstein_exact(
 ) -> float:
     """Exact ``W_p`` (Euclidean ground cost) in any dimension by the transport linear program.
 
-    Uses ``ot.emd2`` (network simplex) from the optional POT package, else scipy's HiGHS
-    (slower; keep samples to a few hundred atoms then).
+    Uses POT's ``ot.emd2`` (network simplex) on the full ``n x m`` cost matrix.
 
     Args:
         x: First sample, ``(n, d)``.
@@ -471,8 +486,9 @@ def bounded_lipschitz_bounds(
       ``f(theta . x)`` is admissible whenever ``f`` is (each term exact,
       :func:`bounded_lipschitz_1d`).
     * Upper bound: ``min_theta int min(|x - y|, 2) dpi_theta``, ``pi_theta`` being the coupling
-      of ``mu`` and ``nu`` that matches their quantiles along ``theta``; any coupling bounds the
-      truncated transport cost, which equals ``d``. It is also ``<= 2``.
+      of ``mu`` and ``nu`` that matches their quantiles along ``theta`` (the plan returned by
+      ``ot.wasserstein_1d``); any coupling bounds the truncated transport cost, which equals
+      ``d``. It is also ``<= 2``.
 
     Args:
         x: First sample, ``(n, d)``.
@@ -490,10 +506,11 @@ def bounded_lipschitz_bounds(
     y, wy = _normalised(y, wy, "y")
     th = _directions(_same_dim(x, y), n_proj, rng, directions)
     px, py = x @ th.T, y @ th.T
+    # The monotone couplings along all directions at once: POT's 1D plans (data, rows, cols).
+    _, plans = ot.wasserstein_1d(px, py, wx, wy, p=1, return_plans="coo_tuple")
     lower, upper = 0.0, 2.0
-    for k in range(th.shape[0]):
+    for k, plan in enumerate(plans):
         lower = max(lower, _bl_1d(px[:, k], wx, py[:, k], wy))
-        i, j, dt = _monotone_coupling(px[:, k], wx, py[:, k], wy)
-        dist = np.minimum(np.linalg.norm(x[i] - y[j], axis=1), 2.0)
-        upper = min(upper, float(dt @ dist))
+        dist = np.minimum(np.linalg.norm(x[plan.rows] - y[plan.cols], axis=1), 2.0)
+        upper = min(upper, float(plan.data @ dist))
     return lower, upper

@@ -1,9 +1,9 @@
 """Particle domains: the whole space and boxes with reflecting walls.
 
 A reflecting wall is the particle counterpart of the no-flux boundary condition of the PDE. The
-mesh domain (any DOLFINx mesh) lives in :mod:`particles.mesh_domain`, the only module here that
-needs DOLFINx. Every domain offers ``dim``, ``bounds()``, ``contains(x, comm)`` and
-``reflect(x_old, x_new, comm)``; the last two may be collective (mesh domain).
+mesh domain (any DOLFINx mesh) lives in :mod:`fem_crossdiff.particles.mesh_domain`, the only
+module here that needs DOLFINx. Every domain offers ``dim``, ``bounds()``, ``contains(x, comm)``
+and ``reflect(x_old, x_new, comm)``; the last two may be collective (mesh domain).
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """The interaction drift of (1.6): grid (FFT, O(N)), cell lists (exact quadrature) and brute force.
 
-With ``w_p = a_l / N`` the weight of particle ``p`` of species ``l``,
+With ``w_p = a_l M_l / N`` the weight of particle ``p`` of species ``l`` (``M_l`` the species
+mass, :attr:`~fem_crossdiff.particles.params.ParticleParams.mass`; 1 for the probability
+densities of the paper),
 
     S(z) = sum_p w_p V^eps(z - X_p),     G(x) = (grad V^eps * S^(m-1))(x)
          = int grad V^eps(x - z) S(z)^(m-1) dz,     drift_k(x) = -b_k G(x).
 
 ``S`` is an exact particle sum, but the outer convolution is a spatial integral of the nonlinear
-function ``S^(m-1)``; it has no particle-sum form. Two evaluations are provided:
+function ``S^(m-1) = P(S)`` (``params.law``, :class:`fem_crossdiff.laws.PowerLaw`); it has no
+particle-sum form. Two evaluations are provided:
 
 * **Quadrature reference** (:func:`drift_bruteforce`, :class:`CellListDrift`): the outer
   integral by tensor Gauss-Legendre quadrature (``order`` points per direction) on the cells of a
@@ -18,7 +21,7 @@ function ``S^(m-1)``; it has no particle-sum form. Two evaluations are provided:
 * **Grid** (:class:`GridDrift`): cloud-in-cell deposit of the masses ``w_p`` on a uniform grid
   of spacing ``h = eps / cells_per_eps`` (anchored at the origin, covering the particles plus
   ``eps`` plus two cells), ``S`` by FFT convolution with the sampled kernel (zero padding: the
-  space outside the grid is empty), ``P = S^(m-1)``, ``G`` by FFT convolution with
+  space outside the grid is empty), ``P(S)`` at the grid points, ``G`` by FFT convolution with
   ``h^d grad V^eps`` (trapezoidal rule, spectrally accurate for the smooth compact kernel), and
   linear (cloud-in-cell) interpolation back to the particles. The deposit and the interpolation
   make the error O(h^2); ``cells_per_eps = 8`` gives about 1e-2 relative (max-norm) error, the
@@ -48,7 +51,6 @@ from .params import ParticleParams
 __all__ = [
     "GridDrift",
     "CellListDrift",
-    "BruteForceDrift",
     "FieldDrift",
     "QuadratureSpec",
     "drift_bruteforce",
@@ -86,8 +88,9 @@ def _global_bbox(positions: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _weights(params: ParticleParams, positions: np.ndarray) -> np.ndarray:
-    n, nloc = positions.shape[:2]
-    return np.repeat(np.asarray(params.a) / params.n_particles, nloc)
+    """Weight ``a_l M_l / N`` of every local particle, species by species, shape ``(n N_loc,)``."""
+    nloc = positions.shape[1]
+    return np.repeat(np.asarray(params.weights), nloc)
 
 
 def _check_positions(positions, params):
@@ -227,7 +230,7 @@ def _quadrature_drift(positions, params, comm, spec: QuadratureSpec, pairs) -> n
         s_loc += np.bincount(iq[near], weights=w[ip[near]] * kern.value(diff[near], eps),
                              minlength=nodes.shape[0])
     s = _allreduce(comm, s_loc, "sum")
-    f = qw * np.power(np.maximum(s, 0.0), params.m - 1.0)
+    f = qw * params.law.pressure(s)
     keep = f != 0.0
     nodes_k, f_k = nodes[keep], f[keep]
     g = np.zeros((pts.shape[0], d))
@@ -262,21 +265,6 @@ def drift_bruteforce(
     return _quadrature_drift(
         positions, params, comm, quadrature, lambda a, b: _all_pairs(a, b, params.eps)
     )
-
-
-@dataclass(frozen=True)
-class BruteForceDrift:
-    """:func:`drift_bruteforce` as a drift callable for :func:`particles.state.step`.
-
-    Attributes:
-        quadrature: the quadrature of the outer integral.
-    """
-
-    quadrature: QuadratureSpec = QuadratureSpec()
-
-    def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``."""
-        return drift_bruteforce(positions, params, comm, self.quadrature)
 
 
 @dataclass(frozen=True)
@@ -396,7 +384,7 @@ class GridDrift:
         kv_hat, kg_hat = _kernel_ffts(shape_fft, r, h, eps, params.kernel)
         crop = tuple(slice(0, int(s)) for s in shape)
         s_grid = sfft.irfftn(sfft.rfftn(mass, shape_fft) * kv_hat, shape_fft)[crop]
-        p_hat = sfft.rfftn(np.power(np.maximum(s_grid, 0.0), params.m - 1.0), shape_fft)
+        p_hat = sfft.rfftn(params.law.pressure(s_grid), shape_fft)
         fields = [sfft.irfftn(p_hat * kg_hat[c], shape_fft)[crop].ravel() for c in range(d)]
         g = np.empty((pts.shape[0], d))
         for sl in chunks:

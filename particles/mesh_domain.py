@@ -1,6 +1,7 @@
 """DOLFINx bridge: reflecting walls at the boundary of any mesh, sampling from FE densities.
 
-The only module of :mod:`particles` that needs DOLFINx (through :mod:`fem_crossdiff.compat`).
+The only module of :mod:`fem_crossdiff.particles` that needs DOLFINx (through
+:mod:`fem_crossdiff.compat`).
 
 Reflection (:class:`MeshDomain`): the exterior facets of the (affine simplex) mesh are gathered
 on every rank at construction, so that reflections need no communication and do not depend on
@@ -20,7 +21,12 @@ Sampling (:class:`FEDensitySampler`): from a DG0 or P1 function ``u >= 0``: the 
 gathered on every rank in the order of the original (input) cell indices, so the samples do not
 depend on the partition; cells are chosen by their mass, points are uniform in the simplex
 (sorted uniforms give uniform barycentric coordinates), and for P1 a point is accepted with
-probability ``u(point) / max(vertex values)`` (redrawn in the same cell otherwise).
+probability ``u(point) / max(vertex values)`` (redrawn in the same cell otherwise). The sampler
+also gives the mass ``int u`` (:attr:`FEDensitySampler.mass`), the species mass ``M_l`` of
+:class:`~fem_crossdiff.particles.params.ParticleParams`.
+
+The drift of (1.6) built from the FE model's own operator (deposit on P1, the nonlocal
+potential, cell-wise gradients) is :mod:`fem_crossdiff.particles.mesh_drift`.
 """
 
 from __future__ import annotations
@@ -244,8 +250,19 @@ class MeshDomain:
 class FEDensitySampler:
     """Sampler ``(rng, count) -> (count, d)`` from a DG0 or P1 density ``u >= 0`` on a mesh.
 
+    The samples follow the normalised density ``u / int u``; the mass ``int u`` is
+    :attr:`mass`, to be passed on as the species mass of the particle system, e.g.
+    ``ParticleParams(..., masses=tuple(s.mass for s in samplers))`` (particles of weight
+    ``a_l M_l / N``, :mod:`fem_crossdiff.particles.params`).
+
     Args:
         u: a scalar ``fem.Function`` in a DG0 or (continuous or discontinuous) P1 space.
+
+    Attributes:
+        mass: ``int u`` over the mesh (exact for DG0 and P1 on affine cells, summed in the
+            original cell order: the same on any number of ranks).
+        cell_mass: ``int_K u`` of every cell, in the original cell order.
+        dim: space dimension.
 
     Raises:
         ValueError: for other spaces, negative or non-finite values, or zero mass (``density``).

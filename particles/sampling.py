@@ -1,10 +1,11 @@
-"""Samplers of initial positions, for :func:`particles.state.init_state`.
+"""Samplers of initial positions, for :func:`fem_crossdiff.particles.state.init_state`.
 
 A sampler is a callable ``sampler(rng, count) -> (count, d)`` drawing i.i.d. points; the state
-calls it once per stream block (:mod:`particles.rng`), which keeps initial data independent of
-the number of MPI ranks. Densities need not be normalised; negative or non-finite values and
-zero mass raise ValueErrors naming ``density``. Sampling from a finite-element density on a
-DOLFINx mesh is :func:`particles.mesh_domain.FEDensitySampler`.
+calls it once per stream block (:mod:`fem_crossdiff.particles.rng`), which keeps initial data
+independent of the number of MPI ranks. Densities need not be normalised; negative or
+non-finite values and zero mass raise ValueErrors naming ``density``. Sampling from a
+finite-element density on a DOLFINx mesh is
+:func:`fem_crossdiff.particles.mesh_domain.FEDensitySampler`.
 """
 
 from __future__ import annotations

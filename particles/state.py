@@ -1,9 +1,10 @@
 """Particle state, pure Euler-Maruyama step, reproducible initial data and noise.
 
 Particles are split over MPI ranks in contiguous global index blocks (the same block for every
-species, see :func:`particles.rng.partition`); the state holds the local slice. All randomness
-comes from the counter-based streams of :mod:`particles.rng`, keyed by ``(seed, purpose,
-species, step, block)``, so a run gives the same trajectories whatever the number of ranks.
+species, see :func:`fem_crossdiff.particles.rng.partition`); the state holds the local slice.
+All randomness comes from the counter-based streams of :mod:`fem_crossdiff.particles.rng`, keyed
+by ``(seed, purpose, species, step, block)``, so a run gives the same trajectories whatever the
+number of ranks.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def init_state(
     Args:
         params: model parameters (gives ``N`` and the number of species).
         sampler: ``sampler(rng, count) -> (count, d)`` draws i.i.d. positions; either one for
-            all species or a sequence with one per species (see :mod:`particles.sampling`).
+            all species or a sequence with one per species (see
+            :mod:`fem_crossdiff.particles.sampling`).
         seed: integer >= 0 keying all streams of the run.
         domain: the particle domain; every sample must lie in it.
         comm: MPI communicator (``None``: serial).

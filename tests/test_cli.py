@@ -156,6 +156,13 @@ BROKEN = [
     ({"particles": {"N": 10}}, "particles.eps", "required"),
     ({"particles": {"N": 10, "eps": 0.1, "kernel": "box"}}, "particles.kernel", "poly4"),
     ({"short": {"time": {"T": -1.0}}}, "short.time.T", ">= 0"),
+    ({"time.dt": True}, "time.dt", "must be a number"),
+    ({"model.type": "nonlocal", "model.eps": 0.1, "model.subdivisions": 0},
+     "model.subdivisions", ">= 1"),
+    ({"geometry": {"builder": "rectangle_with_obstacles", "upper": [2.0, 1.0], "h": 0.3,
+                   "obstacles": [[0.5, 0.5, 0.2], [0.8, 0.5, 0.15]]}},
+     "geometry.obstacles[1]", "overlaps or touches obstacles[0]"),
+    ({"initial.0.profile": None}, "initial[0].profile", "<missing>"),
 ]
 
 
@@ -188,7 +195,7 @@ def test_base_config_is_valid(comm, mpi_tmp_path):
 
 def test_msh_geometry_runs(comm, mpi_tmp_path):
     """``geometry.msh`` (relative to the study file) reads a gmsh file; centres are checked."""
-    import meshes
+    from fem_crossdiff import meshes
 
     meshes.write_msh(mpi_tmp_path / "disk.msh", "disk", comm, radius=1.0, h=0.3)
     doc = _mutate({"geometry": {"msh": "disk.msh", "gdim": 2}})
@@ -213,8 +220,9 @@ def test_particles_alongside(comm, mpi_tmp_path):
     from fem_crossdiff.cli import run_study
     from fem_crossdiff.compat import MPI, fem
 
-    doc = _mutate({"particles": {"N": 3000, "seed": 3, "eps": 0.2, "output_every": 5},
-                   "initial.0.center": [0.3, 0.1], "time.T": 0.01})
+    # the particles' drift uses the FE mollification operator: eps >= 2 h_max
+    doc = _mutate({"particles": {"N": 3000, "seed": 3, "eps": 0.3, "output_every": 5},
+                   "initial.0.center": [0.3, 0.1], "time.T": 0.01, "geometry.h": 0.1})
     path = mpi_tmp_path / "particles.toml"
     if comm.rank == 0:
         path.write_text(to_toml(doc))

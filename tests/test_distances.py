@@ -13,8 +13,7 @@ import pytest
 from mpi4py import MPI
 from scipy.stats import norm
 
-from particles import distances as dist
-from particles.distances import (
+from fem_crossdiff.particles.distances import (
     bounded_lipschitz,
     bounded_lipschitz_1d,
     bounded_lipschitz_bounds,
@@ -54,12 +53,7 @@ def test_w2_1d_gaussians_closed_form(comm):
     assert gmax(comm, rel_r) < 1e-2  # measured ~2e-3
 
 
-@pytest.mark.parametrize("use_pot", [True, False])
-def test_w_1d_quantiles_match_transport_lp(comm, monkeypatch, use_pot):
-    if use_pot and not dist.has_pot():
-        pytest.skip("POT not installed")
-    if not use_pot:
-        monkeypatch.setattr(dist, "has_pot", lambda: False)  # scipy HiGHS fallback
+def test_w_1d_quantiles_match_transport_lp(comm):
     rng = np.random.default_rng(5)
     errs = []
     for _ in range(4):

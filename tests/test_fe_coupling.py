@@ -7,8 +7,8 @@ import pytest
 
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.coupling import FEGradientField, FETimeGradientField
-from particles import Box, FieldDrift, ParticleParams, init_state, step
-from particles.rng import partition
+from fem_crossdiff.particles import Box, FieldDrift, ParticleParams, init_state, step
+from fem_crossdiff.particles.rng import partition
 
 
 def _my_points(comm, n_global, d, seed, lo=0.0, hi=1.0):

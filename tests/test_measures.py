@@ -24,7 +24,7 @@ from fem_crossdiff.measures import (
     mollified_density,
 )
 from fem_crossdiff.mollifiers import get_mollifier
-from particles.distances import moments, random_directions, sliced_wasserstein
+from fem_crossdiff.particles.distances import moments, random_directions, sliced_wasserstein
 
 
 def my_slice(points: np.ndarray, comm) -> np.ndarray:

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import ufl
 
-import meshes
+from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem, mesh
+from fem_crossdiff.errors import ParameterError
 
 gmsh = pytest.importorskip("gmsh")
 
@@ -273,51 +274,61 @@ def test_ghost_modes(comm):
 
 
 def test_unknown_names(comm):
-    with pytest.raises(ValueError, match=r"unknown geometry builder 'donut'.*'annulus'"):
+    with pytest.raises(ParameterError, match=r"builder = 'donut': .*one of annulus, ball") as e:
         meshes.build("donut", comm)
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['radius'\].*'rx'"):
+    assert (e.value.key, e.value.value) == ("builder", "donut")
+    with pytest.raises(ParameterError, match=r"unknown parameter of builder 'ellipse'.*rx") as e:
         meshes.build("ellipse", comm, radius=1.0)
+    assert (e.value.key, e.value.value) == ("radius", 1.0)
     geo = meshes.build("interval", comm, h=0.5)
     with pytest.raises(KeyError, match="has no boundary 'top'"):
         geo.tag("top")
 
 
-BAD = [
-    ("disk", {"h": 0.0}, "h must be > 0"),
-    ("disk", {"h": -0.1}, "h must be > 0"),
-    ("disk", {"h": float("nan")}, "h must be finite"),
-    ("disk", {"h": 5.0}, "h must be <= the domain size"),
-    ("disk", {"radius": 0.0}, "radius must be > 0"),
-    ("disk", {"center": (0.0, 0.0, 0.0)}, "center must have 2 coordinates"),
-    ("disk", {"order": 3}, "order must be one of"),
-    ("ellipse", {"ry": -1.0}, "ry must be > 0"),
-    ("annulus", {"inner_radius": 1.0, "outer_radius": 1.0}, "inner_radius must be < outer"),
-    ("annulus", {"inner_radius": 2.0, "outer_radius": 1.0}, "inner_radius must be < outer"),
-    ("interval", {"a": 1.0, "b": 0.0}, "b must be > a"),
-    ("rectangle", {"upper": (1.0, 0.0)}, "upper must be > lower"),
-    ("rectangle", {"quadrilateral": "yes"}, "quadrilateral must be a bool"),
-    ("l_shape", {"size": 1.0, "cut": 1.0}, "cut must be < size"),
-    ("rectangle_with_obstacles", {"obstacles": ((0.1, 0.5, 0.2),)}, "touches the outer bound"),
-    ("rectangle_with_obstacles", {"obstacles": ((1.0, 0.9, 0.1),)}, "touches the outer bound"),
+BAD = [  # (builder, parameters, ParameterError.key, pattern of the message)
+    ("disk", {"h": 0.0}, "h", "h must be > 0"),
+    ("disk", {"h": -0.1}, "h", r"h = -0\.1: h must be > 0"),
+    ("disk", {"h": float("nan")}, "h", "h must be finite"),
+    ("disk", {"h": 5.0}, "h", "h must be <= the domain size 2"),
+    ("disk", {"h": True}, "h", "h must be a real number"),
+    ("disk", {"radius": 0.0}, "radius", "radius must be > 0"),
+    ("disk", {"center": (0.0, 0.0, 0.0)}, "center", "center must have 2 coordinates"),
+    ("disk", {"center": ("a", 0.0)}, "center[0]", r"center\[0\] must be a real number"),
+    ("disk", {"order": 3}, "order", "order must be one of 1, 2"),
+    ("ellipse", {"ry": -1.0}, "ry", "ry must be > 0"),
+    ("annulus", {"inner_radius": 1.0, "outer_radius": 1.0}, "inner_radius",
+     "inner_radius must be < outer_radius = 1.0"),
+    ("annulus", {"inner_radius": 2.0, "outer_radius": 1.0}, "inner_radius",
+     "inner_radius must be < outer"),
+    ("interval", {"a": 1.0, "b": 0.0}, "b", "b must be > a = 1.0"),
+    ("rectangle", {"upper": (1.0, 0.0)}, "upper", "upper must be > lower"),
+    ("rectangle", {"quadrilateral": "yes"}, "quadrilateral", "quadrilateral must be a bool"),
+    ("l_shape", {"size": 1.0, "cut": 1.0}, "cut", "cut must be < size"),
+    ("rectangle_with_obstacles", {"obstacles": ((0.1, 0.5, 0.2),)}, "obstacles[0]",
+     "touches the outer bound"),
+    ("rectangle_with_obstacles", {"obstacles": ((1.0, 0.9, 0.1),)}, "obstacles[0]",
+     "touches the outer bound"),
     ("rectangle_with_obstacles", {"obstacles": ((0.5, 0.5, 0.2), (0.8, 0.5, 0.15))},
-     r"obstacles\[1\].*overlaps or touches obstacles\[0\]"),
-    ("rectangle_with_obstacles", {"obstacles": ((0.5, 0.5, -0.2),)},
+     "obstacles[1]", r"obstacles\[1\].*overlaps or touches obstacles\[0\]"),
+    ("rectangle_with_obstacles", {"obstacles": ((0.5, 0.5, -0.2),)}, "obstacles[0]",
      r"obstacles\[0\] radius must be > 0"),
-    ("rectangle_with_obstacles", {"obstacles": ()}, "at least one"),
-    ("box", {"lower": (0.0, 0.0), "upper": (1.0, 1.0)}, "lower must have 3 coordinates"),
-    ("ball", {"radius": float("inf")}, "radius must be finite"),
-    ("ball", {"ghost_mode": "full"}, "ghost_mode must be one of"),
-    ("interval", {"ghost_mode": "none"}, "ghost_mode 'none' is not supported for 1D"),
+    ("rectangle_with_obstacles", {"obstacles": ()}, "obstacles", "at least one"),
+    ("box", {"lower": (0.0, 0.0), "upper": (1.0, 1.0)}, "lower",
+     "lower must have 3 coordinates"),
+    ("ball", {"radius": float("inf")}, "radius", "radius must be finite"),
+    ("ball", {"ghost_mode": "full"}, "ghost_mode", "ghost_mode must be one of"),
+    ("interval", {"ghost_mode": "none"}, "ghost_mode", "ghost_mode 'none' is not supported for 1D"),
 ]
 
 
-@pytest.mark.parametrize(("name", "params", "match"), BAD)
-def test_bad_parameters_raise_on_every_rank(comm, name, params, match):
+@pytest.mark.parametrize(("name", "params", "key", "match"), BAD)
+def test_bad_parameters_raise_on_every_rank(comm, name, params, key, match):
+    """A ParameterError keyed by the parameter's name, on every rank, before gmsh runs."""
     raised = False
     try:
         meshes.build(name, comm, **params)
-    except ValueError as exc:
-        raised = re.search(match, str(exc)) is not None
+    except ParameterError as exc:
+        raised = exc.key == key and re.search(match, str(exc)) is not None
     assert _all_ranks(comm, raised)
     # Validation happens before gmsh: rank 0 must not have been left with an open session.
     if comm.rank == 0:

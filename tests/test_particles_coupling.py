@@ -7,11 +7,11 @@ the same initial law the particles sample; ``X`` and ``Y`` share initial positio
 from __future__ import annotations
 
 import numpy as np
+from _nonlocal1d import NonlocalFV1D
 
-from particles import FreeSpace, GridDrift, ParticleParams
-from particles.coupling import coupling_error
-from particles.nonlocal1d import NonlocalFV1D
-from particles.sampling import InverseCDF1D
+from fem_crossdiff.particles import FreeSpace, GridDrift, ParticleParams
+from fem_crossdiff.particles.coupling import coupling_error
+from fem_crossdiff.particles.sampling import InverseCDF1D
 
 DENSITIES = [
     InverseCDF1D(lambda x: np.exp(-((x + 0.2) ** 2) / (2 * 0.3**2)), lo=-1.5, hi=1.5),

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from fem_crossdiff.compat import MPI
-from particles import CellListDrift, GridDrift, ParticleParams, QuadratureSpec, drift_bruteforce
-from particles.rng import partition
+from fem_crossdiff.particles import (
+    CellListDrift,
+    GridDrift,
+    ParticleParams,
+    QuadratureSpec,
+    drift_bruteforce,
+)
+from fem_crossdiff.particles.rng import partition
 
 
 def _split(x, comm):

@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 
 from fem_crossdiff.compat import MPI
-from particles import Box, CellListDrift, FreeSpace, GridDrift, ParticleParams, QuadratureSpec
-from particles.output import ParticleWriter
-from particles.rng import partition
-from particles.sampling import InverseCDF1D, RejectionSampler
-from particles.state import (
+from fem_crossdiff.particles import (
+    Box,
+    CellListDrift,
+    FreeSpace,
+    GridDrift,
+    ParticleParams,
+    QuadratureSpec,
+)
+from fem_crossdiff.particles.output import ParticleWriter
+from fem_crossdiff.particles.rng import partition
+from fem_crossdiff.particles.sampling import InverseCDF1D, RejectionSampler
+from fem_crossdiff.particles.state import (
     brownian_increments,
     gather_positions,
     init_state,
@@ -239,17 +246,76 @@ def test_bad_densities_and_positions(comm):
         step(s, 0.0, params, box)
 
 
+#: Packages that the numpy core must not need (the DOLFINx stack and MPI).
+_BLOCKED = ("dolfinx", "petsc4py", "mpi4py", "basix", "ffcx", "ufl", "dolfinx_solver")
+
+#: Run in a fresh interpreter: a finder that refuses the blocked packages, then the imports and
+#: one small particle step. Prints OK on success; any failure is a traceback and exit code 1.
+_NO_DOLFINX_SCRIPT = """
+import importlib.abc
+import sys
+
+BLOCKED = set(BLOCKED_NAMES)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not loaded, f"loaded at start-up, cannot be blocked: {loaded}"
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the numpy core must not import it")
+        return None
+
+
+sys.meta_path.insert(0, Refuse())
+try:
+    import ufl  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise AssertionError("the blocking finder does not work")
+
+import numpy as np
+
+import fem_crossdiff
+import fem_crossdiff.errors
+import fem_crossdiff.laws
+import fem_crossdiff.mollifiers
+import fem_crossdiff.params
+import fem_crossdiff.particles
+from fem_crossdiff.particles import (
+    coupling, distances, domains, drift, output, params, rng, sampling, state,
+)
+
+p = params.ParticleParams(12, (1.0, 0.5), (1.0, 2.0), 0.01, 3.0, 0.2)
+assert isinstance(p.law, fem_crossdiff.laws.PowerLaw) and p.law.m == 3.0
+box = domains.Box((0.0, 0.0), (1.0, 1.0))
+s0 = state.init_state(p, lambda g, n: 0.3 + 0.4 * g.random((n, 2)), 1, box)
+s1 = state.step(s0, 1e-3, p, box, drift.GridDrift(8))
+assert s1.step_index == 1 and s1.positions.shape == (2, 12, 2)
+assert np.all(np.isfinite(s1.positions)) and np.any(s1.positions != s0.positions)
+free = domains.FreeSpace(1)
+q = params.ParticleParams(8, (1.0,), (1.0,), 0.0, 2.0, 0.5)
+t0 = state.state_from_positions(np.linspace(-0.2, 0.2, 8)[None, :, None], 0, free)
+t1 = state.step(t0, 1e-2, q, free, drift.GridDrift(8))
+assert np.all(np.diff(t1.positions[0, :, 0]) > np.diff(t0.positions[0, :, 0]))  # spreads
+assert distances.wasserstein_1d(t0.positions[0], t1.positions[0], 1) > 0.0
+leaked = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
+assert not leaked, f"imported: {leaked}"
+print("OK")
+""".replace("BLOCKED_NAMES", repr(_BLOCKED))
+
+
 def test_core_imports_without_dolfinx(comm):
-    code = ("import sys, particles, particles.state, particles.sampling, particles.nonlocal1d, "
-            "particles.coupling, particles.output; "
-            "print(int(any(m.split('.')[0] in ('dolfinx', 'petsc4py', 'mpi4py') "
-            "for m in sys.modules)))")
-    ok = None
+    """The numpy core imports and steps with DOLFINx, PETSc, MPI and UFL made unimportable."""
+    ok, msg = None, None
     if comm.rank == 0:
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=120)
-        ok = res.returncode == 0 and res.stdout.strip() == "0"
-    assert comm.bcast(ok, root=0)
+        res = subprocess.run([sys.executable, "-c", _NO_DOLFINX_SCRIPT], capture_output=True,
+                             text=True, timeout=240)
+        ok = res.returncode == 0 and res.stdout.strip().endswith("OK")
+        msg = (res.stdout + res.stderr)[-3000:]
+    ok, msg = comm.bcast((ok, msg), root=0)
+    assert ok, msg
 
 
 def test_step_is_pure(comm):

@@ -7,9 +7,9 @@ import pytest
 import ufl
 
 from fem_crossdiff.compat import MPI, fem, gmshio
-from particles import ParticleParams
-from particles.mesh_domain import FEDensitySampler, MeshDomain
-from particles.state import brownian_increments, gather_positions, init_state, step
+from fem_crossdiff.particles import ParticleParams
+from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
+from fem_crossdiff.particles.state import brownian_increments, gather_positions, init_state, step
 
 gmsh = pytest.importorskip("gmsh")
 

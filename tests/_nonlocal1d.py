@@ -1,5 +1,8 @@
 """1D reference solver of the nonlocal PDE (1.5), giving ``grad g^eps`` for the process (1.7).
 
+A test helper (``tests/test_particles_coupling.py``), not part of the library: the drift of the
+nonlinear process in the tests. The pressure is ``params.law`` (:mod:`fem_crossdiff.laws`).
+
     d_t rho_k = d_x(b_k rho_k d_x g) + sigma d_xx rho_k,
     g = V^eps * (sum_l a_l V^eps * rho_l)^(m-1),
 
@@ -22,9 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fem_crossdiff.mollifiers import get_mollifier
-
-from .params import ParticleParams
-from .sampling import InverseCDF1D, check_density_values
+from fem_crossdiff.particles.params import ParticleParams
+from fem_crossdiff.particles.sampling import InverseCDF1D, check_density_values
 
 __all__ = ["NonlocalFV1D", "NonlocalSolution1D"]
 
@@ -110,7 +112,7 @@ class NonlocalFV1D:
         n = rho.shape[1]
         s = sum(a * np.convolve(rho[k], kc, mode="full")[r:r + n] for k, a in
                 enumerate(self.params.a))
-        return np.power(np.maximum(s, 0.0), self.params.m - 1.0)
+        return self.params.law.pressure(s)
 
     def _rhs(self, rho, h, r, kc, kf):
         p = self._pressure(rho, r, kc)
@@ -135,9 +137,10 @@ class NonlocalFV1D:
         """Cell averages ``(n_species, M)`` of the initial densities, each of unit mass.
 
         Args:
-            densities: per species an :class:`~particles.sampling.InverseCDF1D` (exact cell
-                averages of its piecewise-linear density, the law the particles sample) or a
-                callable ``f(x)`` (midpoint values, normalised).
+            densities: per species an
+                :class:`~fem_crossdiff.particles.sampling.InverseCDF1D` (exact cell averages of
+                its piecewise-linear density, the law the particles sample) or a callable
+                ``f(x)`` (midpoint values, normalised).
         """
         x, h = self.grid()
         rows = []

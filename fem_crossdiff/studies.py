@@ -1,14 +1,19 @@
-# # Shared set-up of the propagation-of-chaos studies (`demos/study_*.py`)
-#
-# All studies use the same 1D test case on the interval [-0.5, 1.5] with reflecting walls
-# (particles) and no-flux walls (PDE): two species with smooth, compactly supported initial
-# densities (raised-cosine bumps at 0.35 and 0.65), a = (1, 1.5), b = (0.5, 0.25), m = 2,
-# sigma = 0.02, T = 0.05. The walls are far from the mass on purpose: the particle drift sees the
-# pressure beyond a wall (empty space) while the FE model truncates its convolutions at the
-# wall, so near walls the two discretise slightly different models. This module holds the case,
-# the finite-element reference solutions (local (1.1) and nonlocal (1.5), P1 upwind, MUMPS),
-# the particle runs, the distances, the fitted slopes and the output (CSV, log-log PNG, JSON).
-"""Helpers shared by the study scripts ``demos/study_*.py`` (not a study itself)."""
+"""Shared set-up of the propagation-of-chaos studies (``demos/study_*.py``).
+
+All studies use the same 1D test case on the interval [-0.5, 1.5] with reflecting walls
+(particles) and no-flux walls (PDE): two species with smooth, compactly supported initial
+densities (raised-cosine bumps at 0.35 and 0.65), a = (1, 1.5), b = (0.5, 0.25), m = 2,
+sigma = 0.02, T = 0.05. The walls are far from the mass on purpose: the particle drift sees the
+pressure beyond a wall (empty space) while the FE model truncates its convolutions at the
+wall, so near walls the two discretise slightly different models.
+
+This module holds the case (:class:`Case1D`), the finite-element reference solutions
+(:func:`fe_solve`: local (1.1) and nonlocal (1.5), P1 upwind, MUMPS), the particle runs
+(:func:`run_particles`, particles of weight ``a_l M_l / N`` with the masses ``M_l`` of the
+initial data, :meth:`Case1D.masses`), the distances (:func:`w1_to_fe`), the fitted slopes
+(:func:`fit_slope`), the eps(N) law (:func:`eps_of_n`) and the output (:func:`write_outputs`:
+CSV, log-log PNG, JSON). It imports DOLFINx (through :mod:`fem_crossdiff.compat`).
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,35 @@ import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.measures import density_to_weighted_samples
 from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.particles import (
+    Box,
+    GridDrift,
+    InverseCDF1D,
+    ParticleParams,
+    gather_positions,
+    init_state,
+)
+from fem_crossdiff.particles import step as particle_step
+from fem_crossdiff.particles.distances import wasserstein_1d
 from fem_crossdiff.solver import CrossDiffusionSolver
-from particles import Box, GridDrift, InverseCDF1D, ParticleParams, gather_positions, init_state
-from particles import step as particle_step
-from particles.distances import wasserstein_1d
+
+__all__ = [
+    "CENTRES",
+    "HALF_WIDTH",
+    "EPS_OF_N_SWEEP",
+    "Case1D",
+    "bump",
+    "eps_of_n",
+    "fe_solve",
+    "fit_slope",
+    "kappa",
+    "parse_args",
+    "particle_params",
+    "run_particles",
+    "seed_stats",
+    "w1_to_fe",
+    "write_outputs",
+]
 
 # Centres and half-width of the initial bumps (support [c - w, c + w], inside [0, 1]).
 CENTRES = (0.35, 0.65)
@@ -36,7 +66,16 @@ HALF_WIDTH = 0.2
 
 
 def bump(c: float, w: float = HALF_WIDTH):
-    """Unit-mass raised-cosine bump ``(1 + cos(pi (x - c) / w)) / (2 w)`` on ``|x - c| < w``."""
+    """Unit-mass raised-cosine bump ``(1 + cos(pi (x - c) / w)) / (2 w)`` on ``|x - c| < w``.
+
+    Args:
+        c: Centre.
+        w: Half-width of the support.
+
+    Returns:
+        ``f(x)``, vectorised; ``x`` is either a coordinate array ``(gdim, n)`` (the first row
+        is used, as DOLFINx interpolation passes it) or a plain 1D array of positions.
+    """
 
     def f(x):
         x0 = x[0] if np.ndim(x) > 1 else x
@@ -100,6 +139,15 @@ class Case1D:
         """Initial densities (callables of x), one per species."""
         return [bump(CENTRES[k]) for k in range(self.n)]
 
+    def masses(self) -> tuple[float, ...]:
+        """Masses ``int rho_k(0)`` of :meth:`initial`, one per species.
+
+        The bumps have unit mass exactly (the particle weights ``a_l M_l / N`` are then the
+        paper's ``a_l / N``); the particle runs pass these masses
+        (:attr:`~fem_crossdiff.particles.ParticleParams.masses`).
+        """
+        return tuple(1.0 for _ in range(self.n))
+
     def samplers(self) -> list:
         """Exact samplers of (the fine piecewise-linear interpolants of) the initial data."""
         return [InverseCDF1D(lambda x, f=f: f(x), lo=self.lo, hi=self.hi, n_table=16385)
@@ -145,15 +193,42 @@ def fe_solve(case: Case1D, cells: int, eps: float | None = None, comm=None,
     return s, snaps
 
 
-def particle_params(case: Case1D, n_particles: int, eps: float, b=None, a=None):
-    """Particle parameters of the case."""
+def particle_params(case: Case1D, n_particles: int, eps: float, b=None, a=None,
+                    masses=None):
+    """Particle parameters of the case.
+
+    Args:
+        case: The test case.
+        n_particles: Particles per species ``N``.
+        eps: Mollifier radius.
+        b: Override the mobilities (default ``case.b``).
+        a: Override the volume weights (default ``case.a``).
+        masses: Override the species masses (default ``case.masses()``, those of the initial
+            data).
+
+    Returns:
+        The :class:`~fem_crossdiff.particles.ParticleParams`.
+    """
     return ParticleParams(n_particles=n_particles, a=a or case.a, b=b or case.b,
-                          sigma=case.sigma, m=case.m, eps=eps, kernel=case.kernel)
+                          sigma=case.sigma, m=case.m, eps=eps, kernel=case.kernel,
+                          masses=case.masses() if masses is None else masses)
 
 
 def run_particles(case: Case1D, n_particles: int, eps: float, seed: int, comm=None,
                   cells_per_eps: float = 16.0):
-    """Run (1.6) with the grid drift to ``case.T``; all positions ``(n, N, 1)`` on every rank."""
+    """Run the particle system (1.6) with the grid drift to ``case.T``.
+
+    Args:
+        case: The test case.
+        n_particles: Particles per species ``N``.
+        eps: Mollifier radius.
+        seed: Seed of the counter-based random streams.
+        comm: MPI communicator (``None``: serial).
+        cells_per_eps: Resolution of the drift grid.
+
+    Returns:
+        All positions, shape ``(n, N, 1)``, on every rank.
+    """
     params = particle_params(case, n_particles, eps)
     box = case.box()
     state = init_state(params, case.samplers(), seed, box, comm)
@@ -164,13 +239,29 @@ def run_particles(case: Case1D, n_particles: int, eps: float, seed: int, comm=No
 
 
 def w1_to_fe(points: np.ndarray, rho) -> float:
-    """``W_1`` between the empirical measure of 1D ``points`` and the FE density ``rho``."""
+    """``W_1`` between the empirical measure of 1D ``points`` and the FE density ``rho``.
+
+    Args:
+        points: Particle positions (any shape, flattened).
+        rho: FE density (a DOLFINx function); negative values are clipped.
+
+    Returns:
+        The distance (same on every rank).
+    """
     xq, wq = density_to_weighted_samples(rho, gather="all", clip_negative=True)
     return wasserstein_1d(points.reshape(-1), xq[:, 0], p=1.0, wy=wq)
 
 
 def seed_stats(name: str, values) -> dict[str, float]:
-    """``{name: mean, name_se: standard error}`` over independent seeds."""
+    """Mean and standard error over independent seeds.
+
+    Args:
+        name: Key of the mean.
+        values: One value per seed (at least two).
+
+    Returns:
+        ``{name: mean, name + "_se": standard error}``.
+    """
     v = np.asarray(values, float)
     return {name: float(v.mean()), f"{name}_se": float(v.std(ddof=1) / np.sqrt(v.size))}
 
@@ -181,13 +272,31 @@ EPS_OF_N_SWEEP = {True: (400, [100, 400, 1600, 6400], [1, 2]),
 
 
 def fit_slope(x, y) -> float:
-    """Least-squares slope of ``log y`` against ``log x``."""
+    """Least-squares slope of ``log y`` against ``log x``.
+
+    Args:
+        x: Positive abscissae.
+        y: Positive values.
+
+    Returns:
+        The fitted exponent.
+    """
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     return float(np.polyfit(lx, ly, 1)[0])
 
 
 def parse_args(argv, name: str, description: str) -> argparse.Namespace:
-    """``outdir`` (default ``output/<name>``) and ``--quick`` (also set by the CI variable)."""
+    """Command line of a study: ``outdir`` and ``--quick``.
+
+    Args:
+        argv: Arguments (``None``: ``sys.argv[1:]``).
+        name: Study name; the default ``outdir`` is ``output/<name>``.
+        description: Help text.
+
+    Returns:
+        The namespace; ``quick`` is also set by the ``CI`` environment variable, ``outdir``
+        is a :class:`~pathlib.Path`.
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("outdir", nargs="?", default=f"output/{name}")
     p.add_argument("--quick", action="store_true", help="small, fast settings (CI)")
@@ -243,9 +352,16 @@ def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,
     print(json.dumps(summary))
 
 
-
 def kappa(d: int, m: float) -> float:
-    """Exponent ``kappa = 4 + 2d(m-1)`` of (2.2): ``C(eps, T) ~ eps^(2+kappa) exp(T/eps^kappa)``."""
+    """Exponent ``kappa = 4 + 2d(m-1)`` of (2.2): ``C(eps, T) ~ eps^(2+kappa) exp(T/eps^kappa)``.
+
+    Args:
+        d: Space dimension.
+        m: Pressure exponent.
+
+    Returns:
+        ``kappa``.
+    """
     return 4.0 + 2.0 * d * (m - 1.0)
 
 
@@ -255,5 +371,15 @@ def eps_of_n(n: int, eps_ref: float, n_ref: int, d: int, m: float) -> float:
     From (2.2), ``C(eps, T) / N -> 0`` when ``exp(T / eps^kappa) = N^theta`` with ``theta < 1``,
     i.e. ``eps(N) = (T / (theta ln N))^(1 / kappa)``; the dropped constants of (2.2) are
     absorbed into the prefactor, fixed by ``eps(N_ref) = eps_ref``.
+
+    Args:
+        n: Particles per species ``N``.
+        eps_ref: Radius at ``n_ref``.
+        n_ref: Reference ``N``.
+        d: Space dimension.
+        m: Pressure exponent.
+
+    Returns:
+        ``eps(N)``.
     """
     return float(eps_ref * (np.log(n_ref) / np.log(n)) ** (1.0 / kappa(d, m)))

@@ -1,0 +1,256 @@
+"""TOML study files: parsing, validation with dotted-key errors, defaults, short mode.
+
+A study file has the sections ``[model]``, ``[geometry]``, ``[[initial]]`` (one table per
+species), ``[time]``, ``[solver]``, ``[particles]`` (optional), ``[output]`` and ``[short]``
+(optional overrides, deep-merged into the other sections in short mode: coarse mesh, small T).
+Every problem is a :class:`ConfigError` (a :class:`~fem_crossdiff.errors.ParameterError`)
+naming the dotted key (``model.a[1]``, ``initial[0].expr``), the offending value and what is
+allowed; unknown keys are errors at every level. Validation depends only on the file (and, for
+``geometry.msh``, on the file system), so it gives the same verdict on every MPI rank. A
+relative ``geometry.msh`` path is taken relative to the study file; ``output.folder`` relative
+to the working directory.
+
+
+This module holds the whole study (:class:`StudyConfig`, reading and writing TOML); the
+sections are in :mod:`.sections` and :mod:`.initial` (the initial profiles), the error and the
+table-driven schema, which takes keys, defaults and types from dataclass fields, in
+:mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .initial import EXPR_FUNCTIONS, PROFILES, InitialConfig, SafeExpression
+from .schema import MISSING, ConfigError, plain, table
+from .sections import (
+    FORMATS,
+    GeometryConfig,
+    ModelConfig,
+    OutputConfig,
+    ParticlesConfig,
+    SolverConfig,
+    TimeConfig,
+)
+
+__all__ = ["ConfigError", "ModelConfig", "GeometryConfig", "InitialConfig", "TimeConfig",
+           "SolverConfig", "ParticlesConfig", "OutputConfig", "StudyConfig", "SafeExpression",
+           "load_config", "parse_config", "short_mode_requested", "to_toml", "EXPR_FUNCTIONS",
+           "FORMATS", "PROFILES"]
+
+SECTIONS = ("title", "model", "geometry", "initial", "time", "solver", "particles", "output",
+            "short")
+
+
+def _values(section) -> dict:
+    """The TOML keys of a section that are set, as plain data."""
+    return {k: plain(getattr(section, k)) for k in section.keys()
+            if getattr(section, k) is not None}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study: every section with its defaults filled in.
+
+    Attributes:
+        model: ``[model]``.
+        geometry: ``[geometry]``.
+        initial: One ``[[initial]]`` per species.
+        time: ``[time]``.
+        solver: ``[solver]``.
+        output: ``[output]``.
+        particles: ``[particles]`` or None.
+        title: Free text.
+        source: The TOML file ("" if parsed from a dict).
+        short: Whether the ``[short]`` overrides were applied.
+    """
+
+    model: ModelConfig
+    geometry: GeometryConfig
+    initial: tuple[InitialConfig, ...]
+    time: TimeConfig
+    solver: SolverConfig
+    output: OutputConfig
+    particles: ParticlesConfig | None = None
+    title: str = ""
+    source: str = ""
+    short: bool = False
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.model.type == "nonlocal" and self.solver.scheme != "upwind":
+            raise ConfigError("solver.scheme", self.solver.scheme,
+                              'must be "upwind" with model.type = "nonlocal"')
+        if len(self.initial) != self.model.n:
+            raise ConfigError("initial", f"{len(self.initial)} table(s)",
+                              f"needs one [[initial]] table per species ({self.model.n}, the "
+                              "length of model.a)")
+
+    def to_dict(self) -> dict:
+        """The resolved configuration as plain TOML-compatible data (defaults included)."""
+        g = self.geometry
+        geometry = ({"msh": g.msh} | ({"gdim": g.gdim} if g.gdim is not None else {})
+                    if g.msh is not None else {"builder": g.builder, **dict(g.params)})
+        out = {"title": self.title} if self.title else {}
+        out.update(model={"type": self.model.type, **_values(self.model)}, geometry=geometry,
+                   initial=[{"profile": i.profile, **dict(i.values)} for i in self.initial],
+                   time=_values(self.time),
+                   solver={**_values(self.solver), "petsc": dict(self.solver.petsc)})
+        if self.particles is not None:
+            out["particles"] = _values(self.particles)
+        out["output"] = _values(self.output)
+        return plain(out)
+
+    def physics_hash(self) -> str:
+        """A 16-hex-digit SHA-256 of what a restart must share with the run it continues.
+
+        That is the model, geometry, initial data, solver and time stepping except ``T`` and
+        the first step ``dt`` (a restart takes its step from the checkpoint).
+        """
+        d = self.to_dict()
+        for key in ("T", "dt"):  # a restart takes its step from the checkpoint
+            d["time"].pop(key)
+        for key in ("output", "title", "particles"):
+            d.pop(key, None)
+        text = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- parsing
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = (_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict)
+                  else copy.deepcopy(v))
+    return out
+
+
+def _section(raw: dict, name: str, required: bool = True):
+    if name not in raw and required:
+        raise ConfigError(name, MISSING, f"the section [{name}] is required")
+    return raw.get(name, {})
+
+
+def parse_config(raw: dict, *, base_dir: str | Path = ".", source: str = "",
+                 short: bool = False, check_files: bool = True) -> StudyConfig:
+    """Validate a parsed TOML document.
+
+    Args:
+        raw: The document (as from ``tomllib``).
+        base_dir: Folder against which a relative ``geometry.msh`` is resolved.
+        source: Name of the file, recorded in the result and used for the default folder.
+        short: Apply the ``[short]`` overrides.
+        check_files: Check that ``geometry.msh`` exists (call on one rank, then share).
+
+    Returns:
+        The :class:`StudyConfig`.
+
+    Raises:
+        ConfigError: naming the dotted key, the value and what is allowed.
+    """
+    table("", raw, SECTIONS)
+    if "short" in raw:
+        over = table("short", raw["short"], [s for s in SECTIONS if s != "short"])
+        if short:
+            _parse(raw, base_dir, source, False, check_files)  # errors name the base keys
+            try:
+                merged = _merge({k: v for k, v in raw.items() if k != "short"}, over)
+                return _parse(merged, base_dir, source, True, check_files)
+            except ConfigError as err:
+                raise ConfigError(f"short.{err.key}", err.value, err.allowed) from None
+    return _parse(raw, base_dir, source, False, check_files)
+
+
+def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> StudyConfig:
+    title = raw.get("title", "")
+    if not isinstance(title, str):
+        raise ConfigError("title", title, "must be a string")
+    model = ModelConfig.read(_section(raw, "model"))
+    geometry = GeometryConfig.read(_section(raw, "geometry"), base_dir, check_files)
+    tables = raw.get("initial", MISSING)
+    if not isinstance(tables, list):
+        raise ConfigError("initial", tables, f"must be an array of tables [[initial]], one per "
+                          f"species ({model.n})")
+    initial = [InitialConfig.read(t, f"initial[{k}]", geometry.gdim) for k, t in enumerate(tables)]
+    time = TimeConfig.read(_section(raw, "time"))
+    solver = SolverConfig.read(_section(raw, "solver", required=False))
+    particles = None
+    if "particles" in raw:
+        own = {"eps": model.eps, "kernel": model.kernel} if model.type == "nonlocal" else {}
+        particles = ParticlesConfig.read(raw["particles"], defaults=own)
+    stem = Path(source).stem if source else "study"
+    output = OutputConfig.read(_section(raw, "output", required=False),
+                               defaults={"folder": f"output/{stem}"})
+    return StudyConfig(model=model, geometry=geometry, initial=tuple(initial), time=time,
+                       solver=solver, output=output, particles=particles, title=title,
+                       source=str(source), short=short)
+
+
+def short_mode_requested(flag: bool = False) -> bool:
+    """Short mode: the ``--short`` flag or a non-empty ``CI`` environment variable."""
+    return bool(flag or os.environ.get("CI"))
+
+
+def load_config(path: str | Path, *, short: bool = False, check_files: bool = True
+                ) -> StudyConfig:
+    """Read and validate a TOML study file.
+
+    Args:
+        path: The file.
+        short: Apply its ``[short]`` overrides.
+        check_files: Check that ``geometry.msh`` exists.
+
+    Returns:
+        The :class:`StudyConfig`.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, or any invalid entry.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("<file>", str(path), "study file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("<file>", str(path), f"is not valid TOML ({err})") from None
+    return parse_config(raw, base_dir=path.parent, source=str(path), short=short,
+                        check_files=check_files)
+
+
+# --------------------------------------------------------------------------- TOML output
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(data: dict) -> str:
+    """Write plain nested data (as from :meth:`StudyConfig.to_dict`) as TOML text."""
+    lines: list[str] = []
+
+    def write(d: dict, name: str = "", array: bool = False) -> None:
+        if name:
+            lines.append(f"\n[[{name}]]" if array else f"\n[{name}]")
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)
+                or (isinstance(v, list) and v and isinstance(v[0], dict))}
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in d.items()
+                     if k not in subs and v is not None)
+        for k, v in subs.items():
+            for item in v if isinstance(v, list) else [v]:
+                write(item, f"{name}.{k}" if name else k, isinstance(v, list))
+
+    write(data)
+    return "\n".join(lines).lstrip("\n") + "\n"

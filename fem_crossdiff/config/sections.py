@@ -1,0 +1,290 @@
+"""The sections of a study file, one frozen dataclass each, validated when constructed.
+
+``[model]`` and ``[time]`` extend :class:`~fem_crossdiff.params.ModelParams` and
+:class:`~fem_crossdiff.params.TimeParams` (their fields, defaults and ranges) with strict typing
+and dotted keys; :func:`fem_crossdiff.meshes.validate` checks ``[geometry]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fem_crossdiff import params as core
+from fem_crossdiff.mollifiers import KERNELS
+
+from . import schema as s
+from .schema import MISSING, ConfigError, Section, under
+
+MODEL_TYPES = ("local", "nonlocal")
+FORMATS = ("vtx", "xdmf", "csv", "png")
+_CORE_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(core.ModelParams))
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section, core.ModelParams):
+    """``[model]``: a :class:`~fem_crossdiff.params.ModelParams`, the type and the mollifier.
+
+    The keys ``a, b, m, sigma`` are the fields of ``ModelParams``, with its defaults and ranges;
+    the nonlocal keys are checked, and their defaults filled in, by ``NonlocalParams``.
+
+    Attributes:
+        type: ``"local"`` (1.1) or ``"nonlocal"`` (1.5).
+        eps: Mollifier radius ``> 0`` (nonlocal only, required there).
+        kernel: Mollifier name (nonlocal only; default ``"bump"``).
+        coupling: ``"linear"`` or ``"implicit"`` (nonlocal only; default ``"linear"``).
+        allow_small_eps: Accept ``eps`` below two cells (a warning instead of an error;
+            nonlocal only; default false).
+        subdivisions: Quadrature refinement of the mollification (nonlocal only; default 1).
+        boundary: Convolutions at the walls (nonlocal only; ``NonlocalParams``' default).
+    """
+
+    type: str = "local"
+    eps: float | None = None
+    kernel: str | None = None
+    coupling: str | None = None
+    allow_small_eps: bool | None = None
+    subdivisions: int | None = None
+    boundary: str | None = None
+
+    section = "model"
+    checks = {"type": s.one_of(MODEL_TYPES),
+              **dict.fromkeys(("a", "b"), partial(s.numbers, allowed="must be a list of "
+                                                  "positive numbers, one per species"))}
+
+    @classmethod
+    def nonlocal_keys(cls) -> list[str]:
+        """The keys of the nonlocal model: the fields after ``type``."""
+        return [k for k in cls.keys() if k not in (*_CORE_MODEL_KEYS, "type")]
+
+    def validate(self) -> None:
+        """Nonlocal keys only with ``type = "nonlocal"``; ``eps`` required there."""
+        given = {k: getattr(self, k) for k in self.nonlocal_keys() if getattr(self, k) is not None}
+        if self.type == "local" and given:
+            key = next(iter(given))
+            raise ConfigError(f"model.{key}", given[key], 'only allowed with model.type = '
+                              '"nonlocal"')
+        if self.type == "nonlocal":
+            if self.eps is None:
+                raise ConfigError("model.eps", MISSING, 'required when model.type = '
+                                  '"nonlocal" (mollifier radius > 0)')
+            from fem_crossdiff.nonlocal_ import NonlocalParams
+
+            filled = NonlocalParams(**given)
+            for key in self.nonlocal_keys():
+                object.__setattr__(self, key, getattr(filled, key))
+
+    def params(self) -> core.ModelParams:
+        """The plain :class:`~fem_crossdiff.params.ModelParams`."""
+        return core.ModelParams(**{k: getattr(self, k) for k in _CORE_MODEL_KEYS})
+
+    def nonlocal_params(self):
+        """The ``NonlocalParams`` of :mod:`fem_crossdiff.nonlocal_` (nonlocal models only)."""
+        from fem_crossdiff.nonlocal_ import NonlocalParams
+
+        return NonlocalParams(**{k: getattr(self, k) for k in self.nonlocal_keys()})
+
+
+@dataclass(frozen=True)
+class TimeConfig(Section, core.TimeParams):
+    """``[time]``: a :class:`~fem_crossdiff.params.TimeParams` read from a study file.
+
+    The keys, defaults and ranges are those of ``TimeParams`` (``easy_newton`` is not a key).
+    """
+
+    section = "time"
+    hidden = ("easy_newton",)
+
+    def params(self, dt: float | None = None) -> core.TimeParams:
+        """The plain :class:`~fem_crossdiff.params.TimeParams` (optionally another first step)."""
+        values = {k: getattr(self, k) for k in self.keys()}
+        return core.TimeParams(**{**values, "dt": self.dt if dt is None else dt})
+
+
+def _petsc(key: str, v: Any) -> tuple[tuple[str, Any], ...]:
+    options = dict(v) if isinstance(v, (list, tuple)) else v
+    s.table(key, options, list(options) if isinstance(options, dict) else ())
+    for k, value in options.items():
+        if not k.replace("_", "").isalnum() or k.startswith("_"):
+            raise ConfigError(f"{key}.{k}", value, "PETSc option names are letters, digits "
+                              "and '_' (no leading '-' or prefix)")
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{key}.{k}", value, "must be a string, number or boolean")
+    return tuple(sorted(options.items()))
+
+
+@dataclass(frozen=True)
+class SolverConfig(Section):
+    """``[solver]``: discretisation and PETSc options.
+
+    Attributes:
+        scheme: ``"upwind"`` (P1, positivity preserving) or ``"galerkin"``.
+        degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
+        linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
+            ``"direct"``.
+        petsc: Extra PETSc options (sorted ``(name, value)`` pairs), passed through.
+        positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
+            (``>= 0``; raise it where positivity is not guaranteed, e.g. with
+            ``negative_edges = "keep"``).
+        negative_edges: Upwind scheme on non-Delaunay meshes: ``"limit"`` (default),
+            ``"drop"`` or ``"keep"`` (see :class:`~fem_crossdiff.solver.CrossDiffusionSolver`).
+    """
+
+    scheme: str = "upwind"
+    degree: int = 1
+    linear_solver: str = "auto"
+    petsc: tuple[tuple[str, Any], ...] = ()
+    positivity_tol: float = 1e-10
+    negative_edges: str = "limit"
+
+    section = "solver"
+    checks = {"scheme": s.one_of(core.SCHEMES), "degree": s.one_of((1, 2)), "petsc": _petsc,
+              "linear_solver": s.one_of(core.LINEAR_SOLVERS), "positivity_tol": s.nonnegative,
+              "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES)}
+
+    def validate(self) -> None:
+        """``upwind`` is P1."""
+        if self.scheme == "upwind" and self.degree != 1:
+            raise ConfigError("solver.degree", self.degree,
+                              'must be 1 with solver.scheme = "upwind" (use "galerkin" for P2)')
+
+
+@dataclass(frozen=True)
+class ParticlesConfig(Section):
+    """``[particles]``: the interacting particle system (1.6), run alongside the PDE.
+
+    The particles start as samples of the initial densities and take one Euler-Maruyama step
+    per accepted PDE step (same ``dt``), interacting through ``V^eps``.
+
+    Attributes:
+        N: Particles per species, ``>= 1``.
+        seed: Seed of the random streams, ``>= 0``.
+        output_every: Position output cadence in steps, ``>= 1``.
+        eps: Mollifier radius ``> 0`` (default: ``model.eps`` for the nonlocal model; required
+            for the local model).
+        kernel: Mollifier name (default: ``model.kernel``, or ``"bump"``).
+    """
+
+    N: int
+    seed: int = 0
+    output_every: int = 1
+    eps: float | None = None
+    kernel: str = "bump"
+
+    section = "particles"
+    checks = {"N": partial(s.integer, lo=1), "seed": partial(s.integer, lo=0),
+              "output_every": partial(s.integer, lo=1), "eps": s.positive,
+              "kernel": s.one_of(KERNELS)}
+
+    def validate(self) -> None:
+        """``eps`` is required (the nonlocal model passes its own)."""
+        if self.eps is None:
+            raise ConfigError("particles.eps", MISSING, "required with the local model (the "
+                              "particles interact through V^eps); defaults to model.eps for "
+                              "the nonlocal model")
+
+
+def _formats(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(key, v, f"must be a list drawn from {', '.join(FORMATS)}")
+    formats = tuple(s.one_of(FORMATS)(f"{key}[{i}]", f) for i, f in enumerate(v))
+    if len(set(formats)) != len(formats):
+        raise ConfigError(key, v, "must not repeat a format")
+    return formats
+
+
+@dataclass(frozen=True)
+class OutputConfig(Section):
+    """``[output]``: where and what to write.
+
+    Attributes:
+        folder: Output folder (relative paths are relative to the working directory).
+        formats: Subset of :data:`FORMATS`.
+        every: Field output (VTX/XDMF) cadence in accepted steps, ``>= 1``.
+        checkpoint_every: Checkpoint cadence in accepted steps (0: no checkpoints).
+        progress: Progress lines on rank 0.
+    """
+
+    folder: str
+    formats: tuple[str, ...] = ("vtx", "csv", "png")
+    every: int = 1
+    checkpoint_every: int = 0
+    progress: bool = True
+
+    section = "output"
+    checks = {"formats": _formats, "every": partial(s.integer, lo=1),
+              "checkpoint_every": partial(s.integer, lo=0)}
+
+
+def _tuples(v):
+    return tuple(_tuples(i) for i in v) if isinstance(v, (list, tuple)) else v
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """``[geometry]``: a registered gmsh builder with its parameters, or a ``.msh`` file.
+
+    Attributes:
+        builder: Name in :data:`fem_crossdiff.meshes.BUILDERS`, or None.
+        params: The builder's keyword parameters (sorted ``(name, value)`` pairs, defaults
+            filled in).
+        msh: Absolute path of a gmsh file, or None.
+        gdim: Geometric dimension: the builder's, or the one given with ``msh`` (None: the
+            file's topological dimension, known only once read).
+    """
+
+    builder: str | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+    msh: str | None = None
+    gdim: int | None = None
+
+    def __post_init__(self):
+        if (self.builder is None) == (self.msh is None):
+            raise ConfigError("geometry.builder", MISSING if self.builder is None
+                              else self.builder, 'give exactly one of geometry.builder = '
+                              '"<name>" (with its parameters) or geometry.msh = "<file>"')
+        if self.msh is not None:
+            if self.gdim is not None:
+                s.one_of((1, 2, 3))("geometry.gdim", self.gdim)
+            return
+        if self.gdim is not None:
+            raise ConfigError("geometry.gdim", self.gdim, "only allowed with geometry.msh")
+        from fem_crossdiff import meshes
+
+        params = {k: _tuples(v) for k, v in self.params}
+        with under("geometry"):
+            gdim = meshes.validate(self.builder, **params).gdim
+        signature = inspect.signature(meshes.BUILDERS[self.builder]).parameters
+        defaults = {k: _tuples(p.default) for k, p in signature.items() if k != "comm"}
+        object.__setattr__(self, "params", tuple(sorted({**defaults, **params}.items())))
+        object.__setattr__(self, "gdim", int(gdim))
+
+    @classmethod
+    def read(cls, raw: Any, base_dir: str | Path, check_files: bool) -> GeometryConfig:
+        """The section from its TOML table; a relative ``msh`` is taken from ``base_dir``."""
+        if not isinstance(raw, dict) or "msh" not in raw:
+            g = s.table("geometry", raw, list(raw) if isinstance(raw, dict) else ())
+            return cls(builder=g.get("builder"), gdim=g.get("gdim"),
+                       params=tuple((k, v) for k, v in g.items() if k not in ("builder", "gdim")))
+        g = s.table("geometry", raw, ("msh", "gdim"))
+        path = Path(s.string("geometry.msh", g["msh"])).expanduser()
+        path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
+        if check_files and not path.is_file():
+            raise ConfigError("geometry.msh", g["msh"], f"mesh file not found ({path})")
+        return cls(msh=str(path), gdim=g.get("gdim"))
+
+    def build(self, comm):
+        """Build or read the mesh (collective).
+
+        Returns:
+            The :class:`fem_crossdiff.meshes.Geometry`.
+        """
+        from fem_crossdiff import meshes
+
+        if self.msh is not None:
+            return meshes.read_msh(self.msh, comm, gdim=self.gdim)
+        return meshes.build(self.builder, comm, **dict(self.params))

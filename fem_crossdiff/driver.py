@@ -1,0 +1,130 @@
+"""The one time loop of the API and the CLI: step control, logging, observers.
+
+:func:`run` advances a :class:`~fem_crossdiff.solver.CrossDiffusionSolver` to the final time.
+After the initial state and every accepted step it builds one diagnostics row
+(:func:`diagnostics_row`, the single definition of a row) and hands it to every observer
+(:mod:`fem_crossdiff.observers`): CSV, fields, pictures, checkpoints, particles and progress
+are observers, so adding an output never touches the loop.
+
+Step control: a rejected step (Newton failure, negative density, a model's refusal) is logged
+at INFO with its reason, counted in the next row's ``rejected`` column, and retried with
+``dt * shrink``; below ``dt_min`` the run stops with :class:`StepSizeError`. With
+``adaptive``, a step is grown by ``grow`` after an easy Newton solve.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from fem_crossdiff.log import get_logger
+from fem_crossdiff.params import TimeParams
+
+__all__ = ["run", "diagnostics_row", "StepSizeError", "row_fields"]
+
+
+class StepSizeError(RuntimeError):
+    """The step size fell below ``dt_min``: the run cannot continue (same on every rank).
+
+    Attributes:
+        t: Time reached.
+        dt: The rejected step size.
+        reason: Why the last step was rejected, in words.
+    """
+
+    def __init__(self, t: float, dt: float, dt_min: float, reason: str):
+        self.t, self.dt, self.reason = t, dt, reason
+        super().__init__(f"time step fell below dt_min = {dt_min:g} at t = {t:.6g} "
+                         f"(last rejection: {reason})")
+
+
+def row_fields(n: int) -> list[str]:
+    """Column names of a diagnostics row for ``n`` species (species numbered from 1)."""
+    return (["step", "t", "dt", "energy"] + [f"mass_{k}" for k in range(1, n + 1)]
+            + [c for k in range(1, n + 1) for c in (f"min_{k}", f"max_{k}")]
+            + ["newton_its", "krylov_its", "rejected"])
+
+
+def diagnostics_row(solver, step: int, dt: float, newton: int = 0, krylov: int = 0,
+                    rejected: int = 0) -> dict:
+    """The diagnostics of the current state (collective): one row of the CSV."""
+    mass = solver.masses()
+    mn, mx = solver.extrema()
+    row = {"step": step, "t": solver.t, "dt": dt, "energy": solver.energy()}
+    n = solver.params.n
+    row.update({f"mass_{k + 1}": float(mass[k]) for k in range(n)})
+    for k in range(n):
+        row[f"min_{k + 1}"], row[f"max_{k + 1}"] = float(mn[k]), float(mx[k])
+    row.update(newton_its=newton, krylov_its=krylov, rejected=rejected)
+    return row
+
+
+def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: bool = True,
+        step0: int = 0) -> list[dict]:
+    """Integrate from the solver's current time to ``time_params.T`` (collective).
+
+    Args:
+        solver: The stepper.
+        time_params: Final time, initial step, method and step control.
+        observers: Objects with any of ``start(solver, row)``, ``step(solver, row)``,
+            ``finish(solver, row)`` and ``close()`` (see :mod:`fem_crossdiff.observers`);
+            ``close`` is called even when the run fails.
+        progress: Log a progress line on rank 0 every 10 steps and at the end.
+        step0: Number of the current state (a restart continues the numbering).
+
+    Returns:
+        The rows of this call, the current state first.
+
+    Raises:
+        StepSizeError: the step fell below ``dt_min``.
+    """
+    tp = time_params
+    log = get_logger(solver.comm)
+    dt = tp.dt
+    dt_max = tp.dt_max if tp.dt_max is not None else max(tp.T, tp.dt)
+    solver.next_dt = dt
+    rows = [diagnostics_row(solver, step0, solver.dt_prev or 0.0)]
+    observers = list(observers)
+    t0 = time.perf_counter()
+    try:
+        _call(observers, "start", solver, rows[0])
+        nstep, rejected = step0, 0
+        while solver.t < tp.T - 1e-12 * max(tp.T, 1.0):
+            dt = min(dt, tp.T - solver.t, dt_max)
+            info = solver.step(dt, tp.method)
+            if not info.accepted:
+                rejected += 1
+                new_dt = dt * tp.shrink
+                log.info("t=%.6g: step dt=%.3g rejected (%s); retrying with dt=%.3g",
+                         solver.t, dt, info.message, new_dt)
+                if new_dt < tp.dt_min:
+                    raise StepSizeError(solver.t, new_dt, tp.dt_min, info.message)
+                dt = new_dt
+                continue
+            nstep += 1
+            easy = tp.adaptive and info.newton_its <= tp.easy_newton
+            solver.next_dt = dt * tp.grow if easy else dt
+            row = diagnostics_row(solver, nstep, dt, info.newton_its, info.krylov_its,
+                                  rejected)
+            rejected = 0
+            rows.append(row)
+            _call(observers, "step", solver, row)
+            done = solver.t >= tp.T - 1e-12 * max(tp.T, 1.0)
+            if progress and ((nstep - step0) % 10 == 0 or done):
+                n = solver.params.n
+                log.info("step %d t=%.4g dt=%.3g newton=%d krylov=%d min=%.2e (%.1fs)",
+                         nstep, solver.t, dt, info.newton_its, info.krylov_its,
+                         min(row[f"min_{k + 1}"] for k in range(n)),
+                         time.perf_counter() - t0)
+            dt = solver.next_dt
+        _call(observers, "finish", solver, rows[-1])
+    finally:
+        _call(observers, "close")
+    return rows
+
+
+def _call(observers, name: str, *args) -> None:
+    for obs in observers:
+        method = getattr(obs, name, None)
+        if method is not None:
+            method(*args)

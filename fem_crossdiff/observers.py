@@ -1,0 +1,349 @@
+"""Outputs of a run, as observers of :func:`fem_crossdiff.driver.run`.
+
+An observer has any of ``start(solver, row)`` (the initial or restored state),
+``step(solver, row)`` (after every accepted step), ``finish(solver, row)`` (the final state)
+and ``close()`` (always, also after a failure). Rows are the diagnostics rows of
+:func:`fem_crossdiff.driver.diagnostics_row`. Everything here is collective where it touches
+the fields; files are written by rank 0 only, CSV rows flushed as they come, pictures and
+checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fem_crossdiff import checkpoint as ckpt
+from fem_crossdiff.driver import row_fields
+
+__all__ = ["CsvObserver", "FieldObserver", "SnapshotObserver", "DiagnosticsPlotObserver",
+           "CheckpointObserver", "ParticleObserver", "CallbackObserver", "p1_species"]
+
+
+def _is_float(v) -> bool:
+    return isinstance(v, (float, np.floating))
+
+
+class CsvObserver:
+    """The diagnostics CSV (rank 0), one row per accepted step plus the initial state.
+
+    Args:
+        path: The CSV file.
+        keep_until: On a restart, the step of the restored state: the rows of an existing file
+            up to that step are kept (the file is rewritten atomically without the later ones)
+            and the restored state is not written again.
+    """
+
+    def __init__(self, path: str | Path, keep_until: int | None = None):
+        self.path, self.keep_until = Path(path), keep_until
+        self.file = None
+        #: Rows of an earlier run kept on a restart (floats), for plots.
+        self.previous: list[dict] = []
+
+    def start(self, solver, row):
+        """Open the file (and keep the earlier rows on a restart)."""
+        fields = row_fields(solver.params.n)
+        if solver.comm.rank != 0:
+            return
+        if self.keep_until is not None and self.path.is_file():
+            with open(self.path, newline="") as f:
+                old = [r for r in csv.DictReader(f) if int(r["step"]) <= self.keep_until]
+            text = [",".join(fields)] + [",".join(r.get(k) or "" for k in fields) for r in old]
+            ckpt.atomic_write(self.path, lambda f: f.write(("\n".join(text) + "\n").encode()))
+            self.previous = [{k: float(v) for k, v in r.items() if v not in (None, "")}
+                             for r in old]
+            self.file = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "w", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
+            self.writer.writeheader()
+        if not self.previous:
+            self._write(row)
+
+    def step(self, solver, row):
+        """Append a row."""
+        self._write(row)
+
+    def _write(self, row):
+        if self.file is not None:
+            self.writer.writerow({k: (f"{v:.16e}" if _is_float(v) else v)
+                                  for k, v in row.items()})
+            self.file.flush()
+
+    def close(self):
+        """Close the file."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class FieldObserver:
+    """Species fields to VTX (``.bp``) and/or XDMF, every ``every`` steps and at the end.
+
+    Args:
+        path: The output path without suffix handling: ``rho.bp`` for VTX, ``rho.xdmf`` for
+            XDMF; with several formats give the stem (``folder/rho``).
+        formats: ``"vtx"``, ``"xdmf"`` or a sequence of both.
+        every: Output cadence in (global) step numbers.
+    """
+
+    def __init__(self, path: str | Path, formats="vtx", every: int = 1):
+        self.path = Path(path)
+        self.formats = (formats,) if isinstance(formats, str) else tuple(formats)
+        self.every = max(int(every), 1)
+        self.vtx = self.xdmf = None
+        self._last = None
+
+    def _file(self, suffix: str) -> str:
+        p = self.path
+        return str(p if p.suffix == suffix else p.with_name(p.name + suffix)
+                   if p.suffix not in (".bp", ".xdmf") else p.with_suffix(suffix))
+
+    def start(self, solver, row):
+        """Open the writers and write the first state."""
+        from fem_crossdiff.compat import fem, io
+
+        self.outs = [solver.species(k) for k in range(solver.params.n)]
+        msh = solver.msh
+        if "vtx" in self.formats:
+            self.vtx = io.VTXWriter(solver.comm, self._file(".bp"), self.outs, engine="BP4")
+        if "xdmf" in self.formats:
+            gdeg = msh.geometry.cmaps[0].degree
+            # XDMF needs fields of the mesh's geometry degree
+            space = None if gdeg == solver.degree else fem.functionspace(msh, ("Lagrange", gdeg))
+            self.xouts = (self.outs if space is None else
+                          [fem.Function(space, name=f.name) for f in self.outs])
+            self.xdmf = io.XDMFFile(solver.comm, self._file(".xdmf"), "w")
+            self.xdmf.write_mesh(msh)
+        self._write(solver, row["step"])
+
+    def step(self, solver, row):
+        """Write every ``every`` steps."""
+        if row["step"] % self.every == 0:
+            self._write(solver, row["step"])
+
+    def finish(self, solver, row):
+        """Write the final state (if the cadence skipped it)."""
+        if self._last != row["step"]:
+            self._write(solver, row["step"])
+
+    def _write(self, solver, step):
+        for k, f in enumerate(self.outs):
+            f.x.array[:] = solver.rho.x.array[solver.species_dofs[k]]
+        if self.vtx is not None:
+            self.vtx.write(solver.t)
+        if self.xdmf is not None:
+            for f, g in zip(self.outs, self.xouts):
+                if g is not f:
+                    g.interpolate(f)
+                self.xdmf.write_function(g, solver.t)
+        self._last = step
+
+    def close(self):
+        """Close the writers."""
+        for w in (self.vtx, self.xdmf):
+            if w is not None:
+                w.close()
+        self.vtx = self.xdmf = None
+
+
+def p1_species(solver) -> list:
+    """Every species as a P1 function (interpolated from higher degree)."""
+    from fem_crossdiff.compat import fem
+
+    out = [solver.species(k) for k in range(solver.params.n)]
+    if solver.degree == 1:
+        return out
+    V1 = fem.functionspace(solver.msh, ("Lagrange", 1))
+    res = []
+    for f in out:
+        g = fem.Function(V1, name=f.name)
+        g.interpolate(f)
+        res.append(g)
+    return res
+
+
+class SnapshotObserver:
+    """Densities at the start and at a third, two thirds and the end of the run, as one PNG.
+
+    2D triangle meshes only (collective gather to rank 0).
+
+    Args:
+        path: The PNG file.
+        T: Final time of the run.
+        title: Figure title.
+    """
+
+    def __init__(self, path: str | Path, T: float, title: str = ""):
+        self.path, self.T, self.title = Path(path), T, title
+        self.snapshots = []
+
+    def start(self, solver, row):
+        """The first snapshot, and the times of the others."""
+        t0 = solver.t
+        self.targets = [t0 + (self.T - t0) * j / 3 for j in (1, 2, 3)] if self.T > t0 else []
+        self.snapshots = [(solver.t, p1_species(solver))]
+
+    def step(self, solver, row):
+        """Take a snapshot when a target time is passed."""
+        tol = 1e-12 * max(self.T, 1.0)
+        if self.targets and solver.t >= self.targets[0] - tol:
+            self.snapshots.append((solver.t, p1_species(solver)))
+            while self.targets and solver.t >= self.targets[0] - tol:
+                self.targets.pop(0)
+
+    def finish(self, solver, row):
+        """Plot (collective gather, rank 0 writes)."""
+        from fem_crossdiff.plotting import plot_species_snapshots
+
+        tmp = self.path.with_name(f".{self.path.stem}.tmp.png")
+        plot_species_snapshots(self.snapshots, tmp, title=self.title)
+        if solver.comm.rank == 0:
+            tmp.replace(self.path)
+
+
+class DiagnosticsPlotObserver:
+    """Mass drift, energy and minimum density over time, one PNG at the end (rank 0).
+
+    Args:
+        path: The PNG file.
+        title: Figure title.
+        previous: Rows of an earlier part of the run (a restart), plotted first; a callable
+            returning them is read at the end.
+    """
+
+    def __init__(self, path: str | Path, title: str = "",
+                 previous: Callable[[], list[dict]] | None = None):
+        self.path, self.title, self.previous = Path(path), title, previous
+        self.rows: list[dict] = []
+
+    def start(self, solver, row):
+        """Record the first row."""
+        self.rows = [row]
+
+    def step(self, solver, row):
+        """Record a row."""
+        self.rows.append(row)
+
+    def finish(self, solver, row):
+        """Plot."""
+        if solver.comm.rank != 0:
+            return
+        old = self.previous() if self.previous is not None else []
+        rows = old + self.rows[1:] if old else self.rows
+        plot_diagnostics(rows, solver.params.n, self.path, self.title)
+
+
+def plot_diagnostics(rows: list[dict], n: int, path: Path, title: str) -> None:
+    """Rank 0: mass drift, energy and minimum density over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.array([r["t"] for r in rows])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for k in range(1, n + 1):
+        m = np.array([r[f"mass_{k}"] for r in rows])
+        axes[0].semilogy(t, np.maximum(np.abs(m / m[0] - 1.0), 1e-17), label=f"rho_{k}")
+        axes[2].plot(t, [r[f"min_{k}"] for r in rows], label=f"rho_{k}")
+    axes[0].set_title("relative mass drift")
+    axes[1].plot(t, [r["energy"] for r in rows], "k")
+    axes[1].set_title("energy")
+    axes[2].set_title("minimum density")
+    for ax in axes:
+        ax.set_xlabel("t")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    ckpt.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+class CheckpointObserver:
+    """Checkpoints ``folder/step_NNNNNN.npz`` every ``every`` steps and of the final state.
+
+    Args:
+        folder: Checkpoint folder.
+        every: Cadence in (global) step numbers (``0``: none).
+        config_hash: Stored in every checkpoint, checked on restart.
+    """
+
+    def __init__(self, folder: str | Path, every: int, config_hash: str = ""):
+        self.folder, self.every, self.config_hash = Path(folder), int(every), config_hash
+        self.written: list[Path] = []
+        self._first = self._last = None
+
+    def start(self, solver, row):
+        """Remember the first step (a restart's own state is not written again)."""
+        self._first = self._last = row["step"]
+
+    def step(self, solver, row):
+        """Write at the cadence."""
+        if self.every and row["step"] % self.every == 0:
+            self._save(solver, row["step"])
+
+    def finish(self, solver, row):
+        """Write the final state (if the cadence skipped it)."""
+        if self.every and row["step"] != self._last and row["step"] != self._first:
+            self._save(solver, row["step"])
+
+    def _save(self, solver, step):
+        path = self.folder / f"step_{step:06d}.npz"
+        self.written.append(ckpt.save_checkpoint(path, solver, step=step,
+                                                 next_dt=solver.next_dt,
+                                                 config_hash=self.config_hash))
+        self._last = step
+
+
+class ParticleObserver:
+    """The particle system (1.6) alongside the PDE: one Euler-Maruyama step per PDE step.
+
+    Args:
+        params: Particle parameters.
+        domain: The particles' domain (reflection at its walls).
+        drift: The interaction drift.
+        state: The initial particle state (sampled from the PDE's state).
+        writer: A ``ParticleWriter`` (or ``None``).
+    """
+
+    def __init__(self, params, domain, drift, state, writer=None):
+        self.params, self.domain, self.drift = params, domain, drift
+        self.state, self.writer = state, writer
+
+    def start(self, solver, row):
+        """Write the initial state."""
+        if self.writer is not None:
+            self.writer.write(self.state)
+
+    def step(self, solver, row):
+        """One particle step of the PDE's step size."""
+        from fem_crossdiff.particles import step
+
+        self.state = step(self.state, row["dt"], self.params, self.domain, self.drift,
+                          solver.comm)
+        if self.writer is not None:
+            self.writer.write(self.state)
+
+    def close(self):
+        """Close the writer."""
+        if self.writer is not None:
+            self.writer.close()
+
+
+class CallbackObserver:
+    """``callback(solver, row)`` after every accepted step."""
+
+    def __init__(self, callback: Callable):
+        self.callback = callback
+
+    def step(self, solver, row):
+        """Call the callback."""
+        self.callback(solver, row)

@@ -1,0 +1,219 @@
+"""The nonlinear problem of one time step: DOLFINx's ``NonlinearProblem`` over any model.
+
+:class:`CrossDiffusionProblem` subclasses :class:`dolfinx.fem.petsc.NonlinearProblem` and adds
+one argument, the model. Its SNES callbacks are module-level functions bound with
+:func:`functools.partial` to the data they need (the unknown, the compiled forms, the model and
+the time-term diagonal), never to the problem itself: PETSc keeps callbacks on the C side, out
+of reach of Python's cycle collector, so a callback holding its problem would keep the problem,
+its mesh and their MPI communicators alive for ever.
+
+Residual: ``F(rho) = T(rho) + form part + nodal part``, where ``T`` is the time term (BDF
+coefficients, and any source), the form part is the model's UFL form and the nodal part the
+model's numpy contributions (summed over ranks by the reverse ghost update). For a lumped model
+whose spatial part is all nodal, the time term is kept as numbers (:class:`LumpedTimeTerm`:
+the lumped mass is constant), its Jacobian is the diagonal ``c0 m_i`` set once per step size,
+and nothing is assembled from UFL in the Newton loop but a source term. Other models assemble
+the UFL form and its derivative.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from fem_crossdiff.compat import PETSc, fem
+
+__all__ = ["CrossDiffusionProblem", "MultigridState"]
+
+
+class MultigridState:
+    """When the preconditioner's hierarchy is rebuilt, and how often it was.
+
+    Attributes:
+        every_newton: Rebuild before every Newton step (set while a step is retried).
+        rebuilds: Number of rebuilds so far.
+    """
+
+    def __init__(self):
+        self.every_newton = False
+        self.rebuilds = 0
+
+    def rebuild(self, snes) -> None:
+        """Drop the hierarchy: the next linear solve builds it from the current matrix."""
+        snes.getKSP().getPC().reset()
+        self.rebuilds += 1
+
+
+class LumpedTimeTerm:
+    """The lumped time term ``m_i (c0 rho_i + c1 rho^n_i + c2 rho^{n-1}_i)``, kept as numbers.
+
+    The lumped mass is constant, so the term needs no UFL assembly: its residual is a vector
+    expression and its Jacobian the diagonal ``c0 m_i``, set once per step size.
+
+    Args:
+        mass: Lumped mass of every owned entry of the blocked unknown.
+        history: The previous states ``[rho^n, rho^{n-1}]`` (functions, read at each call).
+        diag: A vector of the Jacobian's row layout (filled with ``c0 m``).
+    """
+
+    def __init__(self, mass: np.ndarray, history, diag):
+        self.mass, self.history, self.diag = mass, history, diag
+        self.c = (1.0, -1.0, 0.0)
+
+    def set_coefficients(self, c0: float, c1: float, c2: float) -> None:
+        """BDF coefficients (already divided by ``dt``)."""
+        self.c = (c0, c1, c2)
+        self.diag.array[:] = c0 * self.mass
+
+    def add_residual(self, rho_owned: np.ndarray, b_owned: np.ndarray) -> None:
+        """``b += m (c0 rho + c1 rho^n + c2 rho^{n-1})`` on the owned entries."""
+        k = self.mass.size
+        c0, c1, c2 = self.c
+        t = c0 * rho_owned + c1 * self.history[0].x.array[:k]
+        if c2 != 0.0:
+            t += c2 * self.history[1].x.array[:k]
+        b_owned += self.mass * t
+
+
+class CallbackData:
+    """What the SNES callbacks need, in one holder that the problem empties when it is freed.
+
+    PETSc keeps a freed problem's SNES (and with it the callbacks) on its garbage list until
+    the next collective clean-up on the same communicator; callbacks holding the unknown and
+    the model directly would keep the mesh and its communicator alive until then, which may be
+    never (a new mesh has a new communicator), and MPICH runs out of communicators. Emptying
+    the holder is local and immediate.
+    """
+
+    __slots__ = ("u", "F", "J", "model", "n", "time_term", "time_diag")
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values.get(name))
+
+    def release(self) -> None:
+        """Drop every reference."""
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+
+def assemble_residual(data: CallbackData, snes, x, b):
+    """SNES residual callback: assembled form (if any), nodal contributions, time term."""
+    u = data.u
+    x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+    fem.petsc.assign(x, u)
+    with b.localForm() as bl:
+        bl.set(0.0)
+        if data.F is not None:
+            fem.petsc.assemble_vector(b, data.F)
+        R = data.model.residual(u.x.array.reshape(-1, data.n))
+        if R is not None:
+            bl.array_w[:] += R.reshape(-1)
+    b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+    if data.time_term is not None:
+        bw = b.array_w
+        data.time_term.add_residual(u.x.array[: bw.size], bw)
+
+
+def assemble_jacobian(data: CallbackData, snes, x, J, P):
+    """SNES Jacobian callback: form part (if any), nodal part, constant time diagonal."""
+    u, model = data.u, data.model
+    x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+    fem.petsc.assign(x, u)
+    A = P  # the assembled matrix (the preconditioner of a matrix-free J)
+    rho = u.x.array.reshape(-1, data.n)
+    if data.J is not None:
+        A.zeroEntries()
+        fem.petsc.assemble_matrix(A, data.J)
+        A.assemble()
+    else:  # all nodal: the model sets every entry (COO), then the time diagonal is added
+        model.add_jacobian(A, rho)
+        A.assemble()
+    if data.time_diag is not None:
+        A.setDiagonal(data.time_diag, addv=PETSc.InsertMode.ADD_VALUES)
+    if J is not P:
+        model.update_operator(rho)
+        J.assemble()
+
+
+def newton_update(state: MultigridState, snes, it):
+    """SNES update callback: drop the multigrid hierarchy when asked to (stale prolongators)."""
+    if state.every_newton:
+        state.rebuild(snes)
+
+
+class _Released:
+    """Mixin: PETSc objects are released, not destroyed, when the problem is freed.
+
+    DOLFINx's ``__del__`` destroys the SNES and matrices explicitly, and destroying them is
+    collective (MUMPS finalises with a collective call): when the ranks free a problem at
+    different moments (one rank still holds it in a traceback) the run deadlocks. Left to
+    petsc4py, objects on a parallel communicator go to PETSc's garbage list instead, destroyed
+    collectively by ``PETSc.garbage_cleanup(comm)`` when the next problem is created.
+    """
+
+    def __del__(self):
+        data = getattr(self, "_data", None)
+        if data is not None:
+            data.release()
+        shell = getattr(self, "_shell", None)
+        if shell is not None:
+            release = getattr(shell.getPythonContext(), "release", None)
+            if release is not None:
+                release()
+
+
+class CrossDiffusionProblem(_Released, fem.petsc.NonlinearProblem):
+    """``NonlinearProblem`` for ``T(rho) + model(rho) = 0``.
+
+    Args:
+        time_form: The time term (and any source) as a UFL form.
+        u: The unknown (blocked function).
+        model: The spatial discretisation (:class:`fem_crossdiff.models.base.Model`).
+        mass: For a lumped model, the lumped mass of every entry of the owned part of ``u``
+            (the diagonal of the time term per unit ``c0``); ``None`` otherwise.
+        history: The previous states (for the time term kept as numbers).
+        source_form: The source part of ``time_form`` alone (``None``: no source).
+        petsc_options_prefix: Unique options prefix.
+        petsc_options: SNES/KSP/PC options.
+    """
+
+    def __init__(self, time_form, u, model, *, mass: np.ndarray | None, history=(),
+                 source_form=None, petsc_options_prefix: str, petsc_options: dict):
+        import ufl
+
+        v = ufl.TestFunction(u.function_space)
+        spatial = model.form(u, v)
+        F = time_form if spatial is None else time_form + spatial
+        PETSc.garbage_cleanup(u.function_space.mesh.comm)  # the problems freed since the last
+        super().__init__(F, u, petsc_options_prefix=petsc_options_prefix,
+                         petsc_options=petsc_options)
+        n = u.function_space.dofmap.index_map_bs
+        self.model = model
+        # the constant diagonal replaces the UFL Jacobian only when the whole form is the
+        # lumped time term (a model with a form part gets the full UFL derivative)
+        self._mass = mass if spatial is None else None
+        self.time_diag = self.time_term = None
+        F_cb = self.F
+        if self._mass is not None:
+            self.time_diag = self.A.createVecLeft()
+            self.time_term = LumpedTimeTerm(self._mass, history, self.time_diag)
+            self.time_term.set_coefficients(1.0, -1.0, 0.0)
+            F_cb = None if source_form is None else fem.form(source_form)
+        snes = self.solver
+        J_form = None if self.time_diag is not None else self.J
+        shell = model.jacobian_operator(self.A)
+        self.multigrid = MultigridState()
+        self._data = CallbackData(u=u, F=F_cb, J=J_form, model=model, n=n,
+                                  time_term=self.time_term, time_diag=self.time_diag)
+        snes.setFunction(functools.partial(assemble_residual, self._data), self.b)
+        snes.setJacobian(functools.partial(assemble_jacobian, self._data),
+                         self.A if shell is None else shell, self.A)
+        snes.setUpdate(functools.partial(newton_update, self.multigrid))
+        self._shell = shell
+
+    def set_time_coefficients(self, c0: float, c1: float, c2: float) -> None:
+        """BDF coefficients of a lumped time term kept as numbers (once per step size)."""
+        if self.time_term is not None:
+            self.time_term.set_coefficients(c0, c1, c2)
