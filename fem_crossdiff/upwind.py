@@ -230,11 +230,12 @@ class BlockPattern:
     values replace the matrix's, so nothing else may be assembled into it before.
     """
 
-    coo_matrix = None
+    #: Handle of the matrix that has the pattern (callbacks get a new Python wrapper per call).
+    coo_handle = None
 
     def set_matrix(self, A: PETSc.Mat, data: np.ndarray) -> None:
         """Set ``A`` to the block values ``data`` (``nnzb`` blocks in pattern order)."""
-        if self.coo_matrix is not A:
+        if self.coo_handle != A.handle:
             n = self.n
             brow = np.repeat(np.arange(self.nloc, dtype=np.int64), np.diff(self._indptr))
             bcol = np.asarray(self._indices, dtype=np.int64)
@@ -244,7 +245,7 @@ class BlockPattern:
             cols = np.broadcast_to(bcol[:, None, None] * n + r[None, None, :], shape)
             A.setPreallocationCOOLocal(rows.ravel().astype(PETSc.IntType),
                                        cols.ravel().astype(PETSc.IntType))
-            self.coo_matrix = A
+            self.coo_handle = A.handle
         A.setValuesCOO(data.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
 
 
