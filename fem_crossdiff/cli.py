@@ -280,10 +280,12 @@ def _config_error(err: ParameterError, context: str = "") -> ConfigError:
 
 
 def _make_solver(cfg: StudyConfig, msh):
+    from fem_crossdiff.petsc_options import to_petsc
     from fem_crossdiff.solver import CrossDiffusionSolver
 
     kwargs = dict(degree=cfg.solver.degree, scheme=cfg.solver.scheme,
-                  linear_solver=cfg.solver.linear_solver, petsc_options=dict(cfg.solver.petsc),
+                  linear_solver=cfg.solver.linear_solver,
+                  petsc_options=to_petsc(dict(cfg.solver.petsc)),
                   positivity_tol=cfg.solver.positivity_tol,
                   negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
@@ -323,6 +325,7 @@ def prepare(cfg: StudyConfig, comm):
     if verdict is not None:
         raise verdict
     geo = _build_geometry(cfg, comm)
+    failsafe.reinstall_handlers()  # gmsh resets SIGTERM's handler
     msh = geo.mesh
     funcs = [ic.function(msh.geometry.dim) for ic in cfg.initial]
     s = _make_solver(cfg, msh)

@@ -99,6 +99,7 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
     # only (an observer, a model check) is raised on all of them, or ends the job (see
     # fem_crossdiff.failsafe); a pending SIGINT/SIGTERM stops every rank at the same step.
     agreement = failsafe.Agreement(solver.comm)
+    failsafe.reinstall_handlers()  # gmsh, run before us, resets SIGTERM's handler
     state = {"nstep": step0, "rejected": 0, "dt": dt}
 
     def attempt() -> None:
@@ -155,7 +156,19 @@ def _agreed(agreement, fn, *args) -> None:
 
 
 def _call(observers, name: str, *args) -> None:
+    """Call ``name`` of every observer that has it.
+
+    After an error the remaining observers are still called, then the first error is raised:
+    the collective ones among them (fields, checkpoints) keep every rank in step even when
+    one observer fails on one rank only.
+    """
+    error = None
     for obs in observers:
         method = getattr(obs, name, None)
         if method is not None:
-            method(*args)
+            try:
+                method(*args)
+            except Exception as err:  # noqa: BLE001 (raised below, after the others)
+                error = error or err
+    if error is not None:
+        raise error

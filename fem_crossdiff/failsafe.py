@@ -40,7 +40,7 @@ import numpy as np
 __all__ = ["Agreement", "Interrupted", "RemoteError", "abort_on_error", "deferred_interrupts",
            "exit_code",
            "interrupt_handlers", "interrupt_pending", "one_line", "portable",
-           "raise_if_interrupted",
+           "raise_if_interrupted", "reinstall_handlers",
            "GRACE"]
 
 #: Seconds a failing rank waits for the others to reach the same agreement point before it
@@ -117,7 +117,7 @@ def _grace() -> float:
 
 
 # --------------------------------------------------------------------------- interrupts
-_state = {"pending": 0, "rank": 0}
+_state = {"pending": 0, "rank": 0, "report": None, "active": False}
 
 
 def interrupt_pending() -> int:
@@ -155,15 +155,26 @@ def interrupt_handlers(comm=None) -> Iterator[None]:
         yield
         return
     old = {s: signal.getsignal(s) for s in _SIGNAL_NAMES}
-    _state.update(pending=0, rank=0 if comm is None else comm.rank)
+    _state.update(pending=0, rank=0 if comm is None else comm.rank, active=True)
     try:
-        for s in _SIGNAL_NAMES:
-            signal.signal(s, _handler)
+        reinstall_handlers()
         yield
     finally:
+        _state["active"] = False
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         _state["pending"] = 0
+
+
+def reinstall_handlers() -> None:
+    """Install the handlers of :func:`interrupt_handlers` again, if it is active.
+
+    Libraries may replace signal handlers behind Python's back (gmsh resets SIGTERM to its
+    default when it initialises), so the time loop calls this when it starts.
+    """
+    if _state["active"] and threading.current_thread() is threading.main_thread():
+        for s in _SIGNAL_NAMES:
+            signal.signal(s, _handler)
 
 
 @contextmanager
@@ -228,7 +239,8 @@ class Agreement:
                  report: Callable[[BaseException, int, float], str] | None = None):
         self.comm = comm
         self.grace = _grace() if grace is None else float(grace)
-        self.report = report or _default_report
+        # nested agreements (the time loop's) report as the enclosing abort_on_error asks
+        self.report = report or _state["report"] or _default_report
         self._dup = comm.Dup() if comm.size > 1 else None
 
     def free(self) -> None:
@@ -316,13 +328,16 @@ def abort_on_error(comm, grace: float | None = None,
     Args:
         comm: The communicator.
         grace: See :class:`Agreement`.
-        report: See :class:`Agreement`.
+        report: See :class:`Agreement`; also used by the agreements made inside the block
+            (the time loop's).
 
     Yields:
         The :class:`Agreement` (its :meth:`~Agreement.check` may be called inside the block
         at further points that every rank passes).
     """
     agreement = Agreement(comm, grace, report)
+    outer = _state["report"]
+    _state["report"] = agreement.report
     try:
         try:
             yield agreement
@@ -333,4 +348,5 @@ def abort_on_error(comm, grace: float | None = None,
             raise
         agreement.check(None, interrupts=False)
     finally:
+        _state["report"] = outer
         agreement.free()

@@ -370,8 +370,13 @@ class CrossDiffusionSolver:
             with failsafe.deferred_interrupts():  # Ctrl-C is not a failed Newton step
                 self.problem.solve()
         except PETSc.Error as err:  # e.g. a zero pivot in MUMPS: treat as a failed step
-            failsafe.raise_if_interrupted()  # a second signal raised inside a callback
+            if failsafe.interrupt_pending():  # a second signal raised inside a callback
+                self.rho.x.array[:] = self.history[0].x.array
+                raise failsafe.Interrupted(failsafe.interrupt_pending()) from None
             return -100, f"PETSc error: {err}"
+        except KeyboardInterrupt:  # the step is not taken: the state stays the last accepted
+            self.rho.x.array[:] = self.history[0].x.array
+            raise
         return self.snes.getConvergedReason(), ""
 
     def rebuild_pc(self) -> None:
