@@ -41,6 +41,7 @@ from fem_crossdiff.config import (
     short_mode_requested,
     to_toml,
 )
+from fem_crossdiff.config.schema import path_text
 from fem_crossdiff.errors import ParameterError
 
 __all__ = ["main", "run_study", "prepare", "validate_on_mesh", "check_output_folder",
@@ -148,7 +149,12 @@ def _fail(comm, err: BaseException, source: str) -> int:
     if os.environ.get("CROSSDIFF_TRACEBACK") and getattr(err, "failed_rank", comm.rank) == \
             comm.rank:
         traceback.print_exception(err, file=sys.stderr)
-    return failsafe.exit_code(err)
+    return exit_code(err)
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code of ``crossdiff`` for ``err`` (a bad checkpoint is bad input: 2)."""
+    return 2 if isinstance(err, ckpt.CheckpointError) else failsafe.exit_code(err)
 
 
 def message(err: BaseException, source: str) -> str:
@@ -514,8 +520,10 @@ def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
     from fem_crossdiff import observers as obs
     from fem_crossdiff.compat import mesh as dmesh
 
-    folder = Path(output if output is not None else cfg.output.folder).expanduser()
-    check_output_folder(folder, comm, "output.folder" if output is None else "--output")
+    key = "output.folder" if output is None else "--output"
+    folder = Path(path_text(key, str(output if output is not None else cfg.output.folder)))
+    folder = folder.expanduser()
+    check_output_folder(folder, comm, key)
     formats = cfg.output.formats
     geo, s = prepare(cfg, comm)  # every check of the study, the mesh's included
     msh = geo.mesh

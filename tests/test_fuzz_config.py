@@ -45,7 +45,8 @@ def _mutate(rng: np.random.Generator, text: str) -> bytes:
         values = [k for k, ln in enumerate(lines) if "=" in ln and not ln.lstrip().startswith("#")]
         if op == 0 and values:  # a hostile value
             k = values[int(rng.integers(0, len(values)))]
-            lines[k] = lines[k].split("=", 1)[0] + "= " + HOSTILE[int(rng.integers(0, len(HOSTILE)))]
+            value = HOSTILE[int(rng.integers(0, len(HOSTILE)))]
+            lines[k] = lines[k].split("=", 1)[0] + "= " + value
         elif op == 1 and lines:
             del lines[i]
         elif op == 2 and lines:
@@ -73,8 +74,9 @@ def _mutate(rng: np.random.Generator, text: str) -> bytes:
         elif op == 9 and values:  # a number scaled by 10^k
             k = values[int(rng.integers(0, len(values)))]
             key, rest = lines[k].split("=", 1)
+            scale = 10.0 ** int(rng.integers(-8, 9))
             try:
-                lines[k] = f"{key}= {float(rest.split('#')[0]) * 10.0 ** int(rng.integers(-8, 9))!r}"
+                lines[k] = f"{key}= {float(rest.split('#')[0]) * scale!r}"
             except ValueError:
                 pass
     return ("\n".join(lines) + "\n").encode()
@@ -120,6 +122,7 @@ def test_fuzz_examples_in_process(comm, mpi_tmp_path, capsys, monkeypatch):
     assert codes.count(0) >= n // 20 and codes.count(2) >= n // 2
 
 
+@pytest.mark.slow  # three subprocesses that import DOLFINx: about 30 s under load
 def test_fuzz_examples_subprocess(comm, tmp_path):
     """A handful of mutants through ``python -m fem_crossdiff check``: exit 0/2, no hang."""
     if comm.size > 1:
