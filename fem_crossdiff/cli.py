@@ -10,12 +10,16 @@ and with ``[particles]``, ``particles/`` (positions and moments of the particle 
 one Euler-Maruyama step per accepted PDE step; particles are not checkpointed, a restart
 re-samples them from the restored densities).
 ``--restart CHECKPOINT`` continues such a run, on any number of ranks, to the same result as an
-uninterrupted run. ``check`` validates and prints the resolved configuration (defaults filled in,
-as TOML that ``run`` accepts).
+uninterrupted run. ``check`` validates everything ``run`` would (the file, its ``[short]``
+overrides, the memory estimate, the output folder, and on the mesh: the initial data, ``eps``
+against ``h_max``; :func:`prepare`) and prints the resolved configuration (defaults filled in,
+as TOML that ``run`` accepts); ``check --no-mesh`` checks the file only.
 
 Works the same under ``mpirun -n P``: only rank 0 prints. Every configuration error gives exit
 code 2 and one line on stderr naming the dotted key, the value and what is allowed; a run that
-fails (e.g. the step falls below ``dt_min``) gives exit code 1.
+fails (e.g. the step falls below ``dt_min``) gives exit code 1; SIGINT/SIGTERM stop after the
+current step with exit code 130/143. An error on one rank only is agreed on by every rank or
+ends the job within seconds (:mod:`fem_crossdiff.failsafe`, ``docs/failsafe.md``).
 """
 
 from __future__ import annotations
