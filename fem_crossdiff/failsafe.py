@@ -259,14 +259,22 @@ class Agreement:
         """Print ``err`` (one line, this rank) and end the whole job with its exit code."""
         from fem_crossdiff.compat import MPI
 
+        code = exit_code(err)
         try:
-            sys.stdout.flush()
-            sys.stderr.write(self.report(err, self.comm.rank, self.grace) + "\n")
-            if os.environ.get("CROSSDIFF_TRACEBACK"):
-                traceback.print_exception(err, file=sys.stderr)
-            sys.stderr.flush()
+            if not _state.get("aborting"):  # one message, even if called again meanwhile
+                _state["aborting"] = True
+                sys.stdout.flush()
+                sys.stderr.write(self.report(err, self.comm.rank, self.grace) + "\n")
+                if os.environ.get("CROSSDIFF_TRACEBACK"):
+                    traceback.print_exception(err, file=sys.stderr)
+                sys.stderr.flush()
         finally:
-            MPI.COMM_WORLD.Abort(exit_code(err))
+            try:
+                MPI.COMM_WORLD.Abort(code)
+            finally:
+                # MPICH's MPI_Abort may return while the process manager kills the job: never
+                # go back to the code that failed
+                os._exit(code)
 
     def check(self, error: BaseException | None = None, *, interrupts: bool = True) -> None:
         """Agree on the errors of every rank (collective).

@@ -34,6 +34,8 @@ _BYTES_PER_UNKNOWN = {1: 3000.0, 2: 3000.0, 3: 8000.0}
 _GMSH_BYTES_PER_CELL = {1: 200.0, 2: 400.0, 3: 700.0}
 #: Bytes of the mollification matrix per stored entry (value, column, assembly work).
 _BYTES_PER_ENTRY = 40.0
+#: Bytes per sub-cell of the mollifier's composite quadrature (points, weights, values).
+_QUADRATURE_BYTES = 200.0
 #: Bytes per particle coordinate (position, noise, drift, sorting and output buffers).
 _BYTES_PER_COORD = 80.0
 #: What the interpreter, DOLFINx and PETSc take per rank before any mesh.
@@ -101,6 +103,9 @@ def estimate(cfg) -> Estimate:
         parts["mollifier"] = vertices * _ball_vertices(cfg, gdim, vertices, volume,
                                                        cfg.model.eps) * _BYTES_PER_ENTRY
         keys["mollifier"] = "model.eps"
+        # the composite quadrature: subdivisions^d sub-cells per cell, a few points each
+        parts["quadrature"] = cells * float(cfg.model.subdivisions) ** gdim * _QUADRATURE_BYTES
+        keys["quadrature"] = "model.subdivisions"
     if cfg.particles is not None:
         p = cfg.particles
         parts["particles"] = float(p.N) * n * gdim * _BYTES_PER_COORD
@@ -150,6 +155,7 @@ def check(cfg, limit_bytes: float | None = None, *, machines: int = 1) -> Estima
         value = {"geometry.h": dict(cfg.geometry.params).get("h"),
                  "geometry.msh": cfg.geometry.msh,
                  "model.eps": cfg.model.eps,
+                 "model.subdivisions": cfg.model.subdivisions,
                  "particles.N": getattr(cfg.particles, "N", None),
                  "particles.eps": getattr(cfg.particles, "eps", None)}[est.driver]
         what = ", ".join(f"{k} {v / 1e9:.3g} GB" for k, v in est.parts.items() if v >= 1e8)

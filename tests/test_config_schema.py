@@ -259,6 +259,11 @@ def test_memory_estimate_scales_with_h_and_n():
     p1, p2 = est(0.1, 10**6), est(0.1, 2 * 10**6)
     assert abs(p2.parts["particles"] / p1.parts["particles"] - 2.0) < 1e-12
     assert est(0.1, 10**9).driver == "particles.N" and est(1e-5).driver == "geometry.h"
+    doc = {**BASE, "model": {**BASE["model"], "type": "nonlocal", "eps": 0.5,
+                             "subdivisions": 10**6}}
+    with pytest.raises(ParameterError, match="more than the limit") as info:
+        resources.check(parse_config(doc), 1e9)
+    assert info.value.key == "model.subdivisions"
 
 
 def test_expressions_of_any_parsable_depth():
