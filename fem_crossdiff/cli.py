@@ -14,26 +14,36 @@ uninterrupted run. Nothing is written before the mesh, the initial data and the 
 validated, and a run never mixes its files with another's: a non-empty output folder is
 refused (exit 2) unless ``--overwrite`` (the earlier run's files are removed first) or
 ``--restart`` with a checkpoint in that folder (the run continues there; its later checkpoints
-and CSV rows are dropped). ``check`` validates and prints the resolved configuration (defaults
-filled in, as TOML that ``run`` accepts).
+and CSV rows are dropped).
+``check`` validates everything ``run`` would (the file, its ``[short]``
+overrides, the memory estimate, the output folder, and on the mesh: the initial data, ``eps``
+against ``h_max``; :func:`prepare`) and prints the resolved configuration (defaults filled in,
+as TOML that ``run`` accepts); ``check --no-mesh`` checks the file only.
 
 Works the same under ``mpirun -n P``: only rank 0 prints. Every configuration error gives exit
 code 2 and one line on stderr naming the dotted key, the value and what is allowed; a run that
-fails (e.g. the step falls below ``dt_min``) gives exit code 1.
+fails (e.g. the step falls below ``dt_min``) gives exit code 1; SIGINT/SIGTERM stop after the
+current step with exit code 130/143. An error on one rank only is agreed on by every rank or
+ends the job within seconds (:mod:`fem_crossdiff.failsafe`, ``docs/failsafe.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import os
 import shutil
 import sys
+import traceback
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from fem_crossdiff import checkpoint as ckpt
+from fem_crossdiff import failsafe
 from fem_crossdiff.config import (
     ConfigError,
     StudyConfig,
@@ -41,9 +51,11 @@ from fem_crossdiff.config import (
     short_mode_requested,
     to_toml,
 )
+from fem_crossdiff.config.schema import path_text
 from fem_crossdiff.errors import ParameterError
 
-__all__ = ["main", "run_study", "StudyResult", "build_parser"]
+__all__ = ["main", "run_study", "prepare", "validate_on_mesh", "check_output_folder",
+           "message", "StudyResult", "build_parser"]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -83,6 +95,8 @@ def build_parser(comm=None) -> argparse.ArgumentParser:
     check.add_argument("config", help="study TOML file")
     check.add_argument("--short", action="store_true",
                        help="apply the file's [short] overrides (also when $CI is set)")
+    check.add_argument("--no-mesh", action="store_true",
+                       help="check the file only: no mesh, initial data or solver (fast)")
     return parser
 
 
@@ -113,12 +127,17 @@ def _echo(comm, text: str, stream=None) -> None:
 def main(argv: list[str] | None = None, comm=None) -> int:
     """Entry point of ``crossdiff`` and ``python -m fem_crossdiff``.
 
+    Every outcome is one line on rank 0's stderr and an exit code, also under MPI when the
+    error happened on one rank only (:mod:`fem_crossdiff.failsafe`: the ranks agree on it, or
+    the job is aborted within seconds); set ``CROSSDIFF_TRACEBACK=1`` to also see tracebacks.
+
     Args:
         argv: Arguments (default ``sys.argv[1:]``).
         comm: Communicator (default ``MPI.COMM_WORLD``).
 
     Returns:
-        Exit code: 0 success, 1 failed run, 2 configuration or usage error.
+        Exit code: 0 success, 1 failed run, 2 configuration or usage error, 130/143
+        interrupted by SIGINT/SIGTERM.
     """
     from fem_crossdiff.compat import MPI
 
@@ -127,34 +146,137 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         args = build_parser(comm).parse_args(argv)
     except SystemExit as err:
         return int(err.code or 0)
-    short = short_mode_requested(args.short)
-    # Rank 0 reads and validates (file-system checks on one rank), then shares the verdict.
-    cfg, msg = None, None
-    if comm.rank == 0:
+    report = partial(_abort_line, args.config)
+    with failsafe.interrupt_handlers(comm):
         try:
-            cfg = load_config(args.config, short=short)
-        except ConfigError as err:
-            msg = f"crossdiff: config error in {args.config}: {err}"
-    cfg, msg = comm.bcast((cfg, msg), root=0)
-    if msg is not None:
-        _echo(comm, msg, sys.stderr)
-        return 2
+            with failsafe.abort_on_error(comm, report=report):
+                return _command(args, comm)
+        except Exception as err:  # agreed on every rank (or this rank aborted the job)
+            return _fail(comm, err, args.config)
+        except KeyboardInterrupt as err:
+            return _fail(comm, err, args.config)
+
+
+def _fail(comm, err: BaseException, source: str) -> int:
+    _echo(comm, message(err, source), sys.stderr)
+    if os.environ.get("CROSSDIFF_TRACEBACK") and getattr(err, "failed_rank", comm.rank) == \
+            comm.rank:
+        traceback.print_exception(err, file=sys.stderr)
+    return exit_code(err)
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code of ``crossdiff`` for ``err`` (a bad checkpoint is bad input: 2)."""
+    return 2 if isinstance(err, ckpt.CheckpointError) else failsafe.exit_code(err)
+
+
+def message(err: BaseException, source: str) -> str:
+    """The one line ``crossdiff`` prints for ``err`` (``source``: the study file)."""
+    from fem_crossdiff.driver import StepSizeError
+
+    if isinstance(err, ckpt.CheckpointError):
+        text = f"crossdiff: restart error in {source}: {err}"
+    elif isinstance(err, ParameterError):
+        text = f"crossdiff: config error in {source}: {err}"
+    elif isinstance(err, KeyboardInterrupt):
+        sig = err if isinstance(err, failsafe.Interrupted) else failsafe.Interrupted()
+        text = (f"crossdiff: {sig} (exit code {failsafe.exit_code(sig)}); the checkpoints "
+                "written so far are intact")
+    elif isinstance(err, (StepSizeError, MemoryError)):
+        text = f"crossdiff: run failed: {failsafe.one_line(err)}"
+    else:
+        rank = getattr(err, "failed_rank", None)
+        where = f" on rank {rank}" if rank is not None else ""
+        text = (f"crossdiff: run failed{where}: {failsafe.one_line(err)} (unexpected: "
+                "CROSSDIFF_TRACEBACK=1 shows the traceback)")
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def _abort_line(source: str, err: BaseException, rank: int, grace: float) -> str:
+    return (f"{message(err, source)} [rank {rank}: the other ranks did not reach the same "
+            f"point within {grace:g} s; aborting the job]")
+
+
+def _command(args, comm) -> int:
+    short = short_mode_requested(args.short)
+    cfg = _load(args.config, short, comm)
     if args.command == "check":
+        check_output_folder(Path(cfg.output.folder).expanduser(), comm)
+        if not args.no_mesh:
+            _release(prepare(cfg, comm), comm)
         mode = " (short mode)" if short else ""
-        _echo(comm, f"# {args.config}: valid{mode}; resolved configuration:\n"
+        what = "file only" if args.no_mesh else "file and mesh"
+        _echo(comm, f"# {args.config}: valid{mode} ({what}); resolved configuration:\n"
               + to_toml(cfg.to_dict()))
         return 0
-    try:
-        run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
-                  log_level=args.log_level, output=args.output, overwrite=args.overwrite)
-    except (ConfigError, ckpt.CheckpointError) as err:
-        prefix = "config error" if isinstance(err, ConfigError) else "restart error"
-        _echo(comm, f"crossdiff: {prefix} in {args.config}: {err}", sys.stderr)
-        return 2
-    except RuntimeError as err:  # collective failures (the step fell below dt_min)
-        _echo(comm, f"crossdiff: run failed: {err}", sys.stderr)
-        return 1
+    run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
+              log_level=args.log_level, output=args.output, overwrite=args.overwrite)
     return 0
+
+
+def _load(path: str, short: bool, comm) -> StudyConfig:
+    """The study, read and validated on rank 0 (file-system checks on one rank).
+
+    The verdict, an error included, is shared, so that every rank raises the same one.
+    """
+    cfg, error = None, None
+    if comm.rank == 0:
+        try:
+            cfg = load_config(path, short=short)
+        except Exception as err:  # noqa: BLE001 (shared with the other ranks, then raised)
+            error = failsafe.portable(err, 0)
+    cfg, error = comm.bcast((cfg, error), root=0)
+    if error is not None:
+        raise error
+    return cfg
+
+
+def check_output_folder(folder: Path, comm, key: str = "output.folder") -> None:
+    """Refuse an output folder that is a file, lies under a file, or cannot be written.
+
+    Rank 0 looks (and probes with a temporary file, removed at once: permissions alone say
+    nothing for root or on read-only file systems); every rank gets the verdict.
+
+    Raises:
+        ConfigError: keyed ``key``, naming the folder and the reason.
+    """
+    reason = None
+    if comm.rank == 0:
+        reason = _output_folder_problem(Path(folder))
+    reason = comm.bcast(reason, root=0)
+    if reason is not None:
+        raise ConfigError(key, str(folder), reason)
+
+
+def _output_folder_problem(folder: Path) -> str | None:
+    import tempfile
+
+    try:
+        probe = folder.absolute()
+        while not probe.exists():
+            if probe.is_symlink():
+                return f"{probe} is a broken symbolic link"
+            probe = probe.parent
+        if not probe.is_dir():
+            return ("is a file, not a folder" if probe == folder.absolute()
+                    else f"lies under {probe}, which is a file, not a folder")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        where = "" if probe == folder.absolute() else f" (its existing parent {probe})"
+        return f"cannot be written{where}: {err.strerror or err}"
+    except ValueError as err:  # an embedded NUL
+        return f"is not a valid path ({err})"
+    return None
+
+
+def _release(prepared, comm) -> None:
+    """Drop a checked solver now, collectively (``check`` does not keep it)."""
+    from fem_crossdiff.compat import PETSc
+
+    del prepared
+    gc.collect()
+    PETSc.garbage_cleanup(comm)
 
 
 # --------------------------------------------------------------------------- the run
@@ -177,10 +299,12 @@ def _config_error(err: ParameterError, context: str = "") -> ConfigError:
 
 
 def _make_solver(cfg: StudyConfig, msh):
+    from fem_crossdiff.petsc_options import to_petsc
     from fem_crossdiff.solver import CrossDiffusionSolver
 
     kwargs = dict(degree=cfg.solver.degree, scheme=cfg.solver.scheme,
-                  linear_solver=cfg.solver.linear_solver, petsc_options=dict(cfg.solver.petsc),
+                  linear_solver=cfg.solver.linear_solver,
+                  petsc_options=to_petsc(dict(cfg.solver.petsc)),
                   positivity_tol=cfg.solver.positivity_tol,
                   negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
@@ -189,6 +313,150 @@ def _make_solver(cfg: StudyConfig, msh):
         return CrossDiffusionSolver(msh, cfg.model.params(), **kwargs)
     except ParameterError as err:  # raised on every rank: the checks use reduced mesh sizes
         raise _config_error(err, "rejected on this mesh: ") from None
+
+
+def prepare(cfg: StudyConfig, comm):
+    """Everything ``run`` builds before its first output, each part checked (collective).
+
+    The memory estimate (before any mesh), the mesh, the solver (which checks the model on
+    the mesh: ``eps >= 2 h_max`` for the nonlocal model), the initial data (finite,
+    nonnegative, positive mass) and :func:`validate_on_mesh`. ``crossdiff check`` calls it and
+    drops the result; ``run`` calls it before it writes anything.
+
+    Returns:
+        ``(geometry, solver)``, the solver holding the initial data.
+
+    Raises:
+        ConfigError: naming the TOML key, on every rank.
+    """
+    from fem_crossdiff import resources
+
+    machines = len(set(comm.allgather(_host())))
+    verdict = None
+    if comm.rank == 0:  # one rank reads the machine's memory and the .msh file
+        try:
+            resources.check(cfg, machines=machines)
+            if cfg.geometry.msh is not None:
+                _check_msh(cfg.geometry.msh)
+        except ParameterError as err:
+            verdict = ConfigError(_toml_key(err.key), err.value, err.allowed)
+    verdict = comm.bcast(verdict, root=0)
+    if verdict is not None:
+        raise verdict
+    geo = _build_geometry(cfg, comm)
+    failsafe.reinstall_handlers()  # gmsh resets SIGTERM's handler
+    msh = geo.mesh
+    funcs = [ic.function(msh.geometry.dim) for ic in cfg.initial]
+    s = _make_solver(cfg, msh)
+    try:
+        s.set_initial(funcs)
+    except ParameterError as err:
+        raise _config_error(err) from None
+    validate_on_mesh(cfg, s)
+    return geo, s
+
+
+def _toml_key(key: str) -> str:
+    return key if "." in key or key.startswith("<") else f"geometry.{key}"
+
+
+def _host() -> str:
+    from fem_crossdiff.compat import MPI
+
+    return MPI.Get_processor_name()
+
+
+def validate_on_mesh(cfg: StudyConfig, s) -> None:
+    """The checks of a study that need its mesh, beyond the solver's own (collective).
+
+    * ``particles.eps >= 2 h_max`` (the particles' drift uses the FE mollification operator
+      on this mesh, which needs the kernel to span two cells everywhere);
+    * PETSc settings that cannot work on this number of ranks (``ilu``/``icc`` are serial
+      preconditioners; parallel ``lu``/``cholesky`` need MUMPS or SuperLU_dist).
+
+    Raises:
+        ConfigError: naming the TOML key, on every rank (the checks use reduced values).
+    """
+    from fem_crossdiff.mollify import _global_mesh_sizes  # the operator's own h_max
+
+    comm = s.comm
+    if cfg.particles is not None and not (cfg.model.type == "nonlocal"
+                                          and cfg.model.allow_small_eps):
+        hmax = _global_mesh_sizes(s.msh)[0]
+        if cfg.particles.eps < 2.0 * hmax:
+            raise ConfigError("particles.eps", cfg.particles.eps,
+                              f"must be >= 2 h_max = {2.0 * hmax:.4g} on this mesh (the "
+                              "particles' mollifier must span two cells; refine the mesh or "
+                              "raise eps)")
+    opts = dict(cfg.solver.petsc)
+    if comm.size > 1:
+        pc = opts.get("pc_type")
+        if pc in ("ilu", "icc"):
+            raise ConfigError("solver.petsc.pc_type", pc, f"runs on one rank only (this job "
+                              f"has {comm.size}): use pc_type = \"bjacobi\" with sub_pc_type = "
+                              f"\"{pc}\"")
+        if pc in ("lu", "cholesky") and opts.get("pc_factor_mat_solver_type",
+                                                 "petsc") == "petsc":
+            raise ConfigError("solver.petsc.pc_factor_mat_solver_type",
+                              opts.get("pc_factor_mat_solver_type", "<missing>"),
+                              f"a parallel {pc} factorisation needs \"mumps\" or "
+                              "\"superlu_dist\" (PETSc's own runs on one rank only)")
+
+
+def _check_msh(path: str) -> None:
+    """A ``.msh`` file that ``read_msh`` can turn into a mesh (rank 0; gmsh, no DOLFINx).
+
+    Raises:
+        ParameterError: keyed ``geometry.msh``: unreadable by gmsh, no cells, no physical
+            group of cells, or several cell types in the top dimension.
+    """
+    import gmsh
+
+    own = not gmsh.isInitialized()
+    if own:
+        gmsh.initialize(["-noenv"], readConfigFiles=False)
+        gmsh.option.setNumber("General.Terminal", 0)
+    before = gmsh.model.getCurrent() if not own else None
+    name = "fem-crossdiff-check"
+    try:
+        gmsh.model.add(name)
+        try:
+            gmsh.merge(str(path))
+        except Exception as err:  # noqa: BLE001 (gmsh raises plain Exceptions)
+            raise ParameterError("geometry.msh", path, f"gmsh cannot read it ({err})") from None
+        tdim = gmsh.model.getDimension()
+        types = gmsh.model.mesh.getElementTypes(tdim) if tdim > 0 else []
+        if tdim <= 0 or len(types) == 0:
+            raise ParameterError("geometry.msh", path, "has no cells (an empty or "
+                                 "geometry-only file: mesh it with gmsh first)")
+        if len(types) > 1:
+            names = [gmsh.model.mesh.getElementProperties(t)[0] for t in types]
+            raise ParameterError("geometry.msh", path, f"mixes cell types in dimension {tdim} "
+                                 f"({', '.join(names)}): one cell type is supported")
+        if not gmsh.model.getPhysicalGroups(tdim):
+            raise ParameterError("geometry.msh", path, f"has no physical group of "
+                                 f"{tdim}D cells: add one in gmsh (Physical Surface/Volume) "
+                                 "so that the cells are kept")
+    finally:
+        gmsh.model.remove()
+        if own:
+            gmsh.finalize()
+        elif before:
+            gmsh.model.setCurrent(before)
+
+
+def _build_geometry(cfg: StudyConfig, comm):
+    from fem_crossdiff.meshes import GmshError
+
+    try:
+        return cfg.geometry.build(comm)
+    except ParameterError as err:
+        raise ConfigError(f"geometry.{err.key}", err.value,
+                          f"cannot build the mesh: {err.allowed}") from None
+    except (ValueError, RuntimeError, FileNotFoundError, GmshError) as err:
+        key = "geometry.msh" if cfg.geometry.msh is not None else "geometry"
+        raise ConfigError(key, cfg.geometry.msh or cfg.geometry.builder,
+                          f"cannot build the mesh: {err}") from None
 
 
 def _particle_observer(cfg: StudyConfig, s):
@@ -346,31 +614,18 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
     from fem_crossdiff.compat import mesh as dmesh
-    from fem_crossdiff.meshes import GmshError
     from fem_crossdiff.particles import ParticleWriter
 
-    folder = Path(output if output is not None else cfg.output.folder)
+    key = "output.folder" if output is None else "--output"
+    folder = Path(path_text(key, str(output if output is not None else cfg.output.folder)))
+    folder = folder.expanduser()
+    check_output_folder(folder, comm, key)
     formats = cfg.output.formats
-    # 1. Build and validate everything; nothing is written before step 2.
-    try:
-        geo = cfg.geometry.build(comm)
-    except ParameterError as err:
-        raise ConfigError(f"geometry.{err.key}", err.value,
-                          f"cannot build the mesh: {err.allowed}") from None
-    except (ValueError, FileNotFoundError, GmshError) as err:
-        key = "geometry.msh" if cfg.geometry.msh is not None else "geometry"
-        raise ConfigError(key, cfg.geometry.msh or cfg.geometry.builder,
-                          f"cannot build the mesh: {err}") from None
+    # 1. Build and validate everything (every check of the study, the mesh's included);
+    # nothing is written before step 2.
+    geo, s = prepare(cfg, comm)
     msh = geo.mesh
     gdim = msh.geometry.dim
-    funcs = [ic.function(gdim) for ic in cfg.initial]
-    s = _make_solver(cfg, msh)
-    try:
-        s.set_initial(funcs)
-    except ParameterError as err:
-        raise _config_error(err) from None
-    # The mesh and the initial data exist here: checks of the mesh against the study go here,
-    # before the checkpoint is read and before any file is written.
     tp = cfg.time.params()
     identity = ckpt.run_identity(s, _identity_settings(cfg))
     step0, suffix = 0, ""

@@ -18,6 +18,13 @@ run on any number of ranks takes the same steps to solver tolerance (Newton iter
 which depend on the partition through the multigrid smoother, play no part). Start-up steps
 without enough history for an estimate keep ``dt`` (one step with implicit Euler, two with
 BDF2). See docs/step-control.md.
+
+Errors and interrupts: after the start and every attempted step the ranks agree
+(:class:`fem_crossdiff.failsafe.Agreement`): an exception raised on some ranks only (in a step
+or an observer) is raised on every rank, or, when the other ranks are stuck in a collective
+call, the job is aborted within seconds; a SIGINT/SIGTERM caught by
+:func:`fem_crossdiff.failsafe.interrupt_handlers` stops every rank after the same step with
+:class:`~fem_crossdiff.failsafe.Interrupted`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from fem_crossdiff import failsafe
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.params import TimeParams
 
@@ -96,6 +104,7 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
 
     Raises:
         StepSizeError: the step fell below ``dt_min``.
+        Interrupted: a pending SIGINT/SIGTERM (see :mod:`fem_crossdiff.failsafe`).
     """
     tp = time_params
     log = get_logger(solver.comm)
@@ -105,48 +114,61 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
     rows = [diagnostics_row(solver, step0, solver.dt_prev or 0.0)]
     observers = list(observers)
     t0 = time.perf_counter()
-    try:
-        _call(observers, "start", solver, rows[0])
-        nstep, rejected = step0, 0
-        error_tol = tp.tol if tp.adaptive else None
-        while solver.t < tp.T - 1e-12 * max(tp.T, 1.0):
-            dt = min(dt, tp.T - solver.t, dt_max)
-            info = solver.step(dt, tp.method, error_tol=error_tol)
-            if not info.accepted:
-                rejected += 1
-                if error_tol is not None and info.error is not None and info.error > error_tol:
-                    new_dt = next_step(dt, info.error, tp.tol, info.order, 1.0)
-                else:
-                    new_dt = dt * tp.shrink
-                log.info("t=%.6g: step dt=%.3g rejected (%s); retrying with dt=%.3g",
-                         solver.t, dt, info.message, new_dt)
-                if new_dt < tp.dt_min:
-                    raise StepSizeError(solver.t, new_dt, tp.dt_min, info.message)
-                dt = new_dt
-                continue
-            nstep += 1
-            if error_tol is not None and info.error is not None:
-                # no growth right after a rejection: the estimate just proved optimistic
-                solver.next_dt = next_step(dt, info.error, tp.tol, info.order,
-                                           1.0 if rejected else tp.grow)
+    # Every rank agrees after the start and after every attempted step: an error on one rank
+    # only (an observer, a model check) is raised on all of them, or ends the job (see
+    # fem_crossdiff.failsafe); a pending SIGINT/SIGTERM stops every rank at the same step.
+    agreement = failsafe.Agreement(solver.comm)
+    failsafe.reinstall_handlers()  # gmsh, run before us, resets SIGTERM's handler
+    state = {"nstep": step0, "rejected": 0, "dt": dt}
+    error_tol = tp.tol if tp.adaptive else None
+
+    def attempt() -> None:
+        dt = min(state["dt"], tp.T - solver.t, dt_max)
+        info = solver.step(dt, tp.method, error_tol=error_tol)
+        if not info.accepted:
+            state["rejected"] += 1
+            if error_tol is not None and info.error is not None and info.error > error_tol:
+                new_dt = next_step(dt, info.error, tp.tol, info.order, 1.0)
             else:
-                solver.next_dt = dt
-            row = diagnostics_row(solver, nstep, dt, info.newton_its, info.krylov_its,
-                                  rejected, info.error)
-            rejected = 0
-            rows.append(row)
-            _call(observers, "step", solver, row)
-            done = solver.t >= tp.T - 1e-12 * max(tp.T, 1.0)
-            if progress and ((nstep - step0) % 10 == 0 or done):
-                n = solver.params.n
-                log.info("step %d t=%.4g dt=%.3g newton=%d krylov=%d min=%.2e (%.1fs)",
-                         nstep, solver.t, dt, info.newton_its, info.krylov_its,
-                         min(row[f"min_{k + 1}"] for k in range(n)),
-                         time.perf_counter() - t0)
-            dt = solver.next_dt
-        _call(observers, "finish", solver, rows[-1])
+                new_dt = dt * tp.shrink
+            log.info("t=%.6g: step dt=%.3g rejected (%s); retrying with dt=%.3g",
+                     solver.t, dt, info.message, new_dt)
+            if new_dt < tp.dt_min:
+                raise StepSizeError(solver.t, new_dt, tp.dt_min, info.message)
+            state["dt"] = new_dt
+            return
+        state["nstep"] += 1
+        nstep = state["nstep"]
+        if error_tol is not None and info.error is not None:
+            # no growth right after a rejection: the estimate just proved optimistic
+            solver.next_dt = next_step(dt, info.error, tp.tol, info.order,
+                                       1.0 if state["rejected"] else tp.grow)
+        else:
+            solver.next_dt = dt
+        row = diagnostics_row(solver, nstep, dt, info.newton_its, info.krylov_its,
+                              state["rejected"], info.error)
+        state["rejected"] = 0
+        rows.append(row)
+        _call(observers, "step", solver, row)
+        done = solver.t >= tp.T - 1e-12 * max(tp.T, 1.0)
+        if progress and ((nstep - step0) % 10 == 0 or done):
+            n = solver.params.n
+            log.info("step %d t=%.4g dt=%.3g newton=%d krylov=%d min=%.2e (%.1fs)",
+                     nstep, solver.t, dt, info.newton_its, info.krylov_its,
+                     min(row[f"min_{k + 1}"] for k in range(n)),
+                     time.perf_counter() - t0)
+        state["dt"] = solver.next_dt
+
+    try:
+        _agreed(agreement, _call, observers, "start", solver, rows[0])
+        while solver.t < tp.T - 1e-12 * max(tp.T, 1.0):
+            _agreed(agreement, attempt)
+        _agreed(agreement, _call, observers, "finish", solver, rows[-1])
     finally:
-        _call(observers, "close")
+        try:
+            _call(observers, "close")
+        finally:
+            agreement.free()
     return rows
 
 
@@ -160,8 +182,30 @@ def next_step(dt: float, err: float, tol: float, order: int, grow: float) -> flo
     return dt * min(max(factor, MIN_FACTOR), grow)
 
 
+def _agreed(agreement, fn, *args) -> None:
+    """``fn(*args)``, then every rank agrees on its outcome (see :mod:`.failsafe`)."""
+    error = None
+    try:
+        fn(*args)
+    except (Exception, KeyboardInterrupt) as err:  # interrupts too: agreed, not swallowed
+        error = err
+    agreement.check(error)
+
+
 def _call(observers, name: str, *args) -> None:
+    """Call ``name`` of every observer that has it.
+
+    After an error the remaining observers are still called, then the first error is raised:
+    the collective ones among them (fields, checkpoints) keep every rank in step even when
+    one observer fails on one rank only.
+    """
+    error = None
     for obs in observers:
         method = getattr(obs, name, None)
         if method is not None:
-            method(*args)
+            try:
+                method(*args)
+            except Exception as err:  # noqa: BLE001 (raised below, after the others)
+                error = error or err
+    if error is not None:
+        raise error

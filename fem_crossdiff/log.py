@@ -8,6 +8,23 @@ import sys
 _LOGGER_NAME = "fem_crossdiff"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is when a record is emitted.
+
+    A handler bound to the ``sys.stderr`` of its creation keeps writing to that object after
+    it was replaced and closed (pytest's capture, a notebook's redirection), which turns every
+    later log line into a "Logging error" traceback.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def get_logger(comm=None, level: int | str | None = None) -> logging.Logger:
     """Return the project logger, printing to stderr on rank 0 only.
 
@@ -32,7 +49,7 @@ def get_logger(comm=None, level: int | str | None = None) -> logging.Logger:
         rank = comm.rank
     logger = logging.getLogger(_LOGGER_NAME)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[fem-crossdiff] %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False

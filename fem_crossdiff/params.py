@@ -23,6 +23,8 @@ def finite_number(name: str, value) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise ParameterError(name, value, f"{name} must be a real number") from None
+    except OverflowError:  # an integer beyond the float range
+        raise ParameterError(name, value, f"{name} must be finite") from None
     if not math.isfinite(v):
         raise ParameterError(name, value, f"{name} must be finite")
     return v

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import ufl
 
-from fem_crossdiff import forms
+from fem_crossdiff import failsafe, forms
 from fem_crossdiff.compat import MPI, PETSc, fem, interpolate_any, la
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.log import get_logger
@@ -452,9 +452,16 @@ class CrossDiffusionSolver:
         """One SNES solve from the previous state; returns the reason and an error message."""
         self.rho.x.array[:] = self.history[0].x.array  # initial guess: the previous state
         try:
-            self.problem.solve()
+            with failsafe.deferred_interrupts():  # Ctrl-C is not a failed Newton step
+                self.problem.solve()
         except PETSc.Error as err:  # e.g. a zero pivot in MUMPS: treat as a failed step
+            if failsafe.interrupt_pending():  # a second signal raised inside a callback
+                self.rho.x.array[:] = self.history[0].x.array
+                raise failsafe.Interrupted(failsafe.interrupt_pending()) from None
             return -100, f"PETSc error: {err}"
+        except KeyboardInterrupt:  # the step is not taken: the state stays the last accepted
+            self.rho.x.array[:] = self.history[0].x.array
+            raise
         return self.snes.getConvergedReason(), ""
 
     def rebuild_pc(self) -> None:

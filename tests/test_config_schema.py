@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 
+import numpy as np
 import pytest
 
 from fem_crossdiff import config
@@ -182,3 +183,94 @@ def test_unsupported_ghost_mode():
     assert unsupported_ghost_mode("none", 2) is None
     assert unsupported_ghost_mode("shared_facet", 1) is None
     assert unsupported_ghost_mode("none", None) is None
+
+
+# --------------------------------------------------------------------------- failsafe checks
+@pytest.mark.parametrize("options,key,allowed", [
+    ({"snes_type": "python"}, "solver.petsc.snes_type", "must be one of newtonls"),
+    ({"pc_type": "python"}, "solver.petsc.pc_type", "must be one of"),
+    ({"ksp_type": "python"}, "solver.petsc.ksp_type", "must be one of"),
+    ({"snes_python_type": "m"}, "solver.petsc.snes_python_type", "not an allowed PETSc option"),
+    ({"log_view": "ascii:/tmp/x"}, "solver.petsc.log_view", "not an allowed PETSc option"),
+    ({"ksp_view": True}, "solver.petsc.ksp_view", "not an allowed PETSc option"),
+    ({"snes_monitor": "ascii:/tmp/x"}, "solver.petsc.snes_monitor", "true or false"),
+    ({"ksp_rtol": 1.0}, "solver.petsc.ksp_rtol", "< 1"),
+    ({"ksp_rtol": 10**400}, "solver.petsc.ksp_rtol", "< 1"),
+    ({"ksp_max_it": 0}, "solver.petsc.ksp_max_it", "from 1 to"),
+    ({"ksp_max_it": True}, "solver.petsc.ksp_max_it", "integer"),
+    ({"mg_levels_pc_type": "shell"}, "solver.petsc.mg_levels_pc_type", "must be one of"),
+    ({"mat_mumps_icntl_14": -5}, "solver.petsc.mat_mumps_icntl_14", "from 0 to"),
+    ({"mat_mumps_icntl_4": 3}, "solver.petsc.mat_mumps_icntl_4", "not an allowed"),
+])
+def test_petsc_allow_list(options, key, allowed):
+    err = _error({"solver": {"petsc": options}})
+    assert err.key == key and allowed in err.allowed, str(err)
+
+
+def test_petsc_allowed_values_normalised():
+    from fem_crossdiff.petsc_options import to_petsc
+
+    cfg = parse_config({**BASE, "solver": {"petsc": {
+        "ksp_type": "FGMRES", "snes_atol": 0, "ksp_monitor": True,
+        "snes_converged_reason": False, "snes_ksp_ew": False, "pc_gamg_reuse_interpolation": True,
+        "mat_mumps_icntl_14": 50}}})
+    opts = dict(cfg.solver.petsc)
+    assert opts["ksp_type"] == "fgmres"
+    assert opts["snes_atol"] == 0.0 and isinstance(opts["snes_atol"], float)
+    petsc = to_petsc(opts)
+    # a monitor is a flag without value (never a viewer/file name); false leaves it out
+    assert petsc["ksp_monitor"] is None and "snes_converged_reason" not in petsc
+    assert petsc["snes_ksp_ew"] is False and petsc["pc_gamg_reuse_interpolation"] is True
+    assert petsc["mat_mumps_icntl_14"] == 50
+
+
+@pytest.mark.parametrize("changes,key,allowed", [
+    ({"output": {"every": 2**63}}, "output.every", "<= 9223372036854775807"),
+    ({"time": {"T": 10**400}}, "time.T", "finite"),
+    ({"geometry": {"builder": "disk", "radius": 10**400, "h": 0.3}}, "geometry.radius",
+     "finite"),
+    ({"output": {"folder": "out\0put"}}, "output.folder", "NUL"),
+    ({"resources": {"memory_limit_gb": 0.0}}, "resources.memory_limit_gb", "> 0"),
+    ({"resources": {"memory": 1.0}}, "resources.memory", "unknown key"),
+    ({"short": {"time": {"dt": -1.0}}}, "short.time.dt", "> 0"),  # checked in full mode too
+])
+def test_failsafe_value_checks(changes, key, allowed):
+    doc = {**BASE, **changes}
+    if "time" in changes:
+        doc["time"] = {**BASE["time"], **changes["time"]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, short=False)
+    err = info.value
+    assert err.key == key and allowed in err.allowed, str(err)
+
+
+def test_memory_estimate_scales_with_h_and_n():
+    from fem_crossdiff import resources
+
+    def est(h, n=None):
+        doc = {**BASE, "geometry": {"builder": "disk", "radius": 1.0, "h": h}}
+        if n is not None:
+            doc["particles"] = {"N": n, "eps": 0.5}
+        return resources.estimate(parse_config(doc))
+
+    a, b = est(0.02), est(0.01)
+    assert 3.9 < b.cells / a.cells < 4.1  # cells ~ h^-2 in 2D
+    assert abs(b.cells - 3.14159 * 4 / 3**0.5 / 0.01**2) < 1.0
+    p1, p2 = est(0.1, 10**6), est(0.1, 2 * 10**6)
+    assert abs(p2.parts["particles"] / p1.parts["particles"] - 2.0) < 1e-12
+    assert est(0.1, 10**9).driver == "particles.N" and est(1e-5).driver == "geometry.h"
+    doc = {**BASE, "model": {**BASE["model"], "type": "nonlocal", "eps": 0.5,
+                             "subdivisions": 10**6}}
+    with pytest.raises(ParameterError, match="more than the limit") as info:
+        resources.check(parse_config(doc), 1e9)
+    assert info.value.key == "model.subdivisions"
+
+
+def test_expressions_of_any_parsable_depth():
+    x = np.array([[0.25, 0.5], [0.0, 1.0], [0.0, 0.0]])
+    deep = SafeExpression("-" * 1500 + "x")  # even: x itself
+    assert np.array_equal(deep(x), x[0])
+    long = SafeExpression("+".join(["x"] * 900))
+    assert np.allclose(long(x), 900 * x[0], rtol=1e-14)
+    nested = SafeExpression("exp(" * 3 + "0" + ")" * 3)
+    assert np.allclose(nested(x), np.exp(np.exp(1.0)))

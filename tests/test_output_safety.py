@@ -130,7 +130,7 @@ def test_non_empty_folder_is_refused(comm, mpi_tmp_path, capsys, previous):
     assert code == 2 and "holding its checkpoint" in err
     # an output folder that is a file
     code, err = _run(comm, capsys, study, "--output", out / "config.toml")
-    assert code == 2 and "must be a folder" in err
+    assert code == 2 and "is a file, not a folder" in err
     assert _on_root(comm, lambda: _checksums(out)) == before
 
 

@@ -35,17 +35,23 @@ from .sections import (
     ModelConfig,
     OutputConfig,
     ParticlesConfig,
+    ResourcesConfig,
     SolverConfig,
     TimeConfig,
 )
 
 __all__ = ["ConfigError", "ModelConfig", "GeometryConfig", "InitialConfig", "TimeConfig",
-           "SolverConfig", "ParticlesConfig", "OutputConfig", "StudyConfig", "SafeExpression",
+           "SolverConfig", "ParticlesConfig", "OutputConfig", "ResourcesConfig", "StudyConfig",
+           "SafeExpression",
            "load_config", "parse_config", "short_mode_requested", "to_toml", "EXPR_FUNCTIONS",
            "FORMATS", "PROFILES"]
 
 SECTIONS = ("title", "model", "geometry", "initial", "time", "solver", "particles", "output",
-            "short")
+            "resources", "short")
+#: Largest study file read (bytes).
+MAX_FILE_BYTES = 2**20
+#: Deepest nesting of tables and arrays a study file may have (the deepest legal one has 4).
+MAX_DEPTH = 16
 
 
 def _values(section) -> dict:
@@ -78,6 +84,7 @@ class StudyConfig:
     solver: SolverConfig
     output: OutputConfig
     particles: ParticlesConfig | None = None
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     title: str = ""
     source: str = ""
     short: bool = False
@@ -105,6 +112,8 @@ class StudyConfig:
         if self.particles is not None:
             out["particles"] = _values(self.particles)
         out["output"] = _values(self.output)
+        if _values(self.resources):
+            out["resources"] = _values(self.resources)
         return plain(out)
 
     def physics_hash(self) -> str:
@@ -116,7 +125,7 @@ class StudyConfig:
         d = self.to_dict()
         for key in ("T", "dt"):  # a restart takes its step from the checkpoint
             d["time"].pop(key)
-        for key in ("output", "title", "particles"):
+        for key in ("output", "title", "particles", "resources"):
             d.pop(key, None)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -154,17 +163,33 @@ def parse_config(raw: dict, *, base_dir: str | Path = ".", source: str = "",
     Raises:
         ConfigError: naming the dotted key, the value and what is allowed.
     """
+    _check_depth(raw)
     table("", raw, SECTIONS)
-    if "short" in raw:
-        over = table("short", raw["short"], [s for s in SECTIONS if s != "short"])
-        if short:
-            _parse(raw, base_dir, source, False, check_files)  # errors name the base keys
-            try:
-                merged = _merge({k: v for k, v in raw.items() if k != "short"}, over)
-                return _parse(merged, base_dir, source, True, check_files)
-            except ConfigError as err:
-                raise ConfigError(f"short.{err.key}", err.value, err.allowed) from None
-    return _parse(raw, base_dir, source, False, check_files)
+    base = _parse(raw, base_dir, source, False, check_files)  # errors name the base keys
+    if "short" not in raw:
+        return base
+    # the [short] overrides are checked in both modes: a file is valid as a whole
+    over = table("short", raw["short"], [s for s in SECTIONS if s != "short"])
+    try:
+        merged = _merge({k: v for k, v in raw.items() if k != "short"}, over)
+        shortened = _parse(merged, base_dir, source, True, check_files)
+    except ConfigError as err:
+        raise ConfigError(f"short.{err.key}", err.value, err.allowed) from None
+    return shortened if short else base
+
+
+def _check_depth(raw) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` (before anything recurses into it)."""
+    todo = [(raw, 0, "")]
+    while todo:
+        item, depth, key = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(key or "<file>", "...", f"nests tables/arrays deeper than "
+                              f"{MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            todo.extend((v, depth + 1, f"{key}.{k}" if key else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            todo.extend((v, depth + 1, f"{key}[{i}]") for i, v in enumerate(item))
 
 
 def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> StudyConfig:
@@ -187,9 +212,10 @@ def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> 
     stem = Path(source).stem if source else "study"
     output = OutputConfig.read(_section(raw, "output", required=False),
                                defaults={"folder": f"output/{stem}"})
+    resources = ResourcesConfig.read(_section(raw, "resources", required=False))
     return StudyConfig(model=model, geometry=geometry, initial=tuple(initial), time=time,
-                       solver=solver, output=output, particles=particles, title=title,
-                       source=str(source), short=short)
+                       solver=solver, output=output, particles=particles, resources=resources,
+                       title=title, source=str(source), short=short)
 
 
 def short_mode_requested(flag: bool = False) -> bool:
@@ -212,13 +238,34 @@ def load_config(path: str | Path, *, short: bool = False, check_files: bool = Tr
     Raises:
         ConfigError: unreadable file, TOML syntax error, or any invalid entry.
     """
+    if not isinstance(path, (str, Path)) or not str(path) or "\0" in str(path):
+        raise ConfigError("<file>", str(path), "must be the name of a study file")
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("<file>", str(path), "study file not found") from None
+    except IsADirectoryError:
+        raise ConfigError("<file>", str(path), "is a folder, not a study file") from None
+    except OSError as err:
+        raise ConfigError("<file>", str(path), f"cannot be read ({err.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError("<file>", str(path), f"is larger than {MAX_FILE_BYTES // 2**20} MiB "
+                          "(a study file is a few lines of TOML)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("<file>", str(path), f"is not UTF-8 text (byte {err.start}: "
+                          f"{data[err.start:err.start + 1]!r})") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
+        raise ConfigError("<file>", str(path), f"is not valid TOML ({err})") from None
+    except RecursionError:
+        raise ConfigError("<file>", str(path), f"nests tables/arrays deeper than {MAX_DEPTH} "
+                          "levels") from None
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
         raise ConfigError("<file>", str(path), f"is not valid TOML ({err})") from None
     return parse_config(raw, base_dir=path.parent, source=str(path), short=short,
                         check_files=check_files)

@@ -62,7 +62,9 @@ class SafeExpression:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
             raise ConfigError(key, text, f"is not a valid expression ({err.msg})") from None
-        self._run = self._compile(tree.body)
+        except (RecursionError, MemoryError, ValueError):
+            raise ConfigError(key, text, "is nested too deeply to be parsed") from None
+        self._program = self._compile(tree.body)
 
     def __reduce__(self):
         return (SafeExpression, (self.text, self.key))
@@ -78,29 +80,30 @@ class SafeExpression:
             self._reject(f"the operator {type(op).__name__}")
         return _OPS[type(op)]
 
-    def _compile(self, node) -> Callable[[dict], Any]:
-        """Check ``node`` against the whitelist and return its evaluator ``f(env)``."""
+    def _source(self, node) -> str:
+        text = ast.get_source_segment(self.text.strip(), node) or ""
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def _children(self, node) -> list:
+        """Check ``node`` against the whitelist (not its children) and return its operands."""
         if isinstance(node, ast.Constant):
             if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
                 self._reject(f"the constant {node.value!r}")
-            value = float(node.value)  # floats only: no exact big-integer powers
-            return lambda env: value
+            return []
         if isinstance(node, ast.Name):
             if node.id not in EXPR_NAMES:
                 self._reject(f"the name {node.id!r}")
-            return lambda env: env[node.id]
+            return []
         if isinstance(node, ast.BinOp):
-            op, left, right = self._op(node.op), self._compile(node.left), self._compile(node.right)
-            return lambda env: op(left(env), right(env))
+            self._op(node.op)
+            return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
-            op, operand = self._op(node.op), self._compile(node.operand)
-            return lambda env: op(operand(env))
+            self._op(node.op)
+            return [node.operand]
         if isinstance(node, ast.Compare):
             if len(node.ops) != 1 or type(node.ops[0]) not in _OPS:
                 self._reject("this comparison")
-            op = _OPS[type(node.ops[0])]
-            left, right = self._compile(node.left), self._compile(node.comparators[0])
-            return lambda env: op(left(env), right(env))
+            return [node.left, node.comparators[0]]
         if isinstance(node, ast.Call):
             name = node.func.id if isinstance(node.func, ast.Name) else None
             if name not in EXPR_FUNCTIONS:
@@ -108,13 +111,58 @@ class SafeExpression:
                              else "calling anything but a named function")
             if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
                 self._reject("keyword or starred arguments")
-            fn, arity = EXPR_FUNCTIONS[name]
+            arity = EXPR_FUNCTIONS[name][1]
             if len(node.args) != arity:
                 raise ConfigError(self.key, self.text,
                                   f"{name} takes {arity} argument(s), got {len(node.args)}")
-            args = [self._compile(a) for a in node.args]
-            return lambda env: fn(*(a(env) for a in args))
-        self._reject(f"{type(node).__name__} ({ast.unparse(node)!r})")
+            return list(node.args)
+        self._reject(f"{type(node).__name__} ({self._source(node)!r})")
+
+    def _instruction(self, node) -> tuple:
+        """The postfix instruction of a checked node: (0, value), (1, name) or (2, fn, arity)."""
+        if isinstance(node, ast.Constant):
+            try:
+                return (0, float(node.value))  # floats only: no exact big-integer powers
+            except OverflowError:
+                raise ConfigError(self.key, self.text, f"the number {self._source(node)} is "
+                                  "beyond the floating-point range") from None
+        if isinstance(node, ast.Name):
+            return (1, node.id)
+        if isinstance(node, ast.Call):
+            fn, arity = EXPR_FUNCTIONS[node.func.id]
+            return (2, fn, arity)
+        if isinstance(node, ast.Compare):
+            return (2, _OPS[type(node.ops[0])], 2)
+        return (2, _OPS[type(node.op)], 1 if isinstance(node, ast.UnaryOp) else 2)
+
+    def _compile(self, root) -> list[tuple]:
+        """The whitelisted tree as a postfix program.
+
+        No recursion: any depth the parser accepts compiles and evaluates.
+        """
+        program, todo = [], [(root, False)]
+        while todo:
+            node, ready = todo.pop()
+            if ready:
+                program.append(self._instruction(node))
+                continue
+            todo.append((node, True))
+            todo.extend((child, False) for child in reversed(self._children(node)))
+        return program
+
+    def _run(self, env: dict):
+        values: list = []
+        for ins in self._program:
+            if ins[0] == 0:
+                values.append(ins[1])
+            elif ins[0] == 1:
+                values.append(env[ins[1]])
+            else:
+                n = ins[2]
+                args = values[-n:]
+                del values[-n:]
+                values.append(ins[1](*args))
+        return values[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Evaluate at points ``x`` of shape ``(3, N)`` (DOLFINx layout); returns shape ``(N,)``."""

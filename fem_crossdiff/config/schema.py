@@ -65,7 +65,8 @@ def under(prefix: str) -> Iterator[None]:
     except ConfigError:
         raise
     except ParameterError as err:
-        raise ConfigError(f"{prefix}.{err.key}", err.value, err.allowed) from None
+        key = f"{prefix}.{err.key}" if prefix else err.key
+        raise ConfigError(key, err.value, err.allowed) from None
 
 
 # --------------------------------------------------------------------------- value checks
@@ -73,20 +74,46 @@ def number(key: str, v: Any, lo: float | None = None, *, strict: bool = False) -
     """A finite real number (not a boolean), ``>= lo`` (``> lo`` if ``strict``)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(key, v, "must be a number")
-    if not math.isfinite(v):
-        raise ConfigError(key, v, "must be finite")
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an integer beyond the float range
+        finite = False
+    if not finite:
+        raise ConfigError(key, v, "must be finite (an integer beyond the float range is not)")
     if lo is not None and (v <= lo if strict else v < lo):
         raise ConfigError(key, v, f"must be {'>' if strict else '>='} {lo:g}")
     return float(v)
 
 
-def integer(key: str, v: Any, lo: int | None = None) -> int:
-    """An integer (not a boolean), ``>= lo``."""
+#: The largest integer a study file may give (a signed 64-bit integer, as TOML's).
+MAX_INT = 2**63 - 1
+
+
+def integer(key: str, v: Any, lo: int | None = None, hi: int = MAX_INT) -> int:
+    """An integer (not a boolean), ``>= lo`` and ``<= hi`` (at most :data:`MAX_INT`)."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise ConfigError(key, v, "must be an integer")
     if lo is not None and v < lo:
         raise ConfigError(key, v, f"must be an integer >= {lo}")
+    if v > hi:
+        raise ConfigError(key, v, f"must be an integer <= {hi}")
     return v
+
+
+def path_text(key: str, v: Any) -> str:
+    """A file or folder name: a non-empty string without NUL whose ``~user`` (if any) exists."""
+    text = string(key, v)
+    if "\0" in text:
+        raise ConfigError(key, v, "must be a path without NUL characters")
+    if text.startswith("~"):
+        from pathlib import Path
+
+        try:
+            Path(text).expanduser()
+        except RuntimeError:
+            raise ConfigError(key, v, f"names the home folder of an unknown user "
+                              f"({text.split('/', 1)[0]})") from None
+    return text
 
 
 def boolean(key: str, v: Any) -> bool:

@@ -105,6 +105,9 @@ class TimeConfig(Section, core.TimeParams):
 
 
 def _petsc(key: str, v: Any) -> tuple[tuple[str, Any], ...]:
+    """The ``petsc`` table: allow-listed solver options with checked values only."""
+    from fem_crossdiff.petsc_options import check_options
+
     options = dict(v) if isinstance(v, (list, tuple)) else v
     s.table(key, options, list(options) if isinstance(options, dict) else ())
     for k, value in options.items():
@@ -113,7 +116,9 @@ def _petsc(key: str, v: Any) -> tuple[tuple[str, Any], ...]:
                               "and '_' (no leading '-' or prefix)")
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"{key}.{k}", value, "must be a string, number or boolean")
-    return tuple(sorted(options.items()))
+    with under(""):
+        checked = check_options(options, key)
+    return tuple(sorted(checked.items()))
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,8 @@ class SolverConfig(Section):
         degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
         linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
             ``"direct"``.
-        petsc: Extra PETSc options (sorted ``(name, value)`` pairs), passed through.
+        petsc: Extra PETSc options (sorted ``(name, value)`` pairs): only the solver settings
+            of :data:`fem_crossdiff.petsc_options.ALLOWED`, with checked values.
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
             (``>= 0``; raise it where positivity is not guaranteed, e.g. with
             ``negative_edges = "keep"``).
@@ -215,8 +221,24 @@ class OutputConfig(Section):
     progress: bool = True
 
     section = "output"
-    checks = {"formats": _formats, "every": partial(s.integer, lo=1),
+    checks = {"folder": s.path_text, "formats": _formats, "every": partial(s.integer, lo=1),
               "checkpoint_every": partial(s.integer, lo=0)}
+
+
+@dataclass(frozen=True)
+class ResourcesConfig(Section):
+    """``[resources]``: limits checked before any mesh or particle is made.
+
+    Attributes:
+        memory_limit_gb: Refuse a study whose memory estimate exceeds this many GB (all ranks
+            together; default: the physical memory of the machines the job runs on, see
+            :mod:`fem_crossdiff.resources`).
+    """
+
+    memory_limit_gb: float | None = None
+
+    section = "resources"
+    checks = {"memory_limit_gb": s.positive}
 
 
 def _tuples(v):
@@ -270,10 +292,15 @@ class GeometryConfig:
             return cls(builder=g.get("builder"), gdim=g.get("gdim"),
                        params=tuple((k, v) for k, v in g.items() if k not in ("builder", "gdim")))
         g = s.table("geometry", raw, ("msh", "gdim"))
-        path = Path(s.string("geometry.msh", g["msh"])).expanduser()
-        path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
+        path = Path(s.path_text("geometry.msh", g["msh"])).expanduser()
+        try:
+            path = (path if path.is_absolute() else Path(base_dir) / path).resolve()
+        except OSError as err:  # a symlink loop, an unreadable folder
+            raise ConfigError("geometry.msh", g["msh"],
+                              f"cannot resolve the path ({err})") from None
         if check_files and not path.is_file():
-            raise ConfigError("geometry.msh", g["msh"], f"mesh file not found ({path})")
+            what = "is a folder, not a mesh file" if path.is_dir() else "mesh file not found"
+            raise ConfigError("geometry.msh", g["msh"], f"{what} ({path})")
         return cls(msh=str(path), gdim=g.get("gdim"))
 
     def build(self, comm):
