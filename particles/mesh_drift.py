@@ -79,6 +79,7 @@ from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
 from .params import ParticleParams
+from .tracking import CHUNK
 
 __all__ = ["MeshOperatorDrift", "SnapshotGradientField", "GRADIENTS"]
 
@@ -375,8 +376,13 @@ class MeshOperatorDrift:
     def _barycentric(self, cells: np.ndarray, x3: np.ndarray) -> np.ndarray:
         """P1 basis values ``(R, d + 1)`` at points ``x3`` in owned ``cells``."""
         d = self.dim
-        xi = np.einsum("rkg,rg->rk", self._pullback[cells], x3[:, :d] - self._x0[cells])
-        return np.concatenate([1.0 - xi.sum(axis=1, keepdims=True), xi], axis=1)
+        out = np.empty((cells.size, d + 1))
+        for i0 in range(0, cells.size, CHUNK):  # chunks: see tracking.CHUNK
+            c = cells[i0:i0 + CHUNK]
+            xi = np.einsum("rkg,rg->rk", self._pullback[c], x3[i0:i0 + CHUNK, :d] - self._x0[c])
+            out[i0:i0 + CHUNK, 0] = 1.0 - xi.sum(axis=1)
+            out[i0:i0 + CHUNK, 1:] = xi
+        return out
 
     # ------------------------------------------------------------------ pieces
     def _deposit_routed(self, routed: _Routed, n: int, lam: np.ndarray) -> np.ndarray:
@@ -384,12 +390,12 @@ class MeshOperatorDrift:
         w = routed.payload[:, 3]
         k = routed.payload[:, 4].astype(np.int64)
         vec = la.vector(self.index_map, bs=n)
-        if routed.cells.size:
-            idx = self._dofs[routed.cells] * n + k[:, None]
-            vec.array[:] = np.bincount(idx.ravel(), weights=(lam * w[:, None]).ravel(),
-                                       minlength=self.nloc * n)
-        else:
-            vec.array[:] = 0.0
+        vec.array[:] = 0.0
+        for i0 in range(0, routed.cells.size, CHUNK):
+            sl = slice(i0, i0 + CHUNK)
+            idx = self._dofs[routed.cells[sl]] * n + k[sl, None]
+            vec.array[:] += np.bincount(idx.ravel(), weights=(lam[sl] * w[sl, None]).ravel(),
+                                        minlength=self.nloc * n)
         vec.scatter_reverse(la.InsertMode.add)
         rho = vec.array.reshape(self.nloc, n)
         rho[: self.nown] /= self.lumped[:, None]
@@ -412,10 +418,16 @@ class MeshOperatorDrift:
         return G.copy()
 
     def _gradient_routed(self, g: np.ndarray, cells: np.ndarray, lam: np.ndarray):
-        if self.gradient == "cell":
-            return np.einsum("rjg,rj->rg", self._cell_grad[cells], g[self._dofs[cells]])
-        G = self._nodal_gradient(g)
-        return np.einsum("rj,rjg->rg", lam, G[self._dofs[cells]])
+        out = np.empty((cells.size, self.dim))
+        G = self._nodal_gradient(g) if self.gradient == "recovered" else None
+        for i0 in range(0, cells.size, CHUNK):
+            sl = slice(i0, i0 + CHUNK)
+            c = cells[sl]
+            if G is None:
+                out[sl] = np.einsum("rjg,rj->rg", self._cell_grad[c], g[self._dofs[c]])
+            else:
+                out[sl] = np.einsum("rj,rjg->rg", lam[sl], G[self._dofs[c]])
+        return out
 
     def _check_positions(self, positions, params: ParticleParams, comm):
         if not isinstance(params, ParticleParams):

@@ -92,7 +92,7 @@ def _tree_check(msh, dom, x, cells, comm):
 def test_tracking_agrees_with_collision_tree(domains, name, comm):
     """Same particles on every rank (the tracker is global): each rank checks its own cells."""
     msh, dom = domains(name)
-    n, dt = 1500 if name == "ball" else 3000, 0.01
+    n, dt = 800 if name == "ball" else 3000, 0.01
     rng = np.random.default_rng(7)
     x = _uniform_sampler(msh)(rng, n)
     cells = dom.locate(x)
