@@ -10,7 +10,8 @@ depends on the partition); each particle keeps its cell in the
 :class:`~fem_crossdiff.particles.state.ParticleState`, and a step ``p -> q`` is walked from that
 cell through facet neighbours, reflecting ``q`` at each boundary facet the path meets (the exact
 specular reflection of the straight path). Cost: one numpy pass over the particles per cell
-crossed, about 1 us per particle-step instead of the 12-78 us per point of the collision tree.
+crossed (the walk alone measured 1.2-1.4 us per particle-step on a loaded machine, against 12-78
+us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``).
 :attr:`MeshDomain.cell_rank` and :attr:`MeshDomain.cell_local` give the owner of each cell, so
 that :meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` sends each particle to
 the rank owning its cell without any search. Particles the walk loses (rounding, at most a few
