@@ -48,11 +48,11 @@
 #    `coupling_slope` are fitted over all `N`; `w1_floor` (the growth
 #    `w1 - w1_initial` at the largest `N`) estimates the floor and `w1_slope_pre_floor` is fitted
 #    over the `N` whose `w1` is above twice the floor.
-#    Speed: `MeshDomain.contains` and `FETimeGradientField` locate points with DOLFINx's GJK
-#    test (`compute_colliding_cells`, ~30 us per point, 90% of a step); the study uses
-#    `FastMeshDomain` (barycentric inside test, else the same reflections) and
-#    `OperatorGradientField` (the same field through `MeshOperatorDrift.gradient_at`), both
-#    checked against the originals in the run (`inside_test_mismatches`, `grad_field_check`).
+#    Speed: the particles are located by tracking (`MeshDomain.track`, a walk from the previous
+#    cell) and the coupled field is `SnapshotGradientField` (the field of `FETimeGradientField`
+#    through `MeshOperatorDrift.gradient_at`), both checked in the run against the collision
+#    tree (`inside_test_mismatches`: tracked location against `MeshDomain.contains_collision`;
+#    `grad_field_check`: against `FETimeGradientField`).
 # 4. A PNG of the three models side by side near the right wall at the end of the eps sweep:
 #    the total density `S = a_1 rho_1 + a_2 rho_2` of the local and the nonlocal FE solutions and
 #    of the particles (deposited on P1 by `MeshOperatorDrift.deposit`, the density the particle
@@ -94,8 +94,7 @@ import numpy as np
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI, fem, geometry
-from fem_crossdiff.coupling import FETimeGradientField
+from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
 from fem_crossdiff.nonlocal_ import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -109,7 +108,7 @@ from fem_crossdiff.particles import (
 from fem_crossdiff.particles import step as particle_step
 from fem_crossdiff.particles.distances import random_directions, sliced_wasserstein
 from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
-from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
+from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift, SnapshotGradientField
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 NAME = "study_walls"
@@ -216,95 +215,6 @@ def particle_params(n: int, eps: float, masses) -> ParticleParams:
     """Particles of the case: ``N`` per species of weight ``a_l M_l / N``."""
     return ParticleParams(n_particles=n, a=MODEL.a, b=MODEL.b, sigma=MODEL.sigma, m=MODEL.m,
                           eps=eps, kernel="bump", masses=tuple(masses))
-
-
-class FastMeshDomain(MeshDomain):
-    """:class:`MeshDomain` with an exact barycentric inside test (affine simplices).
-
-    ``MeshDomain.contains`` finds the cell of each point with DOLFINx's GJK collision test
-    (``compute_colliding_cells``), about 30 us per point: 90% of a particle step here. This
-    test (bounding-box candidates, then barycentric coordinates ``>= -1e-12``, the ray parity of
-    the base class for the rest) gives the same answer up to round-off on the cell faces
-    (checked on the first call against the base class) at a tenth of the cost; the
-    reflections themselves are the base class's.
-    """
-
-    def __init__(self, msh, max_reflections: int = 20):
-        super().__init__(msh, max_reflections)
-        tdim, gdim = msh.topology.dim, msh.geometry.dim
-        imap = msh.topology.index_map(tdim)
-        ncell = imap.size_local + imap.num_ghosts
-        xg = msh.geometry.x[msh.geometry.dofmaps[0][:ncell]][:, :, :gdim]
-        self._x0 = xg[:, 0, :]
-        self._pull = np.linalg.inv(np.transpose(xg[:, 1:, :] - xg[:, :1, :], (0, 2, 1)))
-        self._fast_tree = geometry.bb_tree(msh, tdim, entities=np.arange(ncell, dtype=np.int32),
-                                           padding=1e-12)
-        self.checked = None
-
-    def contains(self, x: np.ndarray, comm=None) -> np.ndarray:
-        """Mask of the points inside the mesh (not collective)."""
-        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
-        inside = np.zeros(x.shape[0], dtype=bool)
-        if x.shape[0]:
-            pts = np.zeros((x.shape[0], 3))
-            pts[:, : self.dim] = x
-            cand = geometry.compute_collisions_points(self._fast_tree, pts)
-            off = np.asarray(cand.offsets, dtype=np.int64)
-            c = np.asarray(cand.array, dtype=np.int64)
-            if c.size:
-                pid = np.repeat(np.arange(x.shape[0]), np.diff(off))
-                xi = np.einsum("rkg,rg->rk", self._pull[c], x[pid] - self._x0[c])
-                ok = np.minimum(1.0 - xi.sum(axis=1), xi.min(axis=1)) >= -1e-12
-                inside[pid[ok]] = True
-        rest = np.flatnonzero(~inside)
-        if rest.size:
-            inside[rest] = self._ray_parity(x[rest])
-        if self.checked is None and x.shape[0]:
-            sub = x[:: max(1, x.shape[0] // 2000)]
-            mask = inside[:: max(1, x.shape[0] // 2000)]
-            self.checked = int(np.count_nonzero(super().contains(sub) != mask))
-        return inside
-
-
-class OperatorGradientField:
-    """``grad g(t, y)`` of the FE snapshots ``(t_j, g_j)``, linear in time, as a ``grad_g``.
-
-    The same field as :class:`fem_crossdiff.coupling.FETimeGradientField` (the cell gradients
-    of the P1 snapshots, linear interpolation in time), evaluated by
-    :meth:`MeshOperatorDrift.gradient_at`, whose point location is ten times faster than the
-    GJK-based one of ``FETimeGradientField`` (:meth:`check` compares the two).
-    """
-
-    def __init__(self, drift: MeshOperatorDrift, snapshots):
-        self.drift = drift
-        self.snapshots = snapshots
-        self.times = np.array([t for t, _ in snapshots])
-        self.values = [np.asarray(g.x.array, dtype=float).copy() for _, g in snapshots]
-        if any(v.size != drift.nloc for v in self.values):
-            raise ValueError("snapshots must live on the drift's P1 space")
-
-    def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
-        """Collective: every rank calls with its own points ``(M, d)``."""
-        times = self.times
-        if t <= times[0]:
-            return self.drift.gradient_at(self.values[0], y)
-        j = int(np.clip(np.searchsorted(times, t, side="right") - 1, 0, times.size - 1))
-        if j == times.size - 1 or abs(t - times[j]) <= 1e-12 * max(1.0, abs(t)):
-            return self.drift.gradient_at(self.values[j], y)
-        lam = (t - times[j]) / (times[j + 1] - times[j])
-        if abs(1.0 - lam) * (times[j + 1] - times[j]) <= 1e-12 * max(1.0, abs(t)):
-            return self.drift.gradient_at(self.values[j + 1], y)
-        g = (1.0 - lam) * self.values[j] + lam * self.values[j + 1]  # P1: linear in g
-        return self.drift.gradient_at(g, y)
-
-    def check(self, comm, points: np.ndarray) -> float:
-        """Largest ``|difference|`` with ``FETimeGradientField`` at ``points`` (mid-step times)."""
-        ref = FETimeGradientField(self.snapshots)
-        err = 0.0
-        for t in (0.0, 0.5 * (self.times[0] + self.times[1]), self.times[-1]):
-            d = np.abs(self(t, points) - ref(t, points))
-            err = max(err, float(np.max(d, initial=0.0)))
-        return comm.allreduce(err, op=MPI.MAX)
 
 
 def sliced_w1(comm, x: np.ndarray, y: np.ndarray, wy: np.ndarray, directions) -> float:
@@ -473,10 +383,10 @@ def particle_part(comm, st: Settings, log):
            for k in range(MODEL.n)]
     log(f"particles: FE nonlocal solution on h = {st.h_particles}, eps = {eps}, "
         f"{n_steps} steps to T = {st.T_particles}; masses {masses[0]:.4f}, {masses[1]:.4f}")
-    dom = FastMeshDomain(msh)
+    dom = MeshDomain(msh)
     # the FE solve is finished: the drift may now use (and overwrite) its potential's state
     drift = MeshOperatorDrift.from_potential(s.model.potential)
-    grad_g = OperatorGradientField(drift, snaps)
+    grad_g = SnapshotGradientField(drift, snaps)
     check_pts = samplers[0](np.random.default_rng(3), 500) if comm.rank == 0 \
         else np.zeros((0, 2))
     field_check = grad_g.check(comm, check_pts)
@@ -501,8 +411,13 @@ def particle_part(comm, st: Settings, log):
         log(f"particles: N = {n} ({n_seeds} seeds, {time.perf_counter() - t0:.1f} s): "
             f"W1 {rows[-1]['w1']:.3e} (t = 0: {rows[-1]['w1_initial']:.3e}), "
             f"coupling {rows[-1]['coupling']:.3e}")
+    # tracked location against the collision tree, at points inside and just across the wall
+    probe = np.concatenate([check_pts, check_pts / np.maximum(
+        np.linalg.norm(check_pts, axis=1, keepdims=True), 1e-300) * 1.002]) \
+        if check_pts.size else check_pts
+    mism = int(np.count_nonzero((dom.locate(probe) >= 0) != dom.contains_collision(probe)))
     checks = {"grad_field_check": field_check,
-              "inside_test_mismatches": comm.allreduce(int(dom.checked or 0), op=MPI.SUM)}
+              "inside_test_mismatches": comm.allreduce(mism, op=MPI.SUM)}
     return rows, checks
 
 
@@ -525,7 +440,7 @@ def plot_part(comm, st: Settings, local, nonlocal_, outdir: Path, log) -> int:
     samplers = [FEDensitySampler(s0.species(k)) for k in range(MODEL.n)]
     params = particle_params(st.n_plot, eps, [smp.mass for smp in samplers])
     drift = MeshOperatorDrift.from_potential(s0.model.potential)
-    dom = FastMeshDomain(msh)
+    dom = MeshDomain(msh)
     state = init_state(params, samplers, 99, dom, comm)
     for _ in range(n_steps):
         state = particle_step(state, dt, params, dom, drift, comm)

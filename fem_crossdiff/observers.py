@@ -329,6 +329,12 @@ class CheckpointObserver:
 class ParticleObserver:
     """The particle system (1.6) alongside the PDE: one Euler-Maruyama step per PDE step.
 
+    On a :class:`~fem_crossdiff.particles.mesh_domain.MeshDomain` the step tracks the particles'
+    cells (kept in the state) and a
+    :class:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift` on the same mesh is evaluated
+    at those cells: no point location per step (the fast path of
+    :func:`fem_crossdiff.particles.state.step`).
+
     Args:
         params: Particle parameters.
         domain: The particles' domain (reflection at its walls).

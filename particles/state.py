@@ -51,6 +51,10 @@ class ParticleState:
         seed: the run's seed (keys every random stream).
         start: global index of the first local particle (same for every species).
         n_total: global number ``N`` of particles per species.
+        cells: read-only ``(n_species, N_local)`` cells of the particles (original cell
+            indices) on a tracking domain (:class:`~fem_crossdiff.particles.mesh_domain.
+            MeshDomain`), ``None`` elsewhere; kept from step to step so that location is a walk
+            from the previous cell.
     """
 
     positions: np.ndarray
@@ -59,6 +63,7 @@ class ParticleState:
     seed: int
     start: int
     n_total: int
+    cells: np.ndarray | None = None
 
     @property
     def stop(self) -> int:
@@ -69,6 +74,19 @@ class ParticleState:
     def dim(self) -> int:
         """Space dimension ``d``."""
         return self.positions.shape[2]
+
+
+def _frozen_cells(c) -> np.ndarray:
+    c = np.array(c, dtype=np.int64, copy=True)
+    c.setflags(write=False)
+    return c
+
+
+def _located(domain, pos: np.ndarray):
+    """Cells of ``pos (n, N_local, d)`` on a tracking domain (``None`` on others)."""
+    if not hasattr(domain, "track"):
+        return None
+    return _frozen_cells(domain.locate(pos.reshape(-1, pos.shape[-1])).reshape(pos.shape[:2]))
 
 
 def _comm_info(comm) -> tuple[int, int]:
@@ -113,7 +131,8 @@ def init_state(
     if pos.shape[-1] != domain.dim:
         raise ValueError(f"positions: sampler dimension {pos.shape[-1]} != domain dim {domain.dim}")
     check_inside(domain, pos, comm)
-    return ParticleState(_frozen(pos), 0.0, 0, seed, start, params.n_particles)
+    return ParticleState(_frozen(pos), 0.0, 0, seed, start, params.n_particles,
+                         _located(domain, pos))
 
 
 def state_from_positions(
@@ -132,8 +151,9 @@ def state_from_positions(
     check_inside(domain, x, None)
     size, rank = _comm_info(comm)
     start, stop = partition(x.shape[1], size, rank)
-    return ParticleState(_frozen(x[:, start:stop]), float(time), 0, _check_seed(seed), start,
-                         x.shape[1])
+    mine = x[:, start:stop]
+    return ParticleState(_frozen(mine), float(time), 0, _check_seed(seed), start, x.shape[1],
+                         _located(domain, mine))
 
 
 def brownian_increments(state: ParticleState, dt: float, step_index: int | None = None):
@@ -165,6 +185,11 @@ def step(
 
     ``X <- reflect(X + dt drift(X, t) + sqrt(2 sigma) dW)``.
 
+    On a tracking domain (one with ``track``, :class:`~fem_crossdiff.particles.mesh_domain.
+    MeshDomain`) the particles' cells are kept in the state: the reflection walks from them,
+    and a drift with ``at_cells`` (:class:`~fem_crossdiff.particles.mesh_drift.
+    MeshOperatorDrift` on the same mesh) is evaluated without locating the particles again.
+
     Args:
         state: current state.
         dt: time step > 0.
@@ -187,9 +212,21 @@ def step(
     elif np.shape(dW) != x.shape:
         raise ValueError(f"dW must have shape {x.shape}, got {np.shape(dW)}")
     x_new = x + math.sqrt(2.0 * params.sigma) * np.asarray(dW, dtype=float)
+    tracking = hasattr(domain, "track")
+    cells = state.cells
+    if tracking and (cells is None or cells.shape != x.shape[:2]):
+        cells = _located(domain, x)
     if drift is not None:
-        x_new = x_new + dt * drift(x, state.time, params, comm)
+        if tracking and hasattr(drift, "at_cells") and drift.msh is domain.msh:
+            x_new = x_new + dt * drift.at_cells(x, cells, domain, state.time, params, comm)
+        else:
+            x_new = x_new + dt * drift(x, state.time, params, comm)
     d = x.shape[-1]
+    if tracking:
+        x_new, c_new = domain.track(x.reshape(-1, d), x_new.reshape(-1, d), cells.reshape(-1))
+        return replace(state, positions=_frozen(x_new.reshape(x.shape)), time=state.time + dt,
+                       step_index=state.step_index + 1,
+                       cells=_frozen_cells(c_new.reshape(x.shape[:2])))
     x_new = domain.reflect(x.reshape(-1, d), x_new.reshape(-1, d), comm).reshape(x.shape)
     return replace(state, positions=_frozen(x_new), time=state.time + dt,
                    step_index=state.step_index + 1)
