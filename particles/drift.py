@@ -35,6 +35,7 @@ from) its own particles, one ``Allreduce`` adds the grid arrays (their size is i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -57,7 +58,8 @@ __all__ = [
     "quadrature_nodes",
 ]
 
-_PAIR_CHUNK = 1_500_000  # bound on the node-particle pairs held in memory at once
+_ENTRY_CHUNK = 500_000  # candidate node-particle pairs held at once by the cell-list drift
+_BLOCK_NODES = 1 << 18  # quadrature nodes per lattice block of the cell-list drift
 _CIC_CHUNK = 32_768  # particles per cloud-in-cell chunk (cache-sized temporaries)
 
 
@@ -126,67 +128,178 @@ class QuadratureSpec:
             raise ValueError(f"order must be an integer in 1..10, got {self.order!r}")
 
 
-def quadrature_nodes(
-    lo: np.ndarray, hi: np.ndarray, eps: float, spec: QuadratureSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``(M, d)`` and weights ``(M,)`` covering ``[lo - eps, hi + eps]`` (lattice-aligned)."""
+def _lattice_axes(lo, hi, eps: float, spec: QuadratureSpec):
+    """Per axis: first cell index, cell count, node coordinates and weights of the lattice."""
     hq = eps / spec.cells_per_eps
     xi, wi = np.polynomial.legendre.leggauss(spec.order)
     xi, wi = 0.5 * (xi + 1.0), 0.5 * wi
-    axes, wts = [], []
+    out = []
     for lo_c, hi_c in zip(lo, hi, strict=True):
         i0 = math.floor((lo_c - eps) / hq) - 1
         i1 = math.ceil((hi_c + eps) / hq) + 1
         cells = np.arange(i0, i1, dtype=float)
-        axes.append(((cells[:, None] + xi[None, :]) * hq).ravel())
-        wts.append(np.tile(wi * hq, cells.size))
-    mesh = np.meshgrid(*axes, indexing="ij")
+        out.append((i0, i1 - i0, ((cells[:, None] + xi[None, :]) * hq).ravel(),
+                    np.tile(wi * hq, cells.size)))
+    return out
+
+
+def quadrature_nodes(
+    lo: np.ndarray, hi: np.ndarray, eps: float, spec: QuadratureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``(M, d)`` and weights ``(M,)`` covering ``[lo - eps, hi + eps]`` (lattice-aligned)."""
+    axes = _lattice_axes(lo, hi, eps, spec)
+    mesh = np.meshgrid(*[a[2] for a in axes], indexing="ij")
     nodes = np.stack([g.ravel() for g in mesh], axis=-1)
-    wmesh = np.meshgrid(*wts, indexing="ij")
+    wmesh = np.meshgrid(*[a[3] for a in axes], indexing="ij")
     weights = np.prod(np.stack([g.ravel() for g in wmesh], axis=-1), axis=-1)
     return nodes, weights
 
 
-def _cell_pairs(a: np.ndarray, b: np.ndarray, r: float):
-    """Yield chunks ``(ia, ib)`` of all index pairs with ``a[ia]``, ``b[ib]`` in adjacent cells.
+def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with ``counts[i]`` children each: the parent row and the rank of every child."""
+    parent = np.repeat(np.arange(counts.size), counts)
+    first = np.cumsum(counts) - counts
+    return parent, np.arange(parent.size) - first[parent]
 
-    Cells have side ``r``, so every pair closer than ``r`` is produced (and some farther ones,
-    whose kernel values are exactly zero).
+
+def _block_pairs(p, coords, pts, j0, j1, eps):
+    """Particle-node pairs closer than about ``eps`` between particles ``p`` and one block.
+
+    The block holds the nodes ``j0[k] <= i < j1[k]`` of every axis ``k`` (``coords[k]`` their
+    sorted coordinates). The pairs are built one axis at a time: given the partial squared
+    distance ``r2`` of a row, its nodes along the next axis are the interval
+    ``|z_k - X_k| < sqrt(eps^2 - r2)`` (two binary searches), so only the pairs of the ball
+    are formed. The interval is widened by a relative 1e-9, so a few pairs at distance
+    ``>= eps`` may appear: the kernel profiles are exactly zero there.
+
+    Returns:
+        ``(rows, pairs)``: ``rows = (pid, lin, diffs)`` over the first ``d - 1`` axes (particle,
+        linear index in the block of the first ``d - 1`` axes, the ``d - 1`` components of
+        ``z - X_p``) and ``pairs = (parent, lin, r2, dk)``: the row of each pair, the node's
+        linear index in the block (C order), ``|z - X_p|^2`` and the last component of
+        ``z - X_p``.
     """
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return
-    d = a.shape[1]
-    lo = np.minimum(a.min(axis=0), b.min(axis=0))
-    ca = np.floor((a - lo) / r).astype(np.int64) + 1
-    cb = np.floor((b - lo) / r).astype(np.int64) + 1
-    shape = np.maximum(ca.max(axis=0), cb.max(axis=0)) + 2
-    strides = np.ones(d, dtype=np.int64)
-    for k in range(d - 2, -1, -1):
-        strides[k] = strides[k + 1] * shape[k + 1]
-    lb = cb @ strides
-    order = np.argsort(lb, kind="stable")
-    counts = np.bincount(lb, minlength=int(np.prod(shape)))
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    offs = np.array([np.array(o) @ strides for o in itertools.product((-1, 0, 1), repeat=d)])
-    nb = (ca @ strides)[:, None] + offs[None, :]
-    cnt = counts[nb]
-    tot = cnt.sum(axis=1)
-    csum = np.cumsum(tot)
-    i0 = 0
-    na = a.shape[0]
-    while i0 < na:
+    eps2 = eps * eps
+    pid = p
+    lin = np.zeros(p.size, dtype=np.int64)
+    r2 = np.zeros(p.size)
+    diffs = []
+    d = pts.shape[1]
+    for k in range(d):
+        xk = pts[pid, k]
+        hw = np.sqrt(np.maximum(eps2 - r2, 0.0)) * (1.0 + 1e-9)
+        first = np.clip(np.searchsorted(coords[k], xk - hw, "left"), j0[k], j1[k])
+        stop = np.clip(np.searchsorted(coords[k], xk + hw, "right"), j0[k], j1[k])
+        counts = stop - first
+        parent = np.repeat(np.arange(counts.size), counts)
+        ik = np.arange(parent.size) + (first - (np.cumsum(counts) - counts))[parent]
+        dk = coords[k][ik] - xk[parent]
+        r2_new = r2[parent] + dk * dk
+        lin_new = lin[parent] * (j1[k] - j0[k]) + (ik - j0[k])
+        if k == d - 1:
+            return (pid, lin, diffs), (parent, lin_new, r2_new, dk)
+        pid, lin, r2 = pid[parent], lin_new, r2_new
+        diffs = [c[parent] for c in diffs] + [dk]
+
+
+def _chunks(bound: np.ndarray, limit: int):
+    """Consecutive slices of rows whose summed ``bound`` stays within ``limit`` (>= 1 row)."""
+    csum = np.cumsum(bound)
+    i0, n = 0, bound.size
+    while i0 < n:
         base = csum[i0 - 1] if i0 else 0
-        i1 = int(np.searchsorted(csum, base + _PAIR_CHUNK, side="right"))
-        i1 = min(max(i1, i0 + 1), na)
-        c = cnt[i0:i1].ravel()
-        s = starts[nb[i0:i1].ravel()]
-        total = int(c.sum())
-        if total:
-            ia = np.repeat(np.arange(i0, i1), tot[i0:i1])
-            grp = np.repeat(np.cumsum(c) - c, c)
-            ib = order[np.repeat(s, c) + (np.arange(total) - grp)]
-            yield ia, ib
+        i1 = min(max(int(np.searchsorted(csum, base + limit, side="right")), i0 + 1), n)
+        yield slice(i0, i1)
         i0 = i1
+
+
+def _cell_list_drift(positions, params, comm, spec: QuadratureSpec) -> np.ndarray:
+    """The quadrature reference, block by block of the node lattice (memory bounded by chunks).
+
+    Every particle sees the nodes of a fixed window of ``2 cells_per_eps + 2`` lattice cells per
+    axis (all nodes closer than ``eps``). The lattice is cut into blocks of at most
+    ``_BLOCK_NODES`` nodes; for each block that some particle touches, ``S`` is summed over the
+    particle-node pairs of the block (chunks of at most ``_ENTRY_CHUNK`` candidates),
+    added over the ranks, turned into ``q_w P(S)``, and the gradient sums of the same pairs are
+    added to the particles. Nothing of the size of the lattice or of all the pairs is held.
+    """
+    x = _check_positions(positions, params)
+    n, nloc, d = x.shape
+    kern = get_mollifier(params.kernel)
+    eps = params.eps
+    eps2 = eps * eps
+    lo, hi = _global_bbox(x, comm)
+    axes = _lattice_axes(lo, hi, eps, spec)
+    order, hq = spec.order, eps / spec.cells_per_eps
+    wcells = 2 * spec.cells_per_eps + 2
+    width = order * wcells
+    pts = np.ascontiguousarray(x.reshape(-1, d))
+    w = _weights(params, x)
+    npts = pts.shape[0]
+    nnodes = np.array([nc * order for _, nc, _, _ in axes], dtype=np.int64)
+    coords = [a[2] for a in axes]
+    st = []  # first node of each particle's window, per axis
+    for k, (i0, nc, _, _) in enumerate(axes):
+        c = np.floor((pts[:, k] - eps) / hq).astype(np.int64) - i0
+        st.append(np.clip(c, 0, nc - wcells) * order)
+    bside = max(1, int(round(_BLOCK_NODES ** (1.0 / d))))
+    nblk = -(-nnodes // bside)
+    # (block, particle) incidences, sorted by block
+    pid = np.arange(npts)
+    bid = np.zeros(npts, dtype=np.int64)
+    for k in range(d):
+        b_lo = st[k] // bside
+        b_hi = np.minimum((st[k] + width - 1) // bside, nblk[k] - 1)
+        parent, rank = _ragged((b_hi - b_lo + 1)[pid])
+        pid = pid[parent]
+        bid = bid[parent] * nblk[k] + b_lo[pid] + rank
+    perm = np.argsort(bid, kind="stable")
+    bid, pid = bid[perm], pid[perm]
+    blocks = np.unique(bid)
+    if comm is not None and comm.size > 1:  # every rank visits every touched block
+        blocks = np.unique(np.concatenate(comm.allgather(blocks)))
+    bounds = np.searchsorted(bid, blocks, side="left"), np.searchsorted(bid, blocks, "right")
+    law = params.law
+    # V^eps(y) = v_scale phi(|y/eps|^2), grad V^eps(y) = g_scale phi'(|y/eps|^2) y (mollifiers)
+    v_scale = kern.constant(d) / eps**d
+    g_scale = 2.0 * kern.constant(d) / eps ** (d + 2)
+    g = np.zeros((npts, d))
+    for b, s0, s1 in zip(blocks, *bounds, strict=True):
+        bk = np.unravel_index(int(b), tuple(nblk))
+        j0 = np.array(bk, dtype=np.int64) * bside
+        j1 = np.minimum(j0 + bside, nnodes)
+        bshape = j1 - j0
+        p = pid[s0:s1]
+        start = [np.maximum(st[k][p], j0[k]) for k in range(d)]
+        length = [np.minimum(st[k][p] + width, j1[k]) - start[k] for k in range(d)]
+        bound = np.prod(np.stack(length), axis=0)
+        size = int(np.prod(bshape))
+        s_blk = np.zeros(size)
+        pieces = list(_chunks(bound, _ENTRY_CHUNK))
+        for sl in pieces:
+            (pid_r, _, _), (par, lin, r2, _) = _block_pairs(p[sl], coords, pts, j0, j1, eps)
+            s_blk += np.bincount(lin, weights=w[pid_r][par] * kern._profile(r2 / eps2),
+                                 minlength=size)
+        s_blk = _allreduce(comm, s_blk * v_scale, "sum")
+        f = np.zeros(size)
+        pos = s_blk > 0.0  # P(0) = 0: the pressure only where some particle is near
+        if np.any(pos):
+            qw = functools.reduce(np.multiply.outer,
+                                  [axes[k][3][j0[k]:j1[k]] for k in range(d)]).ravel()
+            f[pos] = qw[pos] * law.pressure(s_blk[pos])
+        for sl in pieces:
+            (pid_r, _, diffs), (par, lin, r2, dk) = _block_pairs(p[sl], coords, pts, j0, j1,
+                                                                 eps)
+            # grad V(X_p - z) = -g_scale phi'(|z - X_p|^2 / eps^2) (z - X_p); the first d - 1
+            # components of z - X_p are constant along a row: sum the coefficients per row
+            coef = f[lin] * kern._dprofile(r2 / eps2)
+            g[:, d - 1] -= np.bincount(pid_r[par], weights=coef * dk, minlength=npts)
+            if d > 1:
+                row_coef = np.bincount(par, weights=coef, minlength=pid_r.size)
+                for c in range(d - 1):
+                    g[:, c] -= np.bincount(pid_r, weights=row_coef * diffs[c], minlength=npts)
+    b = np.repeat(np.asarray(params.b), nloc)
+    return (-b[:, None] * g_scale * g).reshape(n, nloc, d)
 
 
 def _all_pairs(a: np.ndarray, b: np.ndarray, r: float):
@@ -282,10 +395,7 @@ class CellListDrift:
 
     def __call__(self, positions, t, params, comm=None):
         """Drift of the local particles at time ``t``."""
-        eps = params.eps
-        return _quadrature_drift(
-            positions, params, comm, self.quadrature, lambda a, b: _cell_pairs(a, b, eps)
-        )
+        return _cell_list_drift(positions, params, comm, self.quadrature)
 
 
 # ---------------------------------------------------------------------------------------------
