@@ -45,12 +45,14 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 
+from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import get_mollifier
 
 from .params import ParticleParams
 
 __all__ = [
     "GridDrift",
+    "GridCost",
     "CellListDrift",
     "FieldDrift",
     "QuadratureSpec",
@@ -61,6 +63,9 @@ __all__ = [
 _ENTRY_CHUNK = 500_000  # candidate node-particle pairs held at once by the cell-list drift
 _BLOCK_NODES = 1 << 18  # quadrature nodes per lattice block of the cell-list drift
 _CIC_CHUNK = 32_768  # particles per cloud-in-cell chunk (cache-sized temporaries)
+# GridDrift's cells per eps when None: finer grids cost (cells_per_eps)^d (docs/particles-drift.md)
+_DEFAULT_CELLS_PER_EPS = {1: 16.0, 2: 16.0, 3: 8.0}
+_COARSENED: set = set()  # grids already reported as coarsened (log once)
 
 
 def _allreduce(comm, arr, op="sum"):
@@ -448,38 +453,140 @@ def _cic(pts: np.ndarray, lo_idx: np.ndarray, h: float, shape: np.ndarray):
 
 
 @dataclass(frozen=True)
+class GridCost:
+    """What one :class:`GridDrift` evaluation allocates and computes, estimated beforehand.
+
+    Attributes:
+        cells_per_eps: the resolution the estimate is for.
+        shape: grid points per axis (particles' box plus ``eps`` plus margins).
+        shape_fft: the zero-padded FFT shape.
+        memory_mb: estimated peak of the arrays of one evaluation on one rank, in MB
+            (``1e6`` bytes), the cached kernel transforms included; under MPI every rank
+            holds the whole grid (plus the ``Allreduce`` buffer).
+        fft_flops: about ``2.5 n log2 n`` per real transform of ``n`` points, ``d + 3``
+            transforms per evaluation (every rank does all of them).
+    """
+
+    cells_per_eps: float
+    shape: tuple[int, ...]
+    shape_fft: tuple[int, ...]
+    memory_mb: float
+    fft_flops: float
+
+
+@dataclass(frozen=True)
 class GridDrift:
     """Particle-mesh drift: CIC deposit, FFT convolutions, CIC interpolation (O(N) per step).
 
+    The grid covers the particles' bounding box, so its size is ``((L + 2 eps) / h)^d`` whatever
+    ``N``: before allocating anything, each call estimates its memory (:meth:`cost`) and
+    compares it with ``memory_limit_mb``.
+
     Attributes:
         cells_per_eps: grid cells per ``eps``; the spacing is ``h = eps / cells_per_eps`` and
-            the error is O(h^2) (module docstring).
+            the error is O(h^2) (module docstring). ``None`` (default): 16 in 1D and 2D, 8 in
+            3D (the accuracy per cost of ``docs/particles-drift.md``).
+        memory_limit_mb: the largest estimated peak memory of one evaluation, per rank, in MB.
+        coarsen: over the limit, use the finest ``cells_per_eps`` that fits (logged once per
+            grid) instead of raising.
     """
 
-    cells_per_eps: float = 16.0
+    cells_per_eps: float | None = None
+    memory_limit_mb: float = 2048.0
+    coarsen: bool = False
 
     def __post_init__(self):
-        if not (math.isfinite(self.cells_per_eps) and self.cells_per_eps >= 2):
-            raise ValueError(f"cells_per_eps must be >= 2, got {self.cells_per_eps!r}")
+        c = self.cells_per_eps
+        if c is not None and not (math.isfinite(c) and c >= 2):
+            raise ParameterError("cells_per_eps", c, "must be a number >= 2 (or None: the "
+                                 "default of the dimension)")
+        lim = self.memory_limit_mb
+        if isinstance(lim, bool) or not (isinstance(lim, int | float) and math.isfinite(lim)
+                                         and lim > 0):
+            raise ParameterError("memory_limit_mb", lim, "must be a number > 0 (MB per rank)")
 
-    def spacing(self, eps: float) -> float:
-        """Grid spacing ``h`` for a given ``eps``."""
-        return eps / self.cells_per_eps
+    def resolution(self, d: int) -> float:
+        """``cells_per_eps`` in dimension ``d`` (the default of the dimension when ``None``)."""
+        return float(self.cells_per_eps if self.cells_per_eps is not None
+                     else _DEFAULT_CELLS_PER_EPS.get(d, 8.0))
+
+    def spacing(self, eps: float, d: int = 2) -> float:
+        """Grid spacing ``h`` for a given ``eps`` (in dimension ``d``)."""
+        return eps / self.resolution(d)
+
+    def cost(self, lo, hi, eps: float, comm=None, cells_per_eps: float | None = None
+             ) -> GridCost:
+        """Estimated memory and FFT work of one evaluation for particles in ``[lo, hi]``."""
+        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        c = self.resolution(lo.size) if cells_per_eps is None else float(cells_per_eps)
+        _, shape, shape_fft, _ = _grid_layout(lo, hi, eps, c)
+        d = lo.size
+        ncell = float(np.prod(shape.astype(float)))
+        nfft = float(np.prod(np.asarray(shape_fft, dtype=float)))
+        nhalf = nfft / shape_fft[-1] * (shape_fft[-1] // 2 + 1)
+        # peak while the d gradient fields are formed: d + 1 cached kernel transforms, the
+        # transform of P(S), one product and one inverse transform, S (a view of a full
+        # inverse transform), the deposit and the d fields; under MPI the Allreduce output
+        nbytes = 16.0 * nhalf * (d + 3) + 16.0 * nfft + 8.0 * ncell * (d + 1)
+        if comm is not None and comm.size > 1:
+            nbytes += 8.0 * ncell
+        flops = (d + 3) * 2.5 * nfft * math.log2(max(nfft, 2.0))
+        return GridCost(c, tuple(int(s) for s in shape), shape_fft, nbytes / 1e6, flops)
+
+    def _checked_resolution(self, lo, hi, eps, comm) -> float:
+        est = self.cost(lo, hi, eps, comm)
+        if est.memory_mb <= self.memory_limit_mb:
+            return est.cells_per_eps
+        # the finest resolution that fits (the estimate grows with cells_per_eps)
+        a, b = 2.0, est.cells_per_eps
+        fits = self.cost(lo, hi, eps, comm, a).memory_mb <= self.memory_limit_mb
+        if fits:
+            for _ in range(40):
+                mid = 0.5 * (a + b)
+                if self.cost(lo, hi, eps, comm, mid).memory_mb <= self.memory_limit_mb:
+                    a = mid
+                else:
+                    b = mid
+            a = math.floor(a * 10.0) / 10.0
+        if self.coarsen and fits:
+            key = (est.shape, a, self.memory_limit_mb)
+            if key not in _COARSENED:
+                _COARSENED.add(key)
+                from fem_crossdiff.log import get_logger
+
+                get_logger(comm).warning(
+                    "GridDrift: cells_per_eps = %g needs a grid of %s points, about %.0f MB "
+                    "per rank, over memory_limit_mb = %g; using cells_per_eps = %g instead "
+                    "(error O(h^2) grows by about %.1fx)", est.cells_per_eps,
+                    "x".join(map(str, est.shape)), est.memory_mb, self.memory_limit_mb, a,
+                    (est.cells_per_eps / a) ** 2)
+            return a
+        hint = (f"cells_per_eps <= {a:g} fits this limit, or" if fits else
+                "not even cells_per_eps = 2 fits this limit:")
+        raise ParameterError(
+            "memory_limit_mb", self.memory_limit_mb,
+            f"GridDrift(cells_per_eps={est.cells_per_eps:g}) for eps = {eps:g} and particles in "
+            f"[{', '.join(f'{v:.3g}' for v in lo)}] x [{', '.join(f'{v:.3g}' for v in hi)}] "
+            f"needs a grid of {'x'.join(map(str, est.shape))} points (FFT "
+            f"{'x'.join(map(str, est.shape_fft))}, {est.fft_flops:.2g} flops), an estimated "
+            f"{est.memory_mb:.0f} MB per rank; allowed: an estimate <= memory_limit_mb "
+            f"({hint} raise memory_limit_mb to >= {math.ceil(est.memory_mb)}; "
+            "or GridDrift(coarsen=True))")
 
     def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``."""
+        """Drift of the local particles at time ``t``.
+
+        Raises:
+            ParameterError: (``memory_limit_mb``) the grid would exceed the limit and
+                ``coarsen`` is false; raised on every rank (the estimate uses the global box).
+        """
         x = _check_positions(positions, params)
         n, nloc, d = x.shape
         eps = params.eps
-        h = self.spacing(eps)
-        r = int(math.ceil(eps / h))
         lo, hi = _global_bbox(x, comm)
-        # Grid bounds rounded outward to multiples of 8 cells so that the grid, and the cached
-        # kernel transforms, change only when the particle cloud moves by several cells.
-        lo_idx = 8 * np.floor((np.floor(lo / h) - r - 2) / 8).astype(np.int64)
-        hi_idx = 8 * np.ceil((np.ceil(hi / h) + r + 2) / 8).astype(np.int64)
-        shape = hi_idx - lo_idx + 1
-        shape_fft = tuple(int(sfft.next_fast_len(int(s) + r + 1, real=True)) for s in shape)
+        cpe = self._checked_resolution(lo, hi, eps, comm)
+        lo_idx, shape, shape_fft, r = _grid_layout(lo, hi, eps, cpe)
+        h = eps / cpe
         pts = x.reshape(-1, d)
         w = _weights(params, x)
         ncell = int(np.prod(shape))
@@ -506,6 +613,19 @@ class GridDrift:
                 g[sl, c] = acc
         b = np.repeat(np.asarray(params.b), nloc)
         return (-b[:, None] * g).reshape(n, nloc, d)
+
+
+def _grid_layout(lo, hi, eps: float, cells_per_eps: float):
+    """First grid index, grid shape, FFT shape and kernel radius in cells of the grid drift."""
+    h = eps / cells_per_eps
+    r = int(math.ceil(eps / h))
+    # Grid bounds rounded outward to multiples of 8 cells so that the grid, and the cached
+    # kernel transforms, change only when the particle cloud moves by several cells.
+    lo_idx = 8 * np.floor((np.floor(lo / h) - r - 2) / 8).astype(np.int64)
+    hi_idx = 8 * np.ceil((np.ceil(hi / h) + r + 2) / 8).astype(np.int64)
+    shape = hi_idx - lo_idx + 1
+    shape_fft = tuple(int(sfft.next_fast_len(int(s) + r + 1, real=True)) for s in shape)
+    return lo_idx, shape, shape_fft, r
 
 
 @dataclass(frozen=True)
