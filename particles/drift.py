@@ -15,8 +15,12 @@ particle-sum form. Two evaluations are provided:
   integral by tensor Gauss-Legendre quadrature (``order`` points per direction) on the cells of a
   lattice of spacing ``eps / cells_per_eps`` anchored at the origin, covering the bounding box of
   all particles enlarged by ``eps`` (outside it ``S = 0``). ``S`` is evaluated exactly at every
-  quadrature node. The brute force visits all node-particle pairs (O(N x nodes)); the cell-list
-  version visits only the pairs closer than ``eps`` (cells of side ``eps``) and returns the same
+  quadrature node. The brute force visits all node-particle pairs (O(N x nodes), and holds all
+  the nodes). The cell-list version cuts the lattice into blocks of ``_BLOCK_NODES`` nodes and,
+  block by block, forms only the pairs closer than ``eps`` (the nodes of a particle's ball,
+  found axis by axis by binary search on the sorted node coordinates), in chunks of at most
+  ``_ENTRY_CHUNK`` candidates: its memory is bounded by the chunk and the block, plus O(N),
+  at any ``N`` and ``eps``, and its work is O(N (cells_per_eps order)^d). It returns the same
   numbers up to rounding. Both are smooth functions of the particle positions.
 * **Grid** (:class:`GridDrift`): cloud-in-cell deposit of the masses ``w_p`` on a uniform grid
   of spacing ``h = eps / cells_per_eps`` (anchored at the origin, covering the particles plus
@@ -24,13 +28,19 @@ particle-sum form. Two evaluations are provided:
   space outside the grid is empty), ``P(S)`` at the grid points, ``G`` by FFT convolution with
   ``h^d grad V^eps`` (trapezoidal rule, spectrally accurate for the smooth compact kernel), and
   linear (cloud-in-cell) interpolation back to the particles. The deposit and the interpolation
-  make the error O(h^2); ``cells_per_eps = 8`` gives about 1e-2 relative (max-norm) error, the
-  default 16 about 3e-3, 32 about 4e-4 (bump kernel; measured in
-  ``tests/test_particles_drift.py``). The cost is O(N + (L/h)^d log(L/h)) per step.
+  make the error O(h^2): about 2e-2 relative (max-norm) at ``cells_per_eps = 8``, 5e-3 at 16
+  (bump kernel, 2D and 3D; ``docs/particles-drift.md``); the defaults are 16 in 1D and 2D and
+  8 in 3D. The cost is O(N + (L/h)^d log(L/h)) per step, and the grid holds about
+  ``8 (d + 5) ((L + 2 eps) / h)^d`` bytes whatever ``N``: each call estimates it
+  (:meth:`GridDrift.cost`) and refuses, or coarsens, past ``GridDrift.memory_limit_mb``.
 
 Under MPI every rank holds a slice of the particles: each deposits (or sums ``S`` at the nodes
 from) its own particles, one ``Allreduce`` adds the grid arrays (their size is independent of
-``N``), every rank does the FFTs redundantly and evaluates the drift of its own particles.
+``N``), every rank does the FFTs redundantly and evaluates the drift of its own particles. The
+grid drift's memory per rank is therefore the whole grid (plus the ``Allreduce`` buffer) on
+every rank, and does not fall with the number of ranks; the estimate and the limit are per
+rank. The cell-list drift reduces ``S`` block by block (one ``Allreduce`` of at most
+``_BLOCK_NODES`` values per block some particle touches).
 """
 
 from __future__ import annotations
