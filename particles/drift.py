@@ -37,8 +37,8 @@ particle-sum form. Two evaluations are provided:
 Under MPI every rank holds a slice of the particles: each deposits (or sums ``S`` at the nodes
 from) its own particles, one ``Allreduce`` adds the grid arrays (their size is independent of
 ``N``), every rank does the FFTs redundantly and evaluates the drift of its own particles. The
-grid drift's memory per rank is therefore the whole grid (plus the ``Allreduce`` buffer) on
-every rank, and does not fall with the number of ranks; the estimate and the limit are per
+grid drift's memory per rank is therefore the whole grid on every rank (the deposit is reduced
+in place), and does not fall with the number of ranks; the estimate and the limit are per
 rank. The cell-list drift reduces ``S`` block by block (one ``Allreduce`` of at most
 ``_BLOCK_NODES`` values per block some particle touches).
 """
@@ -472,7 +472,7 @@ class GridCost:
         shape_fft: the zero-padded FFT shape.
         memory_mb: estimated peak of the arrays of one evaluation on one rank, in MB
             (``1e6`` bytes), the cached kernel transforms included; under MPI every rank
-            holds the whole grid (plus the ``Allreduce`` buffer).
+            holds the whole grid and does every FFT, so this is the memory of each rank.
         fft_flops: about ``2.5 n log2 n`` per real transform of ``n`` points, ``d + 3``
             transforms per evaluation (every rank does all of them).
     """
@@ -524,8 +524,7 @@ class GridDrift:
         """Grid spacing ``h`` for a given ``eps`` (in dimension ``d``)."""
         return eps / self.resolution(d)
 
-    def cost(self, lo, hi, eps: float, comm=None, cells_per_eps: float | None = None
-             ) -> GridCost:
+    def cost(self, lo, hi, eps: float, cells_per_eps: float | None = None) -> GridCost:
         """Estimated memory and FFT work of one evaluation for particles in ``[lo, hi]``."""
         lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
         c = self.resolution(lo.size) if cells_per_eps is None else float(cells_per_eps)
@@ -536,24 +535,23 @@ class GridDrift:
         nhalf = nfft / shape_fft[-1] * (shape_fft[-1] // 2 + 1)
         # peak while the d gradient fields are formed: d + 1 cached kernel transforms, the
         # transform of P(S), one product and one inverse transform, S (a view of a full
-        # inverse transform), the deposit and the d fields; under MPI the Allreduce output
+        # inverse transform), the deposit and the d fields; the same on every rank (the
+        # deposit is reduced in place)
         nbytes = 16.0 * nhalf * (d + 3) + 16.0 * nfft + 8.0 * ncell * (d + 1)
-        if comm is not None and comm.size > 1:
-            nbytes += 8.0 * ncell
         flops = (d + 3) * 2.5 * nfft * math.log2(max(nfft, 2.0))
         return GridCost(c, tuple(int(s) for s in shape), shape_fft, nbytes / 1e6, flops)
 
     def _checked_resolution(self, lo, hi, eps, comm) -> float:
-        est = self.cost(lo, hi, eps, comm)
+        est = self.cost(lo, hi, eps)
         if est.memory_mb <= self.memory_limit_mb:
             return est.cells_per_eps
         # the finest resolution that fits (the estimate grows with cells_per_eps)
         a, b = 2.0, est.cells_per_eps
-        fits = self.cost(lo, hi, eps, comm, a).memory_mb <= self.memory_limit_mb
+        fits = self.cost(lo, hi, eps, a).memory_mb <= self.memory_limit_mb
         if fits:
             for _ in range(40):
                 mid = 0.5 * (a + b)
-                if self.cost(lo, hi, eps, comm, mid).memory_mb <= self.memory_limit_mb:
+                if self.cost(lo, hi, eps, mid).memory_mb <= self.memory_limit_mb:
                     a = mid
                 else:
                     b = mid
@@ -607,7 +605,11 @@ class GridDrift:
             idx, wts = _cic(pts[sl], lo_idx, h, shape)
             for ic, wc in zip(idx, wts, strict=True):
                 mass += np.bincount(ic, weights=w[sl] * wc, minlength=ncell)
-        mass = _allreduce(comm, mass, "sum").reshape(tuple(shape))
+        if comm is not None and comm.size > 1:  # in place: no second grid-sized buffer
+            from mpi4py import MPI
+
+            comm.Allreduce(MPI.IN_PLACE, mass, op=MPI.SUM)
+        mass = mass.reshape(tuple(shape))
         kv_hat, kg_hat = _kernel_ffts(shape_fft, r, h, eps, params.kernel)
         crop = tuple(slice(0, int(s)) for s in shape)
         s_grid = sfft.irfftn(sfft.rfftn(mass, shape_fft) * kv_hat, shape_fft)[crop]

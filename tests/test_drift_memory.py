@@ -119,7 +119,7 @@ def test_grid_refuses_past_memory_limit(comm):
     loc, _, _ = _split(x, comm)
     params = ParticleParams(400, (1.0,), (1.0,), 0.1, 2.0, 0.1)
     drift = GridDrift(16, memory_limit_mb=50.0)
-    est = drift.cost(x[0].min(axis=0), x[0].max(axis=0), 0.1, comm)
+    est = drift.cost(x[0].min(axis=0), x[0].max(axis=0), 0.1)
     assert est.memory_mb > 50.0
     with pytest.raises(ParameterError) as info:
         drift(loc, 0.0, params, comm)
@@ -136,14 +136,14 @@ def test_grid_coarsens_to_the_finest_fitting_resolution(comm):
     loc, _, _ = _split(x, comm)
     params = ParticleParams(600, (1.0,), (1.0,), 0.1, 2.0, 0.02)
     lo, hi = x[0].min(axis=0), x[0].max(axis=0)
-    limit = 0.5 * GridDrift(16).cost(lo, hi, 0.02, comm).memory_mb
+    limit = 0.5 * GridDrift(16).cost(lo, hi, 0.02).memory_mb
     coarse = GridDrift(16, memory_limit_mb=limit, coarsen=True)
     with pytest.raises(ParameterError) as info:
         GridDrift(16, memory_limit_mb=limit)(loc, 0.0, params, comm)
     fit = float(info.value.allowed.split("cells_per_eps <= ")[1].split()[0])
     assert 2.0 < fit < 16.0
-    assert GridDrift(fit).cost(lo, hi, 0.02, comm).memory_mb <= limit
-    assert GridDrift(fit + 0.5).cost(lo, hi, 0.02, comm).memory_mb > limit
+    assert GridDrift(fit).cost(lo, hi, 0.02).memory_mb <= limit
+    assert GridDrift(fit + 0.5).cost(lo, hi, 0.02).memory_mb > limit
     np.testing.assert_array_equal(coarse(loc, 0.0, params, comm),
                                   GridDrift(fit)(loc, 0.0, params, comm))
 
