@@ -397,10 +397,12 @@ def drift_bruteforce(
 
 @dataclass(frozen=True)
 class CellListDrift:
-    """The quadrature reference evaluated with cell lists of side ``eps`` (O(N + nodes)).
+    """The quadrature reference, visiting only the node-particle pairs closer than ``eps``.
 
     Returns the same numbers as :func:`drift_bruteforce` up to rounding (pairs farther than
-    ``eps`` contribute exact zeros to the brute-force sums).
+    ``eps`` contribute exact zeros to the brute-force sums). Block by block of the node lattice
+    (module docstring): work O(N (cells_per_eps order)^d), memory bounded by one block and one
+    chunk of pairs plus O(N), at any ``N`` and ``eps``.
 
     Attributes:
         quadrature: the quadrature of the outer integral.
