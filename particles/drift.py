@@ -15,8 +15,12 @@ particle-sum form. Two evaluations are provided:
   integral by tensor Gauss-Legendre quadrature (``order`` points per direction) on the cells of a
   lattice of spacing ``eps / cells_per_eps`` anchored at the origin, covering the bounding box of
   all particles enlarged by ``eps`` (outside it ``S = 0``). ``S`` is evaluated exactly at every
-  quadrature node. The brute force visits all node-particle pairs (O(N x nodes)); the cell-list
-  version visits only the pairs closer than ``eps`` (cells of side ``eps``) and returns the same
+  quadrature node. The brute force visits all node-particle pairs (O(N x nodes), and holds all
+  the nodes). The cell-list version cuts the lattice into blocks of ``_BLOCK_NODES`` nodes and,
+  block by block, forms only the pairs closer than ``eps`` (the nodes of a particle's ball,
+  found axis by axis by binary search on the sorted node coordinates), in chunks of at most
+  ``_ENTRY_CHUNK`` candidates: its memory is bounded by the chunk and the block, plus O(N),
+  at any ``N`` and ``eps``, and its work is O(N (cells_per_eps order)^d). It returns the same
   numbers up to rounding. Both are smooth functions of the particle positions.
 * **Grid** (:class:`GridDrift`): cloud-in-cell deposit of the masses ``w_p`` on a uniform grid
   of spacing ``h = eps / cells_per_eps`` (anchored at the origin, covering the particles plus
@@ -24,17 +28,24 @@ particle-sum form. Two evaluations are provided:
   space outside the grid is empty), ``P(S)`` at the grid points, ``G`` by FFT convolution with
   ``h^d grad V^eps`` (trapezoidal rule, spectrally accurate for the smooth compact kernel), and
   linear (cloud-in-cell) interpolation back to the particles. The deposit and the interpolation
-  make the error O(h^2); ``cells_per_eps = 8`` gives about 1e-2 relative (max-norm) error, the
-  default 16 about 3e-3, 32 about 4e-4 (bump kernel; measured in
-  ``tests/test_particles_drift.py``). The cost is O(N + (L/h)^d log(L/h)) per step.
+  make the error O(h^2): about 2e-2 relative (max-norm) at ``cells_per_eps = 8``, 5e-3 at 16
+  (bump kernel, 2D and 3D; ``docs/particles-drift.md``); the defaults are 16 in 1D and 2D and
+  8 in 3D. The cost is O(N + (L/h)^d log(L/h)) per step, and the grid holds about
+  ``8 (d + 5) ((L + 2 eps) / h)^d`` bytes whatever ``N``: each call estimates it
+  (:meth:`GridDrift.cost`) and refuses, or coarsens, past ``GridDrift.memory_limit_mb``.
 
 Under MPI every rank holds a slice of the particles: each deposits (or sums ``S`` at the nodes
 from) its own particles, one ``Allreduce`` adds the grid arrays (their size is independent of
-``N``), every rank does the FFTs redundantly and evaluates the drift of its own particles.
+``N``), every rank does the FFTs redundantly and evaluates the drift of its own particles. The
+grid drift's memory per rank is therefore the whole grid on every rank (the deposit is reduced
+in place), and does not fall with the number of ranks; the estimate and the limit are per
+rank. The cell-list drift reduces ``S`` block by block (one ``Allreduce`` of at most
+``_BLOCK_NODES`` values per block some particle touches).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -44,12 +55,14 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 
+from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import get_mollifier
 
 from .params import ParticleParams
 
 __all__ = [
     "GridDrift",
+    "GridCost",
     "CellListDrift",
     "FieldDrift",
     "QuadratureSpec",
@@ -57,8 +70,12 @@ __all__ = [
     "quadrature_nodes",
 ]
 
-_PAIR_CHUNK = 1_500_000  # bound on the node-particle pairs held in memory at once
+_ENTRY_CHUNK = 500_000  # candidate node-particle pairs held at once by the cell-list drift
+_BLOCK_NODES = 1 << 18  # quadrature nodes per lattice block of the cell-list drift
 _CIC_CHUNK = 32_768  # particles per cloud-in-cell chunk (cache-sized temporaries)
+# GridDrift's cells per eps when None: finer grids cost (cells_per_eps)^d (docs/particles-drift.md)
+_DEFAULT_CELLS_PER_EPS = {1: 16.0, 2: 16.0, 3: 8.0}
+_COARSENED: set = set()  # grids already reported as coarsened (log once)
 
 
 def _allreduce(comm, arr, op="sum"):
@@ -126,67 +143,178 @@ class QuadratureSpec:
             raise ValueError(f"order must be an integer in 1..10, got {self.order!r}")
 
 
-def quadrature_nodes(
-    lo: np.ndarray, hi: np.ndarray, eps: float, spec: QuadratureSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``(M, d)`` and weights ``(M,)`` covering ``[lo - eps, hi + eps]`` (lattice-aligned)."""
+def _lattice_axes(lo, hi, eps: float, spec: QuadratureSpec):
+    """Per axis: first cell index, cell count, node coordinates and weights of the lattice."""
     hq = eps / spec.cells_per_eps
     xi, wi = np.polynomial.legendre.leggauss(spec.order)
     xi, wi = 0.5 * (xi + 1.0), 0.5 * wi
-    axes, wts = [], []
+    out = []
     for lo_c, hi_c in zip(lo, hi, strict=True):
         i0 = math.floor((lo_c - eps) / hq) - 1
         i1 = math.ceil((hi_c + eps) / hq) + 1
         cells = np.arange(i0, i1, dtype=float)
-        axes.append(((cells[:, None] + xi[None, :]) * hq).ravel())
-        wts.append(np.tile(wi * hq, cells.size))
-    mesh = np.meshgrid(*axes, indexing="ij")
+        out.append((i0, i1 - i0, ((cells[:, None] + xi[None, :]) * hq).ravel(),
+                    np.tile(wi * hq, cells.size)))
+    return out
+
+
+def quadrature_nodes(
+    lo: np.ndarray, hi: np.ndarray, eps: float, spec: QuadratureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``(M, d)`` and weights ``(M,)`` covering ``[lo - eps, hi + eps]`` (lattice-aligned)."""
+    axes = _lattice_axes(lo, hi, eps, spec)
+    mesh = np.meshgrid(*[a[2] for a in axes], indexing="ij")
     nodes = np.stack([g.ravel() for g in mesh], axis=-1)
-    wmesh = np.meshgrid(*wts, indexing="ij")
+    wmesh = np.meshgrid(*[a[3] for a in axes], indexing="ij")
     weights = np.prod(np.stack([g.ravel() for g in wmesh], axis=-1), axis=-1)
     return nodes, weights
 
 
-def _cell_pairs(a: np.ndarray, b: np.ndarray, r: float):
-    """Yield chunks ``(ia, ib)`` of all index pairs with ``a[ia]``, ``b[ib]`` in adjacent cells.
+def _ragged(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with ``counts[i]`` children each: the parent row and the rank of every child."""
+    parent = np.repeat(np.arange(counts.size), counts)
+    first = np.cumsum(counts) - counts
+    return parent, np.arange(parent.size) - first[parent]
 
-    Cells have side ``r``, so every pair closer than ``r`` is produced (and some farther ones,
-    whose kernel values are exactly zero).
+
+def _block_pairs(p, coords, pts, j0, j1, eps):
+    """Particle-node pairs closer than about ``eps`` between particles ``p`` and one block.
+
+    The block holds the nodes ``j0[k] <= i < j1[k]`` of every axis ``k`` (``coords[k]`` their
+    sorted coordinates). The pairs are built one axis at a time: given the partial squared
+    distance ``r2`` of a row, its nodes along the next axis are the interval
+    ``|z_k - X_k| < sqrt(eps^2 - r2)`` (two binary searches), so only the pairs of the ball
+    are formed. The interval is widened by a relative 1e-9, so a few pairs at distance
+    ``>= eps`` may appear: the kernel profiles are exactly zero there.
+
+    Returns:
+        ``(rows, pairs)``: ``rows = (pid, lin, diffs)`` over the first ``d - 1`` axes (particle,
+        linear index in the block of the first ``d - 1`` axes, the ``d - 1`` components of
+        ``z - X_p``) and ``pairs = (parent, lin, r2, dk)``: the row of each pair, the node's
+        linear index in the block (C order), ``|z - X_p|^2`` and the last component of
+        ``z - X_p``.
     """
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return
-    d = a.shape[1]
-    lo = np.minimum(a.min(axis=0), b.min(axis=0))
-    ca = np.floor((a - lo) / r).astype(np.int64) + 1
-    cb = np.floor((b - lo) / r).astype(np.int64) + 1
-    shape = np.maximum(ca.max(axis=0), cb.max(axis=0)) + 2
-    strides = np.ones(d, dtype=np.int64)
-    for k in range(d - 2, -1, -1):
-        strides[k] = strides[k + 1] * shape[k + 1]
-    lb = cb @ strides
-    order = np.argsort(lb, kind="stable")
-    counts = np.bincount(lb, minlength=int(np.prod(shape)))
-    starts = np.concatenate(([0], np.cumsum(counts)))
-    offs = np.array([np.array(o) @ strides for o in itertools.product((-1, 0, 1), repeat=d)])
-    nb = (ca @ strides)[:, None] + offs[None, :]
-    cnt = counts[nb]
-    tot = cnt.sum(axis=1)
-    csum = np.cumsum(tot)
-    i0 = 0
-    na = a.shape[0]
-    while i0 < na:
+    eps2 = eps * eps
+    pid = p
+    lin = np.zeros(p.size, dtype=np.int64)
+    r2 = np.zeros(p.size)
+    diffs = []
+    d = pts.shape[1]
+    for k in range(d):
+        xk = pts[pid, k]
+        hw = np.sqrt(np.maximum(eps2 - r2, 0.0)) * (1.0 + 1e-9)
+        first = np.clip(np.searchsorted(coords[k], xk - hw, "left"), j0[k], j1[k])
+        stop = np.clip(np.searchsorted(coords[k], xk + hw, "right"), j0[k], j1[k])
+        counts = stop - first
+        parent = np.repeat(np.arange(counts.size), counts)
+        ik = np.arange(parent.size) + (first - (np.cumsum(counts) - counts))[parent]
+        dk = coords[k][ik] - xk[parent]
+        r2_new = r2[parent] + dk * dk
+        lin_new = lin[parent] * (j1[k] - j0[k]) + (ik - j0[k])
+        if k == d - 1:
+            return (pid, lin, diffs), (parent, lin_new, r2_new, dk)
+        pid, lin, r2 = pid[parent], lin_new, r2_new
+        diffs = [c[parent] for c in diffs] + [dk]
+
+
+def _chunks(bound: np.ndarray, limit: int):
+    """Consecutive slices of rows whose summed ``bound`` stays within ``limit`` (>= 1 row)."""
+    csum = np.cumsum(bound)
+    i0, n = 0, bound.size
+    while i0 < n:
         base = csum[i0 - 1] if i0 else 0
-        i1 = int(np.searchsorted(csum, base + _PAIR_CHUNK, side="right"))
-        i1 = min(max(i1, i0 + 1), na)
-        c = cnt[i0:i1].ravel()
-        s = starts[nb[i0:i1].ravel()]
-        total = int(c.sum())
-        if total:
-            ia = np.repeat(np.arange(i0, i1), tot[i0:i1])
-            grp = np.repeat(np.cumsum(c) - c, c)
-            ib = order[np.repeat(s, c) + (np.arange(total) - grp)]
-            yield ia, ib
+        i1 = min(max(int(np.searchsorted(csum, base + limit, side="right")), i0 + 1), n)
+        yield slice(i0, i1)
         i0 = i1
+
+
+def _cell_list_drift(positions, params, comm, spec: QuadratureSpec) -> np.ndarray:
+    """The quadrature reference, block by block of the node lattice (memory bounded by chunks).
+
+    Every particle sees the nodes of a fixed window of ``2 cells_per_eps + 2`` lattice cells per
+    axis (all nodes closer than ``eps``). The lattice is cut into blocks of at most
+    ``_BLOCK_NODES`` nodes; for each block that some particle touches, ``S`` is summed over the
+    particle-node pairs of the block (chunks of at most ``_ENTRY_CHUNK`` candidates),
+    added over the ranks, turned into ``q_w P(S)``, and the gradient sums of the same pairs are
+    added to the particles. Nothing of the size of the lattice or of all the pairs is held.
+    """
+    x = _check_positions(positions, params)
+    n, nloc, d = x.shape
+    kern = get_mollifier(params.kernel)
+    eps = params.eps
+    eps2 = eps * eps
+    lo, hi = _global_bbox(x, comm)
+    axes = _lattice_axes(lo, hi, eps, spec)
+    order, hq = spec.order, eps / spec.cells_per_eps
+    wcells = 2 * spec.cells_per_eps + 2
+    width = order * wcells
+    pts = np.ascontiguousarray(x.reshape(-1, d))
+    w = _weights(params, x)
+    npts = pts.shape[0]
+    nnodes = np.array([nc * order for _, nc, _, _ in axes], dtype=np.int64)
+    coords = [a[2] for a in axes]
+    st = []  # first node of each particle's window, per axis
+    for k, (i0, nc, _, _) in enumerate(axes):
+        c = np.floor((pts[:, k] - eps) / hq).astype(np.int64) - i0
+        st.append(np.clip(c, 0, nc - wcells) * order)
+    bside = max(1, int(round(_BLOCK_NODES ** (1.0 / d))))
+    nblk = -(-nnodes // bside)
+    # (block, particle) incidences, sorted by block
+    pid = np.arange(npts)
+    bid = np.zeros(npts, dtype=np.int64)
+    for k in range(d):
+        b_lo = st[k] // bside
+        b_hi = np.minimum((st[k] + width - 1) // bside, nblk[k] - 1)
+        parent, rank = _ragged((b_hi - b_lo + 1)[pid])
+        pid = pid[parent]
+        bid = bid[parent] * nblk[k] + b_lo[pid] + rank
+    perm = np.argsort(bid, kind="stable")
+    bid, pid = bid[perm], pid[perm]
+    blocks = np.unique(bid)
+    if comm is not None and comm.size > 1:  # every rank visits every touched block
+        blocks = np.unique(np.concatenate(comm.allgather(blocks)))
+    bounds = np.searchsorted(bid, blocks, side="left"), np.searchsorted(bid, blocks, "right")
+    law = params.law
+    # V^eps(y) = v_scale phi(|y/eps|^2), grad V^eps(y) = g_scale phi'(|y/eps|^2) y (mollifiers)
+    v_scale = kern.constant(d) / eps**d
+    g_scale = 2.0 * kern.constant(d) / eps ** (d + 2)
+    g = np.zeros((npts, d))
+    for b, s0, s1 in zip(blocks, *bounds, strict=True):
+        bk = np.unravel_index(int(b), tuple(nblk))
+        j0 = np.array(bk, dtype=np.int64) * bside
+        j1 = np.minimum(j0 + bside, nnodes)
+        bshape = j1 - j0
+        p = pid[s0:s1]
+        start = [np.maximum(st[k][p], j0[k]) for k in range(d)]
+        length = [np.minimum(st[k][p] + width, j1[k]) - start[k] for k in range(d)]
+        bound = np.prod(np.stack(length), axis=0)
+        size = int(np.prod(bshape))
+        s_blk = np.zeros(size)
+        pieces = list(_chunks(bound, _ENTRY_CHUNK))
+        for sl in pieces:
+            (pid_r, _, _), (par, lin, r2, _) = _block_pairs(p[sl], coords, pts, j0, j1, eps)
+            s_blk += np.bincount(lin, weights=w[pid_r][par] * kern._profile(r2 / eps2),
+                                 minlength=size)
+        s_blk = _allreduce(comm, s_blk * v_scale, "sum")
+        f = np.zeros(size)
+        pos = s_blk > 0.0  # P(0) = 0: the pressure only where some particle is near
+        if np.any(pos):
+            qw = functools.reduce(np.multiply.outer,
+                                  [axes[k][3][j0[k]:j1[k]] for k in range(d)]).ravel()
+            f[pos] = qw[pos] * law.pressure(s_blk[pos])
+        for sl in pieces:
+            (pid_r, _, diffs), (par, lin, r2, dk) = _block_pairs(p[sl], coords, pts, j0, j1,
+                                                                 eps)
+            # grad V(X_p - z) = -g_scale phi'(|z - X_p|^2 / eps^2) (z - X_p); the first d - 1
+            # components of z - X_p are constant along a row: sum the coefficients per row
+            coef = f[lin] * kern._dprofile(r2 / eps2)
+            g[:, d - 1] -= np.bincount(pid_r[par], weights=coef * dk, minlength=npts)
+            if d > 1:
+                row_coef = np.bincount(par, weights=coef, minlength=pid_r.size)
+                for c in range(d - 1):
+                    g[:, c] -= np.bincount(pid_r, weights=row_coef * diffs[c], minlength=npts)
+    b = np.repeat(np.asarray(params.b), nloc)
+    return (-b[:, None] * g_scale * g).reshape(n, nloc, d)
 
 
 def _all_pairs(a: np.ndarray, b: np.ndarray, r: float):
@@ -269,10 +397,12 @@ def drift_bruteforce(
 
 @dataclass(frozen=True)
 class CellListDrift:
-    """The quadrature reference evaluated with cell lists of side ``eps`` (O(N + nodes)).
+    """The quadrature reference, visiting only the node-particle pairs closer than ``eps``.
 
     Returns the same numbers as :func:`drift_bruteforce` up to rounding (pairs farther than
-    ``eps`` contribute exact zeros to the brute-force sums).
+    ``eps`` contribute exact zeros to the brute-force sums). Block by block of the node lattice
+    (module docstring): work O(N (cells_per_eps order)^d), memory bounded by one block and one
+    chunk of pairs plus O(N), at any ``N`` and ``eps``.
 
     Attributes:
         quadrature: the quadrature of the outer integral.
@@ -282,10 +412,7 @@ class CellListDrift:
 
     def __call__(self, positions, t, params, comm=None):
         """Drift of the local particles at time ``t``."""
-        eps = params.eps
-        return _quadrature_drift(
-            positions, params, comm, self.quadrature, lambda a, b: _cell_pairs(a, b, eps)
-        )
+        return _cell_list_drift(positions, params, comm, self.quadrature)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,38 +465,138 @@ def _cic(pts: np.ndarray, lo_idx: np.ndarray, h: float, shape: np.ndarray):
 
 
 @dataclass(frozen=True)
+class GridCost:
+    """What one :class:`GridDrift` evaluation allocates and computes, estimated beforehand.
+
+    Attributes:
+        cells_per_eps: the resolution the estimate is for.
+        shape: grid points per axis (particles' box plus ``eps`` plus margins).
+        shape_fft: the zero-padded FFT shape.
+        memory_mb: estimated peak of the arrays of one evaluation on one rank, in MB
+            (``1e6`` bytes), the cached kernel transforms included; under MPI every rank
+            holds the whole grid and does every FFT, so this is the memory of each rank.
+        fft_flops: about ``2.5 n log2 n`` per real transform of ``n`` points, ``d + 3``
+            transforms per evaluation (every rank does all of them).
+    """
+
+    cells_per_eps: float
+    shape: tuple[int, ...]
+    shape_fft: tuple[int, ...]
+    memory_mb: float
+    fft_flops: float
+
+
+@dataclass(frozen=True)
 class GridDrift:
     """Particle-mesh drift: CIC deposit, FFT convolutions, CIC interpolation (O(N) per step).
 
+    The grid covers the particles' bounding box, so its size is ``((L + 2 eps) / h)^d`` whatever
+    ``N``: before allocating anything, each call estimates its memory (:meth:`cost`) and
+    compares it with ``memory_limit_mb``.
+
     Attributes:
         cells_per_eps: grid cells per ``eps``; the spacing is ``h = eps / cells_per_eps`` and
-            the error is O(h^2) (module docstring).
+            the error is O(h^2) (module docstring). ``None`` (default): 16 in 1D and 2D, 8 in
+            3D (the accuracy per cost of ``docs/particles-drift.md``).
+        memory_limit_mb: the largest estimated peak memory of one evaluation, per rank, in MB.
+        coarsen: over the limit, use the finest ``cells_per_eps`` that fits (logged once per
+            grid) instead of raising.
     """
 
-    cells_per_eps: float = 16.0
+    cells_per_eps: float | None = None
+    memory_limit_mb: float = 2048.0
+    coarsen: bool = False
 
     def __post_init__(self):
-        if not (math.isfinite(self.cells_per_eps) and self.cells_per_eps >= 2):
-            raise ValueError(f"cells_per_eps must be >= 2, got {self.cells_per_eps!r}")
+        c = self.cells_per_eps
+        if c is not None and not (math.isfinite(c) and c >= 2):
+            raise ParameterError("cells_per_eps", c, "must be a number >= 2 (or None: the "
+                                 "default of the dimension)")
+        lim = self.memory_limit_mb
+        if isinstance(lim, bool) or not (isinstance(lim, int | float) and math.isfinite(lim)
+                                         and lim > 0):
+            raise ParameterError("memory_limit_mb", lim, "must be a number > 0 (MB per rank)")
 
-    def spacing(self, eps: float) -> float:
-        """Grid spacing ``h`` for a given ``eps``."""
-        return eps / self.cells_per_eps
+    def resolution(self, d: int) -> float:
+        """``cells_per_eps`` in dimension ``d`` (the default of the dimension when ``None``)."""
+        return float(self.cells_per_eps if self.cells_per_eps is not None
+                     else _DEFAULT_CELLS_PER_EPS.get(d, 8.0))
+
+    def spacing(self, eps: float, d: int = 2) -> float:
+        """Grid spacing ``h`` for a given ``eps`` (in dimension ``d``)."""
+        return eps / self.resolution(d)
+
+    def cost(self, lo, hi, eps: float, cells_per_eps: float | None = None) -> GridCost:
+        """Estimated memory and FFT work of one evaluation for particles in ``[lo, hi]``."""
+        lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+        c = self.resolution(lo.size) if cells_per_eps is None else float(cells_per_eps)
+        _, shape, shape_fft, _ = _grid_layout(lo, hi, eps, c)
+        d = lo.size
+        ncell = float(np.prod(shape.astype(float)))
+        nfft = float(np.prod(np.asarray(shape_fft, dtype=float)))
+        nhalf = nfft / shape_fft[-1] * (shape_fft[-1] // 2 + 1)
+        # peak while the d gradient fields are formed: d + 1 cached kernel transforms, the
+        # transform of P(S), one product and one inverse transform, S (a view of a full
+        # inverse transform), the deposit and the d fields; the same on every rank (the
+        # deposit is reduced in place)
+        nbytes = 16.0 * nhalf * (d + 3) + 16.0 * nfft + 8.0 * ncell * (d + 1)
+        flops = (d + 3) * 2.5 * nfft * math.log2(max(nfft, 2.0))
+        return GridCost(c, tuple(int(s) for s in shape), shape_fft, nbytes / 1e6, flops)
+
+    def _checked_resolution(self, lo, hi, eps, comm) -> float:
+        est = self.cost(lo, hi, eps)
+        if est.memory_mb <= self.memory_limit_mb:
+            return est.cells_per_eps
+        # the finest resolution that fits (the estimate grows with cells_per_eps)
+        a, b = 2.0, est.cells_per_eps
+        fits = self.cost(lo, hi, eps, a).memory_mb <= self.memory_limit_mb
+        if fits:
+            for _ in range(40):
+                mid = 0.5 * (a + b)
+                if self.cost(lo, hi, eps, mid).memory_mb <= self.memory_limit_mb:
+                    a = mid
+                else:
+                    b = mid
+            a = math.floor(a * 10.0) / 10.0
+        if self.coarsen and fits:
+            key = (est.shape, a, self.memory_limit_mb)
+            if key not in _COARSENED:
+                _COARSENED.add(key)
+                from fem_crossdiff.log import get_logger
+
+                get_logger(comm).warning(
+                    "GridDrift: cells_per_eps = %g needs a grid of %s points, about %.0f MB "
+                    "per rank, over memory_limit_mb = %g; using cells_per_eps = %g instead "
+                    "(error O(h^2) grows by about %.1fx)", est.cells_per_eps,
+                    "x".join(map(str, est.shape)), est.memory_mb, self.memory_limit_mb, a,
+                    (est.cells_per_eps / a) ** 2)
+            return a
+        hint = (f"cells_per_eps <= {a:g} fits this limit, or" if fits else
+                "not even cells_per_eps = 2 fits this limit:")
+        raise ParameterError(
+            "memory_limit_mb", self.memory_limit_mb,
+            f"GridDrift(cells_per_eps={est.cells_per_eps:g}) for eps = {eps:g} and particles in "
+            f"[{', '.join(f'{v:.3g}' for v in lo)}] x [{', '.join(f'{v:.3g}' for v in hi)}] "
+            f"needs a grid of {'x'.join(map(str, est.shape))} points (FFT "
+            f"{'x'.join(map(str, est.shape_fft))}, {est.fft_flops:.2g} flops), an estimated "
+            f"{est.memory_mb:.0f} MB per rank; allowed: an estimate <= memory_limit_mb "
+            f"({hint} raise memory_limit_mb to >= {math.ceil(est.memory_mb)}; "
+            "or GridDrift(coarsen=True))")
 
     def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``."""
+        """Drift of the local particles at time ``t``.
+
+        Raises:
+            ParameterError: (``memory_limit_mb``) the grid would exceed the limit and
+                ``coarsen`` is false; raised on every rank (the estimate uses the global box).
+        """
         x = _check_positions(positions, params)
         n, nloc, d = x.shape
         eps = params.eps
-        h = self.spacing(eps)
-        r = int(math.ceil(eps / h))
         lo, hi = _global_bbox(x, comm)
-        # Grid bounds rounded outward to multiples of 8 cells so that the grid, and the cached
-        # kernel transforms, change only when the particle cloud moves by several cells.
-        lo_idx = 8 * np.floor((np.floor(lo / h) - r - 2) / 8).astype(np.int64)
-        hi_idx = 8 * np.ceil((np.ceil(hi / h) + r + 2) / 8).astype(np.int64)
-        shape = hi_idx - lo_idx + 1
-        shape_fft = tuple(int(sfft.next_fast_len(int(s) + r + 1, real=True)) for s in shape)
+        cpe = self._checked_resolution(lo, hi, eps, comm)
+        lo_idx, shape, shape_fft, r = _grid_layout(lo, hi, eps, cpe)
+        h = eps / cpe
         pts = x.reshape(-1, d)
         w = _weights(params, x)
         ncell = int(np.prod(shape))
@@ -380,7 +607,11 @@ class GridDrift:
             idx, wts = _cic(pts[sl], lo_idx, h, shape)
             for ic, wc in zip(idx, wts, strict=True):
                 mass += np.bincount(ic, weights=w[sl] * wc, minlength=ncell)
-        mass = _allreduce(comm, mass, "sum").reshape(tuple(shape))
+        if comm is not None and comm.size > 1:  # in place: no second grid-sized buffer
+            from mpi4py import MPI
+
+            comm.Allreduce(MPI.IN_PLACE, mass, op=MPI.SUM)
+        mass = mass.reshape(tuple(shape))
         kv_hat, kg_hat = _kernel_ffts(shape_fft, r, h, eps, params.kernel)
         crop = tuple(slice(0, int(s)) for s in shape)
         s_grid = sfft.irfftn(sfft.rfftn(mass, shape_fft) * kv_hat, shape_fft)[crop]
@@ -396,6 +627,19 @@ class GridDrift:
                 g[sl, c] = acc
         b = np.repeat(np.asarray(params.b), nloc)
         return (-b[:, None] * g).reshape(n, nloc, d)
+
+
+def _grid_layout(lo, hi, eps: float, cells_per_eps: float):
+    """First grid index, grid shape, FFT shape and kernel radius in cells of the grid drift."""
+    h = eps / cells_per_eps
+    r = int(math.ceil(eps / h))
+    # Grid bounds rounded outward to multiples of 8 cells so that the grid, and the cached
+    # kernel transforms, change only when the particle cloud moves by several cells.
+    lo_idx = 8 * np.floor((np.floor(lo / h) - r - 2) / 8).astype(np.int64)
+    hi_idx = 8 * np.ceil((np.ceil(hi / h) + r + 2) / 8).astype(np.int64)
+    shape = hi_idx - lo_idx + 1
+    shape_fft = tuple(int(sfft.next_fast_len(int(s) + r + 1, real=True)) for s in shape)
+    return lo_idx, shape, shape_fft, r
 
 
 @dataclass(frozen=True)
