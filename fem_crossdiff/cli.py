@@ -4,14 +4,18 @@
 :class:`~fem_crossdiff.solver.CrossDiffusionSolver` and writes, into ``output.folder``:
 ``config.toml`` (the resolved study), ``diagnostics.csv`` (mass, energy, extrema per accepted
 step; rows appended and flushed), ``rho.bp`` (VTX) and/or ``rho.xdmf``, ``densities.png``
-(2D triangle meshes) and ``diagnostics.png`` (mass drift, energy, minimum over time), and
+(snapshots and the segregation view; 3D: mid-plane slices, and ``densities_slices.png``),
+``diagnostics.png`` (mass drift, energy, dt and rejections, iterations, extrema over time),
+``animation.gif`` (or ``.mp4``) with ``output.animation``, ``particles.png`` (2D runs with
+particles: the clouds over the FE densities, and the projected empirical measures), and
 ``checkpoints/step_NNNNNN.npz`` every ``output.checkpoint_every`` steps (plus the final state),
 and with ``[particles]``, ``particles/`` (positions and moments of the particle system (1.6),
 one Euler-Maruyama step per accepted PDE step; particles are not checkpointed, a restart
 re-samples them from the restored densities).
 ``--restart CHECKPOINT`` continues such a run, on any number of ranks, to the same result as an
 uninterrupted run. ``check`` validates and prints the resolved configuration (defaults filled in,
-as TOML that ``run`` accepts).
+as TOML that ``run`` accepts). ``keys`` prints the reference of every key (``docs/keys.md``),
+``--version`` the version.
 
 Works the same under ``mpirun -n P``: only rank 0 prints. Every configuration error gives exit
 code 2 and one line on stderr naming the dotted key, the value and what is allowed; a run that
@@ -55,11 +59,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Version(argparse._VersionAction):
+    """``--version``, printed on rank 0 only."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if parser.comm is None or parser.comm.rank == 0:
+            print(self.version, flush=True)
+        raise SystemExit(0)
+
+
 def build_parser(comm=None) -> argparse.ArgumentParser:
     """The argument parser of ``crossdiff`` (``run`` and ``check`` subcommands)."""
     parser = _Parser(prog="crossdiff", description="Cross-diffusion studies from TOML files "
                      "(Carrillo & Guo system (1.1) and its nonlocal version).")
     parser.comm = comm
+    from fem_crossdiff import __version__
+
+    parser.add_argument("--version", action=_Version, version=f"crossdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a study")
     run.comm = comm
@@ -75,6 +91,8 @@ def build_parser(comm=None) -> argparse.ArgumentParser:
     check.add_argument("config", help="study TOML file")
     check.add_argument("--short", action="store_true",
                        help="apply the file's [short] overrides (also when $CI is set)")
+    keys = sub.add_parser("keys", help="print the reference of every study-file key (Markdown)")
+    keys.comm = comm
     return parser
 
 
@@ -119,6 +137,11 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         args = build_parser(comm).parse_args(argv)
     except SystemExit as err:
         return int(err.code or 0)
+    if args.command == "keys":
+        from fem_crossdiff.config.reference import key_reference
+
+        _echo(comm, key_reference())
+        return 0
     short = short_mode_requested(args.short)
     # Rank 0 reads and validates (file-system checks on one rank), then shares the verdict.
     cfg, msg = None, None
@@ -255,7 +278,6 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
 def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
-    from fem_crossdiff.compat import mesh as dmesh
     from fem_crossdiff.meshes import GmshError
 
     folder = Path(output if output is not None else cfg.output.folder)
@@ -301,9 +323,16 @@ def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
     if fields:
         observers.append(obs.FieldObserver(folder / f"rho{suffix}", fields,
                                            every=cfg.output.every))
+    if cfg.output.animation != "none":
+        try:
+            observers.append(obs.AnimationObserver(folder / "animation", tp.T,
+                                                   cfg.output.animation,
+                                                   cfg.output.animation_frames,
+                                                   title=cfg.title))
+        except ParameterError as err:
+            raise ConfigError(f"output.{err.key}", err.value, err.allowed) from None
     if "png" in formats:
-        if gdim == 2 and msh.topology.cell_type == dmesh.CellType.triangle:
-            observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
+        observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
         observers.append(obs.DiagnosticsPlotObserver(
             folder / "diagnostics.png", cfg.title,
             previous=(lambda: csv_obs.previous) if csv_obs is not None else None))
@@ -317,6 +346,8 @@ def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
         try:
             parts = _particle_observer(cfg, s, folder)
             observers.append(parts)
+            if "png" in formats and gdim == 2:
+                observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
         except ConfigError:
             raise
         except ValueError as err:
