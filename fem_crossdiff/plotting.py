@@ -512,6 +512,10 @@ def diagnostics_figure(rows: list[dict], n: int, path: str | Path | None = None,
         twin.plot(ts, krylov, ".-", color="tab:orange", ms=3, label="Krylov")
         twin.set_ylabel("Krylov iterations per step", color="tab:orange")
         twin.tick_params(labelsize=7)
+        from matplotlib.ticker import MaxNLocator
+
+        for a in (ax[3], twin):
+            a.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax[2].set(title="time step", ylabel="dt")
     ax[3].set_title("solver iterations")
     ax[4].set(title="minimum density", ylabel="min rho_k")

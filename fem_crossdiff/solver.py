@@ -25,7 +25,7 @@ import ufl
 
 from fem_crossdiff import forms
 from fem_crossdiff.compat import MPI, PETSc, fem, interpolate_any, la
-from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.errors import ParameterError, species_name
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import select_model
 from fem_crossdiff.params import LINEAR_SOLVERS, ModelParams, TimeParams
@@ -104,8 +104,8 @@ def _as_initial(data, k: int):
         return float(data)
     except (TypeError, ValueError):
         raise ParameterError(f"initial[{k}]", type(data).__name__,
-                             f"initial data for species {k} must be a callable of x, a number "
-                             "or an FE function") from None
+                             f"initial data for {species_name(k)} must be a callable of x, a "
+                             "number or an FE function") from None
 
 
 class CrossDiffusionSolver:
@@ -242,13 +242,13 @@ class CrossDiffusionSolver:
         for k in range(n):
             if mins[k] < 0:
                 raise ParameterError(f"initial[{k}]", float(mins[k]),
-                                     f"initial data of species {k} is negative (min "
+                                     f"initial data of {species_name(k)} is negative (min "
                                      f"{mins[k]:.3e}); densities must be >= 0")
         masses = self.masses()
         for k in range(n):
             if not masses[k] > 0:
                 raise ParameterError(f"initial[{k}]", float(masses[k]),
-                                     f"initial data of species {k} has zero mass")
+                                     f"initial data of {species_name(k)} has zero mass")
         for h in self.history:
             h.x.array[:] = self.rho.x.array
         self.t = 0.0

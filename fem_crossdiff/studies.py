@@ -295,15 +295,28 @@ def parse_args(argv, name: str, description: str) -> argparse.Namespace:
 
     Returns:
         The namespace; ``quick`` is also set by the ``CI`` environment variable, ``outdir``
-        is a :class:`~pathlib.Path`.
+        is a :class:`~pathlib.Path`, ``quiet`` switches off the progress lines of :func:`say`.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("outdir", nargs="?", default=f"output/{name}")
     p.add_argument("--quick", action="store_true", help="small, fast settings (CI)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     args.quick = bool(args.quick or os.environ.get("CI"))
     args.outdir = Path(args.outdir)
     return args
+
+
+def say(args, comm, text: str, t_start: float | None = None) -> None:
+    """A progress line on rank 0's stderr (unless ``args.quiet``), with the elapsed time."""
+    if getattr(args, "quiet", False) or comm.rank != 0:
+        return
+    import time
+
+    from fem_crossdiff.log import get_logger
+
+    elapsed = "" if t_start is None else f" ({time.perf_counter() - t_start:.1f} s)"
+    get_logger(comm).info("%s%s", text, elapsed)
 
 
 def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,

@@ -207,3 +207,26 @@ def test_line_and_slices(comm, mpi_tmp_path):
     panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(panels) == 9  # 2 species + segregation, 3 planes
     assert {ax.get_xlabel() + ax.get_ylabel() for ax in panels} == {"yz", "xz", "xy"}
+
+
+def test_study_figure_error_bars_and_ticks():
+    """Study plots: y label, error bars from the standard errors, plain ticks at the N values."""
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.ticker import NullFormatter
+
+    from fem_crossdiff.studies import study_figure
+
+    N = np.array([100.0, 400.0, 1600.0])
+    w1 = 0.05 * N ** -0.5
+    fig = study_figure({"W1": (N, w1, -0.5, 0.1 * w1), "ref": (N, w1, None)}, "N", "W1 to FE",
+                       "study")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "W1 to FE" and ax.get_xlabel() == "N"
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and bars[0].has_yerr and not bars[1].has_yerr
+    segs = bars[0].lines[2][0].get_segments()
+    assert segs[0][1][1] - segs[0][0][1] == pytest.approx(0.2 * w1[0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["100", "400", "1600"]
+    assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
+    assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
+    assert "slope -0.50" in ax.get_legend().get_texts()[0].get_text()
