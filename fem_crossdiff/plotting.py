@@ -254,6 +254,7 @@ def _style(ax, sampler, plane: int = 2):
     ax.set_xlabel(xn)
     ax.set_ylabel(yn)
     ax.set_aspect("equal")
+    ax.set_facecolor("0.88")  # outside the domain: grey, so that white is density 0 inside
     ax.margins(0.01)  # the domain fills the panel
     ax.tick_params(labelsize=7)
 

@@ -230,3 +230,22 @@ def test_study_figure_error_bars_and_ticks():
     assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)
     assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
     assert "slope -0.50" in ax.get_legend().get_texts()[0].get_text()
+
+
+def test_api_writes_final_state(comm, mpi_tmp_path, monkeypatch):
+    """``solver.run(vtx_path=..., output_every=2)`` writes t = 0, every 2nd step and the end."""
+    from fem_crossdiff.observers import FieldObserver
+
+    times = []
+    write = FieldObserver._write
+
+    def recording(self, solver, step):
+        times.append(solver.t)
+        write(self, solver, step)
+
+    monkeypatch.setattr(FieldObserver, "_write", recording)
+    s = _solver(mesh.create_interval(comm, 10, [0.0, 1.0]))
+    s.run(TimeParams(T=0.003, dt=0.001), vtx_path=mpi_tmp_path / "rho.bp", output_every=2,
+          progress=False)
+    assert times == pytest.approx([0.0, 0.002, 0.003])
+    assert (mpi_tmp_path / "rho.bp").is_dir()
