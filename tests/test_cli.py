@@ -77,7 +77,8 @@ def test_example_runs_short(path, comm, mpi_tmp_path):
         assert "rho.bp" in files
     if "xdmf" in cfg.output.formats:
         assert "rho.xdmf" in files
-    assert ("densities.png" in files) == (cfg.geometry.gdim == 2)
+    assert "densities.png" in files  # any dimension (3D: mid-plane slices)
+    assert ("densities_slices.png" in files) == (cfg.geometry.gdim == 3)
     assert ("checkpoints" in files) == (cfg.output.checkpoint_every > 0)
 
 
