@@ -13,9 +13,13 @@ and with ``[particles]``, ``particles/`` (positions and moments of the particle 
 one Euler-Maruyama step per accepted PDE step; particles are not checkpointed, a restart
 re-samples them from the restored densities).
 ``--restart CHECKPOINT`` continues such a run, on any number of ranks, to the same result as an
-uninterrupted run. ``check`` validates and prints the resolved configuration (defaults filled in,
-as TOML that ``run`` accepts). ``keys`` prints the reference of every key (``docs/keys.md``),
-``--version`` the version.
+uninterrupted run. Nothing is written before the mesh, the initial data and the checkpoint are
+validated, and a run never mixes its files with another's: a non-empty output folder is
+refused (exit 2) unless ``--overwrite`` (the earlier run's files are removed first) or
+``--restart`` with a checkpoint in that folder (the run continues there; its later checkpoints
+and CSV rows are dropped). ``check`` validates and prints the resolved configuration (defaults
+filled in, as TOML that ``run`` accepts). ``keys`` prints the reference of every key
+(``docs/keys.md``), ``--version`` the version.
 
 Works the same under ``mpirun -n P``: only rank 0 prints. Every configuration error gives exit
 code 2 and one line on stderr naming the dotted key, the value and what is allowed; a run that
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,6 +91,9 @@ def build_parser(comm=None) -> argparse.ArgumentParser:
     run.add_argument("--short", action="store_true",
                      help="apply the file's [short] overrides (also when $CI is set)")
     run.add_argument("--output", metavar="DIR", help="override output.folder")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the files of an earlier run in the output folder (without "
+                     "it, a non-empty folder is refused unless --restart continues into it)")
     check = sub.add_parser("check", help="validate and print the resolved configuration")
     check.comm = comm
     check.add_argument("config", help="study TOML file")
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         return 0
     try:
         run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
-                  log_level=args.log_level, output=args.output)
+                  log_level=args.log_level, output=args.output, overwrite=args.overwrite)
     except (ConfigError, ckpt.CheckpointError) as err:
         prefix = "config error" if isinstance(err, ConfigError) else "restart error"
         _echo(comm, f"crossdiff: {prefix} in {args.config}: {err}", sys.stderr)
@@ -206,7 +214,7 @@ def _make_solver(cfg: StudyConfig, msh):
         raise _config_error(err, "rejected on this mesh: ") from None
 
 
-def _particle_observer(cfg: StudyConfig, s, folder: Path):
+def _particle_observer(cfg: StudyConfig, s):
     """The particle system (1.6) next to the PDE, sampled from the current densities.
 
     Each species' particles carry the weight ``a_l M_l / N`` with ``M_l`` the mass of its FE
@@ -216,7 +224,7 @@ def _particle_observer(cfg: StudyConfig, s, folder: Path):
     from fem_crossdiff.compat import fem
     from fem_crossdiff.nonlocal_ import NonlocalParams
     from fem_crossdiff.observers import ParticleObserver, p1_species
-    from fem_crossdiff.particles import ParticleParams, ParticleWriter, init_state
+    from fem_crossdiff.particles import ParticleParams, init_state
     from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
     from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
 
@@ -239,14 +247,19 @@ def _particle_observer(cfg: StudyConfig, s, folder: Path):
         raise ConfigError(f"particles.{err.key}", err.value, err.allowed) from None
     domain = MeshDomain(s.msh)
     state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t)
-    writer = ParticleWriter(folder / "particles", every=pc.output_every, comm=s.comm)
-    return ParticleObserver(params, domain, drift, state, writer)
+    # the writer (which creates its folder) is attached once the output folder is prepared
+    return ParticleObserver(params, domain, drift, state, None)
 
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
               quiet: bool = False, log_level: str = "INFO",
-              output: str | Path | None = None) -> StudyResult:
+              output: str | Path | None = None, overwrite: bool = False) -> StudyResult:
     """Run a validated study (collective).
+
+    Everything is built and checked (mesh, initial data, restart checkpoint, particles) before
+    anything is written. The output folder must then be empty or absent, unless ``overwrite``
+    (the earlier run's files are removed first) or ``restart`` continues the run whose
+    checkpoint lies in that folder (its files after the restart point are dropped).
 
     Args:
         cfg: The study.
@@ -255,12 +268,14 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
         quiet: No progress lines; warnings and errors only.
         log_level: Logging level on rank 0.
         output: Output folder, overriding ``cfg.output.folder``.
+        overwrite: Replace the files of an earlier run in the output folder.
 
     Returns:
         The :class:`StudyResult`.
 
     Raises:
-        ConfigError: geometry that cannot be built, bad initial data (same on every rank).
+        ConfigError: geometry that cannot be built, bad initial data, an output folder holding
+            another run's files (same on every rank).
         CheckpointError: restart file missing or incompatible.
         RuntimeError: the run failed (step below ``dt_min``), nonlocal model unavailable.
     """
@@ -270,23 +285,96 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
     before = get_logger(comm).level
     log = get_logger(comm, level)
     try:
-        return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output)
+        return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output,
+                    overwrite)
     finally:
         get_logger(comm, before if comm.rank == 0 else None)
 
 
-def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
+#: What a run writes into its folder (glob patterns); ``--overwrite`` removes exactly these.
+RUN_FILES = ("config.toml", "diagnostics.csv", "densities.png", "densities_slices.png",
+             "diagnostics.png", "particles.png", "animation.gif", "animation.mp4", "rho*.bp",
+             "rho*.xdmf", "rho*.h5", "checkpoints", "particles", ".*.tmp*")
+
+
+def _identity_settings(cfg: StudyConfig) -> dict:
+    """The study's part of the checkpoint identity: all but ``time.T``, output and paths.
+
+    The mesh file's path is left out (its content is hashed by the identity), so a moved mesh
+    can continue; ``time.dt`` is kept: a changed first step changes every later step.
+    """
+    d = cfg.to_dict()
+    for key in ("output", "title", "particles"):
+        d.pop(key, None)
+    d["time"].pop("T")
+    d["geometry"].pop("msh", None)
+    return d
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> str:
+    """Check and prepare the output folder (rank 0); returns what was done, in words.
+
+    Raises:
+        ConfigError: ``output.folder`` is not a folder, or holds files of another run and
+            neither ``overwrite`` nor a restart from inside it was asked for.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("output.folder", str(folder), "must be a folder (this is a file)")
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    inside = restart is not None and folder.resolve() in Path(restart).resolve().parents
+    if not entries:
+        action = "new"
+    elif overwrite:
+        if inside:
+            raise ConfigError("output.folder", str(folder), "--overwrite would delete the "
+                              "checkpoint --restart continues from; continue without "
+                              "--overwrite, or write into another --output")
+        ours = {p for pat in RUN_FILES for p in folder.glob(pat)}
+        foreign = [p.name for p in entries if p not in ours]
+        if foreign:
+            raise ConfigError("output.folder", str(folder),
+                              f"holds files that no run writes ({', '.join(foreign[:3])}): "
+                              "--overwrite only replaces a run's files; choose another "
+                              "folder")
+        for p in entries:
+            _remove(p)
+        action = f"overwrite (removed the {len(entries)} entries of the earlier run)"
+    elif inside:
+        # continue: drop what the earlier run wrote after the restart point (the CSV rows
+        # are cut by the CSV observer, later checkpoints by the checkpoint observer)
+        for p in folder.glob("rho_restart*"):
+            num = p.name[len("rho_restart"):].split(".", 1)[0]
+            if num.isdigit() and int(num) >= step0:
+                _remove(p)
+        action = f"continue (restart from step {step0})"
+    else:
+        what = ("; --restart continues only in the folder holding its checkpoint"
+                if restart is not None else "")
+        raise ConfigError("output.folder", str(folder),
+                          f"is not empty (holds {', '.join(p.name for p in entries[:3])}"
+                          f"{', ...' if len(entries) > 3 else ''}){what}: pass --overwrite to "
+                          "replace the earlier run, --restart CHECKPOINT to continue it, or "
+                          "choose another --output")
+    folder.mkdir(parents=True, exist_ok=True)
+    return action
+
+
+def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
     from fem_crossdiff.meshes import GmshError
+    from fem_crossdiff.particles import ParticleWriter
 
     folder = Path(output if output is not None else cfg.output.folder)
     formats = cfg.output.formats
-    if comm.rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write(folder / "config.toml", lambda f: f.write(
-            (f"# resolved from {cfg.source}\n" + to_toml(cfg.to_dict())).encode()))
-    comm.barrier()
+    # 1. Build and validate everything; nothing is written before step 2.
     try:
         geo = cfg.geometry.build(comm)
     except ParameterError as err:
@@ -304,15 +392,53 @@ def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
         s.set_initial(funcs)
     except ParameterError as err:
         raise _config_error(err) from None
+    # The mesh and the initial data exist here: checks of the mesh against the study go here,
+    # before the checkpoint is read and before any file is written.
     tp = cfg.time.params()
-    chash = cfg.physics_hash()
+    identity = ckpt.run_identity(s, _identity_settings(cfg))
     step0, suffix = 0, ""
     if restart is not None:
-        info = ckpt.load_checkpoint(restart, s, config_hash=chash)
+        info = ckpt.load_checkpoint(restart, s, identity=identity)
         step0, suffix = info.step, f"_restart{info.step:06d}"
         next_dt = min(max(info.next_dt, tp.dt_min), tp.dt_max or np.inf)
         tp = cfg.time.params(dt=next_dt) if next_dt >= tp.dt_min else tp
         log.info("restarted from %s: step %d, t = %.6g", restart, info.step, info.t)
+    parts = None
+    if cfg.particles is not None:
+        if restart is not None:
+            log.info("particles are not checkpointed: re-sampled from the restored densities")
+        try:
+            parts = _particle_observer(cfg, s)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError("particles", cfg.particles.N,
+                              f"cannot start the particles: {err}") from None
+    animation = None  # checked here: mp4 needs ffmpeg
+    if cfg.output.animation != "none":
+        try:
+            animation = obs.AnimationObserver(folder / "animation", tp.T, cfg.output.animation,
+                                              cfg.output.animation_frames, title=cfg.title)
+        except ParameterError as err:
+            raise ConfigError(f"output.{err.key}", err.value, err.allowed) from None
+    # 2. The output folder: empty, overwritten on request, or the folder of the continued run.
+    action, msg = None, None
+    if comm.rank == 0:
+        try:
+            action = _prepare_folder(folder, overwrite=overwrite, restart=restart, step0=step0)
+        except ConfigError as err:
+            msg = err
+        except OSError as err:
+            msg = ConfigError("output.folder", str(folder), f"cannot be prepared ({err})")
+    action, msg = comm.bcast((action, msg), root=0)
+    if msg is not None:
+        raise msg
+    log.info("output folder %s: %s", folder, action)
+    # 3. Write.
+    if comm.rank == 0:
+        ckpt.atomic_write(folder / "config.toml", lambda f: f.write(
+            (f"# resolved from {cfg.source}\n" + to_toml(cfg.to_dict())).encode()))
+    comm.barrier()
     observers = []
     csv_obs = None
     if "csv" in formats:
@@ -323,36 +449,22 @@ def _run(cfg, comm, restart, progress, log, output) -> StudyResult:
     if fields:
         observers.append(obs.FieldObserver(folder / f"rho{suffix}", fields,
                                            every=cfg.output.every))
-    if cfg.output.animation != "none":
-        try:
-            observers.append(obs.AnimationObserver(folder / "animation", tp.T,
-                                                   cfg.output.animation,
-                                                   cfg.output.animation_frames,
-                                                   title=cfg.title))
-        except ParameterError as err:
-            raise ConfigError(f"output.{err.key}", err.value, err.allowed) from None
+    if animation is not None:
+        observers.append(animation)
     if "png" in formats:
         observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
         observers.append(obs.DiagnosticsPlotObserver(
             folder / "diagnostics.png", cfg.title,
             previous=(lambda: csv_obs.previous) if csv_obs is not None else None))
     checkpoints = obs.CheckpointObserver(folder / "checkpoints", cfg.output.checkpoint_every,
-                                         chash)
+                                         identity)
     observers.append(checkpoints)
-    parts = None
-    if cfg.particles is not None:
-        if restart is not None:
-            log.info("particles are not checkpointed: re-sampled from the restored densities")
-        try:
-            parts = _particle_observer(cfg, s, folder)
-            observers.append(parts)
-            if "png" in formats and gdim == 2:
-                observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
-        except ConfigError:
-            raise
-        except ValueError as err:
-            raise ConfigError("particles", cfg.particles.N,
-                              f"cannot start the particles: {err}") from None
+    if parts is not None:
+        parts.writer = ParticleWriter(folder / "particles", every=cfg.particles.output_every,
+                                      comm=s.comm)
+        observers.append(parts)
+        if "png" in formats and gdim == 2:
+            observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
     rows = driver.run(s, tp, observers, progress=progress, step0=step0)
     comm.barrier()
     first, end = rows[0], rows[-1]

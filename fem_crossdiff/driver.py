@@ -6,10 +6,18 @@ After the initial state and every accepted step it builds one diagnostics row
 (:mod:`fem_crossdiff.observers`): CSV, fields, pictures, checkpoints, particles and progress
 are observers, so adding an output never touches the loop.
 
-Step control: a rejected step (Newton failure, negative density, a model's refusal) is logged
-at INFO with its reason, counted in the next row's ``rejected`` column, and retried with
-``dt * shrink``; below ``dt_min`` the run stops with :class:`StepSizeError`. With
-``adaptive``, a step is grown by ``grow`` after an easy Newton solve.
+Step control: a rejected step (Newton failure, negative density, a model's refusal, an error
+estimate above ``tol``) is logged at INFO with its reason in words, counted in the next row's
+``rejected`` column, and retried smaller (``dt * shrink`` after a failure, the controller's
+step after an error rejection); below ``dt_min`` the run stops with :class:`StepSizeError`.
+With ``adaptive``, every step is chosen from the estimated local error of the previous one
+(:meth:`~fem_crossdiff.solver.CrossDiffusionSolver.error_estimate`) by the elementary
+controller ``dt_new = dt * clamp(SAFETY * (tol / err)^(1 / (p + 1)), MIN_FACTOR, grow)``
+(``p`` the order). The estimate is a norm of the solution reduced over all ranks, so the same
+run on any number of ranks takes the same steps to solver tolerance (Newton iteration counts,
+which depend on the partition through the multigrid smoother, play no part). Start-up steps
+without enough history for an estimate keep ``dt`` (one step with implicit Euler, two with
+BDF2). See docs/step-control.md.
 """
 
 from __future__ import annotations
@@ -20,7 +28,13 @@ from collections.abc import Sequence
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.params import TimeParams
 
-__all__ = ["run", "diagnostics_row", "StepSizeError", "row_fields"]
+__all__ = ["run", "diagnostics_row", "StepSizeError", "row_fields", "next_step", "SAFETY",
+           "MIN_FACTOR"]
+
+#: Safety factor of the step controller (aims below the tolerance to avoid rejections).
+SAFETY = 0.9
+#: Smallest factor by which the controller reduces a step (large estimates are unreliable).
+MIN_FACTOR = 0.2
 
 
 class StepSizeError(RuntimeError):
@@ -42,12 +56,16 @@ def row_fields(n: int) -> list[str]:
     """Column names of a diagnostics row for ``n`` species (species numbered from 1)."""
     return (["step", "t", "dt", "energy"] + [f"mass_{k}" for k in range(1, n + 1)]
             + [c for k in range(1, n + 1) for c in (f"min_{k}", f"max_{k}")]
-            + ["newton_its", "krylov_its", "rejected"])
+            + ["newton_its", "krylov_its", "rejected", "err_est"])
 
 
 def diagnostics_row(solver, step: int, dt: float, newton: int = 0, krylov: int = 0,
-                    rejected: int = 0) -> dict:
-    """The diagnostics of the current state (collective): one row of the CSV."""
+                    rejected: int = 0, err_est: float | None = None) -> dict:
+    """The diagnostics of the current state (collective): one row of the CSV.
+
+    ``rejected`` counts the attempts rejected before this step was accepted; ``err_est`` is the
+    step's estimated local error (0 where none was estimated: start-up steps, the first row).
+    """
     mass = solver.masses()
     mn, mx = solver.extrema()
     row = {"step": step, "t": solver.t, "dt": dt, "energy": solver.energy()}
@@ -55,7 +73,8 @@ def diagnostics_row(solver, step: int, dt: float, newton: int = 0, krylov: int =
     row.update({f"mass_{k + 1}": float(mass[k]) for k in range(n)})
     for k in range(n):
         row[f"min_{k + 1}"], row[f"max_{k + 1}"] = float(mn[k]), float(mx[k])
-    row.update(newton_its=newton, krylov_its=krylov, rejected=rejected)
+    row.update(newton_its=newton, krylov_its=krylov, rejected=rejected,
+               err_est=0.0 if err_est is None else float(err_est))
     return row
 
 
@@ -89,12 +108,16 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
     try:
         _call(observers, "start", solver, rows[0])
         nstep, rejected = step0, 0
+        error_tol = tp.tol if tp.adaptive else None
         while solver.t < tp.T - 1e-12 * max(tp.T, 1.0):
             dt = min(dt, tp.T - solver.t, dt_max)
-            info = solver.step(dt, tp.method)
+            info = solver.step(dt, tp.method, error_tol=error_tol)
             if not info.accepted:
                 rejected += 1
-                new_dt = dt * tp.shrink
+                if error_tol is not None and info.error is not None and info.error > error_tol:
+                    new_dt = next_step(dt, info.error, tp.tol, info.order, 1.0)
+                else:
+                    new_dt = dt * tp.shrink
                 log.info("t=%.6g: step dt=%.3g rejected (%s); retrying with dt=%.3g",
                          solver.t, dt, info.message, new_dt)
                 if new_dt < tp.dt_min:
@@ -102,10 +125,14 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
                 dt = new_dt
                 continue
             nstep += 1
-            easy = tp.adaptive and info.newton_its <= tp.easy_newton
-            solver.next_dt = dt * tp.grow if easy else dt
+            if error_tol is not None and info.error is not None:
+                # no growth right after a rejection: the estimate just proved optimistic
+                solver.next_dt = next_step(dt, info.error, tp.tol, info.order,
+                                           1.0 if rejected else tp.grow)
+            else:
+                solver.next_dt = dt
             row = diagnostics_row(solver, nstep, dt, info.newton_its, info.krylov_its,
-                                  rejected)
+                                  rejected, info.error)
             rejected = 0
             rows.append(row)
             _call(observers, "step", solver, row)
@@ -121,6 +148,16 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
     finally:
         _call(observers, "close")
     return rows
+
+
+def next_step(dt: float, err: float, tol: float, order: int, grow: float) -> float:
+    """The elementary controller: ``dt * clamp(SAFETY (tol/err)^(1/(order+1)), MIN_FACTOR, grow)``.
+
+    The local error of a method of order ``p`` scales like ``dt^(p+1)``, so this step would
+    bring the estimate to ``SAFETY^(p+1) tol``.
+    """
+    factor = grow if err <= 0.0 else SAFETY * (tol / err) ** (1.0 / (order + 1))
+    return dt * min(max(factor, MIN_FACTOR), grow)
 
 
 def _call(observers, name: str, *args) -> None:

@@ -400,20 +400,43 @@ def plot_diagnostics(rows: list[dict], n: int, path: Path, title: str):
 class CheckpointObserver:
     """Checkpoints ``folder/step_NNNNNN.npz`` every ``every`` steps and of the final state.
 
+    At the start, checkpoints in the folder numbered beyond the first state are removed
+    (rank 0): they belong to an earlier, longer run or to the part of this run after its
+    restart point, and would otherwise pass for the newest state.
+
     Args:
         folder: Checkpoint folder.
         every: Cadence in (global) step numbers (``0``: none).
-        config_hash: Stored in every checkpoint, checked on restart.
+        identity: The run identity stored in every checkpoint and checked on restart
+            (:func:`fem_crossdiff.checkpoint.run_identity`; default: the solver's own, which
+            does not cover the time step).
     """
 
-    def __init__(self, folder: str | Path, every: int, config_hash: str = ""):
-        self.folder, self.every, self.config_hash = Path(folder), int(every), config_hash
+    def __init__(self, folder: str | Path, every: int, identity=None):
+        self.folder, self.every = Path(folder), int(every)
+        self.identity = None if identity is None else dict(identity)
         self.written: list[Path] = []
+        self.removed: list[Path] = []
         self._first = self._last = None
 
     def start(self, solver, row):
-        """Remember the first step (a restart's own state is not written again)."""
+        """Remove later checkpoints; remember the first step (not written again)."""
         self._first = self._last = row["step"]
+        if self.identity is None:
+            self.identity = ckpt.run_identity(solver)
+        if solver.comm.rank == 0 and self.folder.is_dir():
+            for p in sorted(self.folder.glob("step_*.npz")):
+                num = p.stem[len("step_"):]
+                if num.isdigit() and int(num) > row["step"]:
+                    p.unlink()
+                    self.removed.append(p)
+        self.removed = solver.comm.bcast(self.removed, root=0)
+        if self.removed:
+            from fem_crossdiff.log import get_logger
+
+            get_logger(solver.comm).info("removed %d checkpoint(s) after step %d in %s (from "
+                                         "an earlier run)", len(self.removed), row["step"],
+                                         self.folder)
 
     def step(self, solver, row):
         """Write at the cadence."""
@@ -429,7 +452,7 @@ class CheckpointObserver:
         path = self.folder / f"step_{step:06d}.npz"
         self.written.append(ckpt.save_checkpoint(path, solver, step=step,
                                                  next_dt=solver.next_dt,
-                                                 config_hash=self.config_hash))
+                                                 identity=self.identity))
         self._last = step
 
 

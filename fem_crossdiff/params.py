@@ -116,13 +116,19 @@ class TimeParams:
         dt: (Initial) step, ``dt > 0``.
         method: ``"ie"`` (implicit Euler) or ``"bdf2"`` (variable-step BDF2, started by one
             implicit Euler step).
-        adaptive: Grow the step after easy Newton solves; failed steps are always retried with a
-            smaller step and never accepted.
+        adaptive: Choose each step from an estimate of the local time-stepping error (see
+            ``tol``; docs/step-control.md); failed steps are always retried with a smaller
+            step and never accepted. ``False``: every step is ``dt`` (shorter only after a
+            failure).
         dt_min: Smallest step before giving up (a RuntimeError).
         dt_max: Largest step (``None``: ``T``).
-        grow: Step growth factor after an easy step (``>= 1``; capped at 1.5 for BDF2 stability).
-        shrink: Step reduction factor after a failed step (``0 < shrink < 1``).
-        easy_newton: Newton iterations at or below which a step counts as easy.
+        grow: Largest growth factor of the step from one step to the next in adaptive mode
+            (``>= 1``; at most 1.5 for BDF2, whose variable-step stability needs bounded ratios).
+        shrink: Step reduction factor after a failed Newton solve or a refused state
+            (``0 < shrink < 1``).
+        tol: Adaptive mode: tolerance ``0 < tol < 1`` on the estimated local error of a step,
+            relative to the solution (discrete l2 norm per species, the largest over species);
+            a step whose estimate exceeds it is rejected and retried smaller.
     """
 
     T: float
@@ -133,7 +139,7 @@ class TimeParams:
     dt_max: float | None = None
     grow: float = 1.25
     shrink: float = 0.5
-    easy_newton: int = 3
+    tol: float = 1e-3
 
     def __post_init__(self):
         T = finite_number("T", self.T)
@@ -160,6 +166,10 @@ class TimeParams:
         shrink = finite_number("shrink", self.shrink)
         if not 0.0 < shrink < 1.0:
             raise ParameterError("shrink", self.shrink, "shrink must be in (0, 1)")
-        values = dict(T=T, dt=dt, dt_min=dt_min, dt_max=dt_max, grow=grow, shrink=shrink)
+        tol = finite_number("tol", self.tol)
+        if not 0.0 < tol < 1.0:
+            raise ParameterError("tol", self.tol, "tol must be in (0, 1) (a relative error)")
+        values = dict(T=T, dt=dt, dt_min=dt_min, dt_max=dt_max, grow=grow, shrink=shrink,
+                      tol=tol)
         for name, value in values.items():
             object.__setattr__(self, name, value)

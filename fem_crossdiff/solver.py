@@ -32,7 +32,10 @@ from fem_crossdiff.params import LINEAR_SOLVERS, ModelParams, TimeParams
 from fem_crossdiff.problem import CrossDiffusionProblem
 from fem_crossdiff.spaces import species_spaces
 
-__all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS"]
+__all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS", "SIGN_TOL"]
+
+#: Initial values down to ``-SIGN_TOL * max`` (per species) are round-off and set to 0.
+SIGN_TOL = 1e-12
 
 _ids = itertools.count()
 
@@ -88,13 +91,21 @@ SNES_REASONS = {
 
 @dataclass
 class StepInfo:
-    """Outcome of one attempted step."""
+    """Outcome of one attempted step.
+
+    Attributes:
+        error: The step's estimated local error (:meth:`CrossDiffusionSolver.error_estimate`),
+            None where the history is too short or the solve failed.
+        order: The order of the method that took the step (1: implicit Euler, 2: BDF2).
+    """
 
     accepted: bool
     newton_its: int
     krylov_its: int
     reason: int
     message: str = ""
+    error: float | None = None
+    order: int = 1
 
 
 def _as_initial(data, k: int):
@@ -162,6 +173,10 @@ class CrossDiffusionSolver:
         self.t_const = fem.Constant(msh, PETSc.ScalarType(0.0))
         #: Last accepted step (None: the next step is a start-up implicit-Euler step).
         self.dt_prev: float | None = None
+        #: The step before it and the state before ``history[1]`` (all dofs), for the error
+        #: estimate of BDF2 (None until two steps were accepted).
+        self.dt_prev2: float | None = None
+        self.older: np.ndarray | None = None
         #: The step size the driver tries next (after growth), for checkpoints.
         self.next_dt: float | None = None
         self.positivity_tol = positivity_tol
@@ -238,12 +253,22 @@ class CrossDiffusionSolver:
         if bad_nan:
             raise ParameterError("initial", f"{bad_nan} NaN/inf nodal values",
                                  "initial data must be finite (no NaN/inf)")
-        mins, _ = self.extrema()
+        mins, maxs = self.extrema()
         for k in range(n):
-            if mins[k] < 0:
+            # interpolated data that is zero up to round-off (1 - x**2 - y**2 on the unit
+            # disk: -2.2e-16) is zero; anything below that is refused
+            if mins[k] < -SIGN_TOL * max(maxs[k], 0.0):
                 raise ParameterError(f"initial[{k}]", float(mins[k]),
                                      f"initial data of {species_name(k)} is negative (min "
-                                     f"{mins[k]:.3e}); densities must be >= 0")
+                                     f"{mins[k]:.3e}, max {maxs[k]:.3e}); densities must be "
+                                     f">= 0 (values down to -{SIGN_TOL:g} * max are taken "
+                                     "as round-off and set to 0)")
+            if mins[k] < 0:
+                vals = self.rho.x.array[self.species_dofs[k]]
+                self.rho.x.array[self.species_dofs[k]] = np.maximum(vals, 0.0)
+                get_logger(self.comm).debug(
+                    "initial data of %s: round-off negatives (min %.3e, max %.3e) "
+                    "set to 0", species_name(k), mins[k], maxs[k])
         masses = self.masses()
         for k in range(n):
             if not masses[k] > 0:
@@ -252,7 +277,7 @@ class CrossDiffusionSolver:
         for h in self.history:
             h.x.array[:] = self.rho.x.array
         self.t = 0.0
-        self.dt_prev = None
+        self.dt_prev = self.dt_prev2 = self.older = None
 
     def _nowned(self) -> int:
         return self.V.dofmap.index_map.size_local
@@ -304,12 +329,20 @@ class CrossDiffusionSolver:
             const.value = val / dt
         self.problem.set_time_coefficients(c0 / dt, c1 / dt, c2 / dt)
 
-    def step(self, dt: float, method: str = "ie") -> StepInfo:
+    def step(self, dt: float, method: str = "ie", error_tol: float | None = None) -> StepInfo:
         """Attempt one step of size ``dt``; on failure the state is left unchanged.
 
+        Args:
+            dt: Step size.
+            method: ``"ie"`` or ``"bdf2"``.
+            error_tol: Reject the step when its estimated local error exceeds this (None:
+                the estimate is reported, never used to reject).
+
         Returns:
-            What happened: accepted or not, Newton and Krylov iterations, SNES reason.
+            What happened: accepted or not, Newton and Krylov iterations, SNES reason, the
+            error estimate.
         """
+        order = 2 if method == "bdf2" and self.dt_prev is not None else 1
         self._set_coefficients(dt, method)
         self.t_const.value = self.t + dt
         if self._auto_atol:
@@ -354,14 +387,66 @@ class CrossDiffusionSolver:
             mn, mx = self.extrema()
             if np.any(mn < -self.positivity_tol * np.maximum(mx, 1e-300)):
                 ok, msg = False, f"negative density {mn.min():.3e}"
+        err = self.error_estimate(dt, method) if ok else None
+        if ok and error_tol is not None and err is not None and err > error_tol:
+            ok, msg = False, (f"estimated local error {err:.3e} exceeds the tolerance "
+                              f"{error_tol:.3e}")
         if not ok:
             self.rho.x.array[:] = self.history[0].x.array
-            return StepInfo(False, its, kits, reason, msg or "")
+            return StepInfo(False, its, kits, reason, msg or "", err, order)
+        if self.dt_prev is not None:  # history[1] is a computed state: keep it for BDF2
+            self.older = self.history[1].x.array.copy()
+        self.dt_prev2 = self.dt_prev
         self.history[1].x.array[:] = self.history[0].x.array
         self.history[0].x.array[:] = self.rho.x.array
         self.t += dt
         self.dt_prev = dt
-        return StepInfo(True, its, kits, reason)
+        return StepInfo(True, its, kits, reason, error=err, order=order)
+
+    def error_estimate(self, dt: float, method: str = "ie") -> float | None:
+        """Estimated local error of the step of size ``dt`` just solved into ``rho`` (collective).
+
+        Milne's device: the solution is compared with the polynomial extrapolation of the
+        previous states, whose error has the same order and a known ratio to the method's.
+        For implicit Euler (order 1) the predictor is linear through ``y_n, y_{n-1}`` and the
+        error is ``dt / (2 dt + h_1)`` of the difference; for variable-step BDF2 (order 2) it
+        is quadratic through ``y_n, y_{n-1}, y_{n-2}`` and the error is ``A / (A + B)`` of it,
+        ``A = dt (1 + w) / (1 + 2 w)``, ``w = dt / h_1``, ``B = dt + h_1 + h_2`` (``h_1, h_2``
+        the previous steps); both reduce to the classic constants 1/3 and 2/11 at constant
+        steps. The norm is the discrete l2 norm of each species relative to that of the new
+        solution, the largest over species: sums over owned dofs, reduced over all ranks, so
+        the estimate does not depend on the partition beyond round-off.
+
+        Returns:
+            The estimate, or None where the history is too short (the first step; the second
+            with BDF2, which needs three previous states).
+        """
+        h1 = self.dt_prev
+        n, nown = self.params.n, self._nowned()
+        if h1 is None:
+            return None
+        y = self.rho.x.array[: nown * n]
+        y0 = self.history[0].x.array[: nown * n]
+        y1 = self.history[1].x.array[: nown * n]
+        if method == "bdf2":
+            h2 = self.dt_prev2
+            if h2 is None or self.older is None:
+                return None
+            y2 = self.older[: nown * n]
+            pred = ((dt + h1) * (dt + h1 + h2) / (h1 * (h1 + h2)) * y0
+                    - dt * (dt + h1 + h2) / (h1 * h2) * y1
+                    + dt * (dt + h1) / ((h1 + h2) * h2) * y2)
+            w = dt / h1
+            a = dt * (1 + w) / (1 + 2 * w)
+            factor = a / (a + dt + h1 + h2)
+        else:
+            pred = y0 + (dt / h1) * (y0 - y1)
+            factor = dt / (2 * dt + h1)
+        sums = np.concatenate([np.sum(((y - pred) * factor).reshape(-1, n) ** 2, axis=0),
+                               np.sum(y.reshape(-1, n) ** 2, axis=0)])
+        self.comm.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        err, size = np.sqrt(sums[:n]), np.sqrt(sums[n:])
+        return float(np.max(err / np.maximum(size, 1e-300)))
 
     def _solve(self) -> tuple[int, str]:
         """One SNES solve from the previous state; returns the reason and an error message."""

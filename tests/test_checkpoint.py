@@ -182,3 +182,97 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.npz"]
+
+
+# ------------------------------------------------------------------- identity
+def _msh_study(comm, folder: Path, mesh_name="disk.msh") -> Path:
+    """The study on a gmsh file next to it (relative path)."""
+    text = STUDY.format(h=0.15, ls="direct").replace(
+        'builder = "disk"\nradius = 1.0\nh = 0.15', f'msh = "{mesh_name}"\ngdim = 2')
+    path = folder / "study.toml"
+    if comm.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    comm.barrier()
+    return path
+
+
+def test_moved_mesh_continues(comm, mpi_tmp_path, capsys):
+    """The identity holds the mesh's content, not its path: a moved .msh file restarts."""
+    from fem_crossdiff import meshes
+
+    first, moved = mpi_tmp_path / "first", mpi_tmp_path / "moved"
+    study = _msh_study(comm, first)
+    meshes.write_msh(first / "disk.msh", "disk", comm, radius=1.0, h=0.25)
+    run = mpi_tmp_path / "run"
+    assert main(["run", str(study), "--quiet", "--output", str(run)], comm=comm) == 0
+    reference = mpi_tmp_path / "reference.npz"
+    if comm.rank == 0:
+        shutil.copy(_final(run), reference)
+        moved.mkdir()
+        shutil.move(first / "disk.msh", moved / "disk.msh")
+        shutil.move(study, moved / "study.toml")
+    comm.barrier()
+    start = run / "checkpoints" / "step_000003.npz"
+    assert main(["run", str(moved / "study.toml"), "--quiet", "--output", str(run),
+                 "--restart", str(start)], comm=comm) == 0
+    res = comm.bcast(_compare(reference, _final(run)) if comm.rank == 0 else None, root=0)
+    assert res[0] <= 1e-12 and res[2] == res[3]
+    # same path, other content (finer mesh, same dof count impossible): refused by name
+    meshes.write_msh(moved / "disk.msh", "disk", comm, radius=1.0, h=0.2)
+    capsys.readouterr()
+    code = main(["run", str(moved / "study.toml"), "--quiet", "--output", str(run),
+                 "--restart", str(start)], comm=comm)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert comm.bcast("not the same mesh" in err if comm.rank == 0 else None, root=0)
+
+
+def test_changed_dt_is_refused(comm, mpi_tmp_path, capsys):
+    """time.dt is part of the identity: the message names the key and both values."""
+    study = _write_study(comm, mpi_tmp_path)
+    run = mpi_tmp_path / "run"
+    assert main(["run", str(study), "--quiet", "--output", str(run)], comm=comm) == 0
+    other = mpi_tmp_path / "other.toml"
+    if comm.rank == 0:
+        other.write_text(study.read_text().replace("dt = 1e-3", "dt = 2e-3"))
+    comm.barrier()
+    before = _checksums(run) if comm.rank == 0 else None
+    capsys.readouterr()
+    code = main(["run", str(other), "--quiet", "--output", str(run), "--restart",
+                 str(run / "checkpoints" / "step_000003.npz")], comm=comm)
+    err = capsys.readouterr().err
+    assert code == 2
+    if comm.rank == 0:
+        assert "time.dt: 0.001 in the checkpoint, 0.002 now" in err, err
+        assert "time.T" not in err.split("(")[0]
+        assert _checksums(run) == before  # the refused restart wrote nothing
+    # a longer T continues (T is not in the identity)
+    longer = mpi_tmp_path / "longer.toml"
+    if comm.rank == 0:
+        longer.write_text(study.read_text().replace("T = 0.012", "T = 0.015"))
+    comm.barrier()
+    assert main(["run", str(longer), "--quiet", "--output", str(run), "--restart",
+                 str(_final(run))], comm=comm) == 0
+
+
+def test_mesh_hash_is_partition_independent(comm):
+    from fem_crossdiff.checkpoint import mesh_hash
+    from fem_crossdiff.compat import mesh
+
+    world = mesh.create_unit_square(comm, 7, 5)
+    alone = mesh.create_unit_square(MPI.COMM_SELF, 7, 5)
+    other = mesh.create_unit_square(MPI.COMM_SELF, 5, 7)
+    shifted = mesh.create_unit_square(MPI.COMM_SELF, 7, 5)
+    shifted.geometry.x[0, 0] += 1e-9
+    h = mesh_hash(world)
+    assert h == mesh_hash(alone)
+    assert comm.allreduce(h == mesh_hash(world), op=MPI.LAND)
+    assert h != mesh_hash(other) and h != mesh_hash(shifted)
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

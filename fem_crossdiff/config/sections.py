@@ -95,11 +95,10 @@ class ModelConfig(Section, core.ModelParams):
 class TimeConfig(Section, core.TimeParams):
     """``[time]``: a :class:`~fem_crossdiff.params.TimeParams` read from a study file.
 
-    The keys, defaults and ranges are those of ``TimeParams`` (``easy_newton`` is not a key).
+    The keys, defaults and ranges are those of ``TimeParams``.
     """
 
     section = "time"
-    hidden = ("easy_newton",)
 
     def params(self, dt: float | None = None) -> core.TimeParams:
         """The plain :class:`~fem_crossdiff.params.TimeParams` (optionally another first step)."""
