@@ -28,7 +28,7 @@ import numpy as np
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI
-from fem_crossdiff.log import get_logger
+from fem_crossdiff.log import demo_options, get_logger
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
 from fem_crossdiff.solver import CrossDiffusionSolver
@@ -36,7 +36,8 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 comm = MPI.COMM_WORLD
 log = get_logger(comm)
 short = bool(os.environ.get("CI"))
-outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/annulus_obstacles")
+outdir, progress = demo_options(sys.argv[1:], "output/annulus_obstacles")  # [outdir] [--quiet]
+outdir = Path(outdir)
 # -
 
 # ## A driver shared by both geometries
@@ -56,7 +57,8 @@ def simulate(name, geo, params, initial, time_params, title):
             while snap_times and s.t >= snap_times[0] - 1e-12:
                 snap_times.pop(0)
 
-    rows = solver.run(time_params, csv_path=outdir / f"{name}.csv", callback=keep)
+    rows = solver.run(time_params, csv_path=outdir / f"{name}.csv", callback=keep,
+                      progress=progress)
     plot_species_snapshots(snapshots, outdir / f"{name}.png", title=title)
     first, last = rows[0], rows[-1]
     drift = max(abs(last[f"mass_{k}"] / first[f"mass_{k}"] - 1) for k in range(1, n + 1))

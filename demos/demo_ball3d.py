@@ -23,14 +23,15 @@ import ufl
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
-from fem_crossdiff.log import get_logger
+from fem_crossdiff.log import demo_options, get_logger
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 comm = MPI.COMM_WORLD
 log = get_logger(comm)
 short = bool(os.environ.get("CI"))
-outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/ball3d")
+outdir, progress = demo_options(sys.argv[1:], "output/ball3d")  # [outdir] [--quiet]
+outdir = Path(outdir)
 # -
 
 # ## Geometry, model and initial data
@@ -74,7 +75,8 @@ def moments(s):
 
 history = [(0.0, *moments(solver))]
 rows = solver.run(time_params, csv_path=outdir / "diagnostics.csv", vtx_path=outdir / "rho.bp",
-                  output_every=5, callback=lambda s, row: history.append((s.t, *moments(s))))
+                  output_every=5, callback=lambda s, row: history.append((s.t, *moments(s))),
+                  progress=progress)
 if comm.rank == 0:
     with open(outdir / "moments.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -25,7 +25,7 @@ import ufl
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
-from fem_crossdiff.log import get_logger
+from fem_crossdiff.log import demo_options, get_logger
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
 from fem_crossdiff.solver import CrossDiffusionSolver
@@ -33,7 +33,8 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 comm = MPI.COMM_WORLD
 log = get_logger(comm)
 short = bool(os.environ.get("CI"))
-outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/lshape")
+outdir, progress = demo_options(sys.argv[1:], "output/lshape")  # [outdir] [--quiet]
+outdir = Path(outdir)
 # -
 
 # ## Geometry, model, initial data
@@ -82,7 +83,7 @@ def monitor(s, row):
 
 
 rows = solver.run(time_params, csv_path=outdir / "diagnostics.csv", vtx_path=outdir / "rho.bp",
-                  output_every=5, callback=monitor)
+                  output_every=5, callback=monitor, progress=progress)
 plot_species_snapshots(snapshots, outdir / "densities.png",
                        title="L-shape, b = (1, 4): uniqueness open (Remark 1.9)")
 if comm.rank == 0:

@@ -23,7 +23,7 @@ import ufl
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
-from fem_crossdiff.log import get_logger
+from fem_crossdiff.log import demo_options, get_logger
 from fem_crossdiff.nonlocal_ import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
@@ -32,7 +32,8 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 comm = MPI.COMM_WORLD
 log = get_logger(comm)
 short = bool(os.environ.get("CI"))
-outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/nonlocal")
+outdir, progress = demo_options(sys.argv[1:], "output/nonlocal")  # [outdir] [--quiet]
+outdir = Path(outdir)
 h = 0.1 if short else 0.035
 geo = meshes.disk(comm, radius=1.0, h=h)
 params = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)
@@ -55,7 +56,7 @@ init = [blob(-0.3, 1.0), blob(0.3, 0.5)]
 
 local = CrossDiffusionSolver(geo.mesh, params)
 local.set_initial(init)
-local.run(time_params, csv_path=outdir / "local.csv", progress=False)
+local.run(time_params, csv_path=outdir / "local.csv", progress=progress)
 
 # ## The nonlocal model at a few eps
 
@@ -71,7 +72,7 @@ for eps in epss:
     s = CrossDiffusionSolver(geo.mesh, params,
                              nonlocal_params=NonlocalParams(eps=eps, coupling="implicit"))
     s.set_initial(init)
-    s.run(time_params, csv_path=outdir / f"nonlocal_eps{eps:g}.csv", progress=False)
+    s.run(time_params, csv_path=outdir / f"nonlocal_eps{eps:g}.csv", progress=progress)
     dist = [l1(s, local, k) for k in range(2)]
     table.append({"eps": eps, "l1_rho1": dist[0], "l1_rho2": dist[1]})
     snapshots.append((f"eps = {eps:g}", [s.species(k) for k in range(2)]))

@@ -13,7 +13,8 @@
 #
 # With the `CI` environment variable set, a coarse mesh and a short time interval are used.
 # Outputs (in `output/segregation/`): `rho.bp` (VTX, ParaView), `diagnostics.csv`,
-# `densities.png`.
+# `densities.png` (snapshots and the segregation view), `diagnostics.png`, `animation.gif`.
+# Progress lines go to stderr on rank 0; `--quiet` switches them off.
 
 # +
 import os
@@ -25,7 +26,8 @@ import numpy as np
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI
-from fem_crossdiff.log import get_logger
+from fem_crossdiff.log import demo_options, get_logger
+from fem_crossdiff.observers import AnimationObserver, DiagnosticsPlotObserver
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
 from fem_crossdiff.solver import CrossDiffusionSolver
@@ -33,7 +35,8 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 comm = MPI.COMM_WORLD
 log = get_logger(comm)
 short = bool(os.environ.get("CI"))
-outdir = Path(sys.argv[1] if len(sys.argv) > 1 else "output/segregation")
+outdir, progress = demo_options(sys.argv[1:], "output/segregation")  # [outdir] [--quiet]
+outdir = Path(outdir)
 # -
 
 # ## Geometry and model
@@ -69,8 +72,12 @@ def keep_snapshots(s, row):
         snapshots.append((s.t, [s.species(k) for k in range(2)]))
 
 
+# The animation and the diagnostics figure are observers of the same time loop.
+animation = AnimationObserver(outdir / "animation.gif", T, "gif", count=12 if short else 40)
+diagnostics = DiagnosticsPlotObserver(outdir / "diagnostics.png", "segregation on a disk")
 rows = solver.run(time_params, csv_path=outdir / "diagnostics.csv", vtx_path=outdir / "rho.bp",
-                  output_every=5, callback=keep_snapshots)
+                  output_every=5, callback=keep_snapshots, progress=progress,
+                  observers=[animation, diagnostics])
 plot_species_snapshots(snapshots, outdir / "densities.png",
                        title="two species, a = (1, 2), b = (1, 0.5), m = 2")
 

@@ -139,10 +139,11 @@ def main(argv=None) -> dict:
         row.update(covariances(pos[0, :, 0], n, copies, spacing))
         row["N_cov_pairs"] = n * row["cov_pairs"]
         rows.append(row)
+        sc.say(args, comm, f"N = {n}: cov = {row['cov_pairs']:.3g}", t_start)
     N = np.array(ns, float)
     cp = np.array([r["cov_pairs"] for r in rows])
     slope = sc.fit_slope(N, np.abs(cp))
-    series = {"|cov| all pairs": (N, np.abs(cp), slope),
+    series = {"|cov| all pairs": (N, np.abs(cp), slope, [r["cov_pairs_se"] for r in rows]),
               "|cov| tagged pair": (N, np.abs([r["cov_tagged"] for r in rows]), None),
               "tagged-pair std. error": (N, np.array([r["cov_tagged_se"] for r in rows]),
                                          None)}
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
                "predicted_slope": -1.0, "seconds": time.perf_counter() - t_start}
     sc.write_outputs(comm, args.outdir, "study_chaos", rows, series, "N (particles/species)",
                      f"Study 4: covariance of two particles at T={case.T}, {copies} runs",
-                     summary)
+                     summary, ylabel="|covariance| (± s.e.)")
     return summary
 
 

@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
         w1 = sum(w1_fe(nl.species(k), rho[k]) for k in range(case.n))
         rows.append({"eps": eps, "h": (case.hi - case.lo) / cells, "l1": float(l1),
                      "w1": float(w1)})
+        sc.say(args, comm, f"eps = {eps:g}: L1 = {l1:.3g}", t_start)
     e = np.array(epss)
     l1 = np.array([r["l1"] for r in rows])
     w1 = np.array([r["w1"] for r in rows])
@@ -81,7 +82,8 @@ def main(argv=None) -> dict:
                "slope_w1": slopes["w1"], "literature_slope": 1.0,
                "seconds": time.perf_counter() - t_start}
     sc.write_outputs(comm, args.outdir, "study_eps_limit", rows, series, "eps",
-                     f"Study 2: nonlocal vs local FE, {cells} cells, T={case.T}", summary)
+                     f"Study 2: nonlocal vs local FE, {cells} cells, T={case.T}", summary,
+                     ylabel="distance to the local FE solution")
     return summary
 
 

@@ -69,19 +69,21 @@ def main(argv=None) -> dict:
             pts = pos[:, :, 0].reshape(-1)
             wts = np.repeat(a / n, n)
             w1s.append(wasserstein_1d(pts, xq[:, 0], p=1.0, wx=wts, wy=wq))
+            sc.say(args, comm, f"N = {n}, seed {seed}: W1 = {w1s[-1]:.3g}", t_start)
         rows.append({"N": n, "eps": eps, "seeds": len(seeds), **sc.seed_stats("w1", w1s),
                      "fe_total_l1": float(fe_l1)})
     N = np.array(ns, float)
     w1 = np.array([r["w1"] for r in rows])
     slope = sc.fit_slope(N, w1)
-    series = {"W1(sum a_k mu_k, u_VPM)": (N, w1, slope),
+    series = {"W1(sum a_k mu_k, u_VPM)": (N, w1, slope, [r["w1_se"] for r in rows]),
               "N^-1/2 from first point": (N, w1[0] * (N[0] / N) ** 0.5, -0.5)}
     summary = {"study": "equal_mobility", "quick": args.quick, "N": N.tolist(),
                "eps": [r["eps"] for r in rows], "w1": w1.tolist(), "slope_w1": slope,
                "fe_total_l1": float(fe_l1), "seconds": time.perf_counter() - t_start}
     sc.write_outputs(comm, args.outdir, "study_equal_mobility", rows, series,
                      "N (particles/species)",
-                     f"Study 5: b = {b}, total density vs single VPM, T={case.T}", summary)
+                     f"Study 5: b = {b}, total density vs single VPM, T={case.T}", summary,
+                     ylabel="W1 of the total (mean ± s.e.)")
     return summary
 
 

@@ -51,6 +51,8 @@ def main(argv=None) -> dict:
         for seed in seeds:
             pos = sc.run_particles(case, n, eps, seed, comm)
             w1s.append(sum(sc.w1_to_fe(pos[k], rho[k]) for k in range(case.n)))
+            sc.say(args, comm, f"N = {n}, eps = {eps:.3g}, seed {seed}: W1 = {w1s[-1]:.3g}",
+                   t_start)
         rows.append({"N": n, "eps": eps, "seeds": len(seeds), **sc.seed_stats("w1", w1s),
                      "sampling_prediction": 0.0})
     N = np.array(ns, float)
@@ -58,7 +60,7 @@ def main(argv=None) -> dict:
     for r in rows:  # N^(-1/2) reference anchored at the first point
         r["sampling_prediction"] = float(w1[0] * (ns[0] / r["N"]) ** 0.5)
     slope = sc.fit_slope(N, w1)
-    series = {"W1(mu_N, rho) local": (N, w1, slope),
+    series = {"W1(mu_N, rho) local": (N, w1, slope, [r["w1_se"] for r in rows]),
               "N^-1/2 from first point": (N, np.array([r["sampling_prediction"] for r in rows]),
                                           -0.5)}
     summary = {"study": "joint_limit", "quick": args.quick, "N": N.tolist(),
@@ -67,7 +69,8 @@ def main(argv=None) -> dict:
                "seconds": time.perf_counter() - t_start}
     sc.write_outputs(comm, args.outdir, "study_joint_limit", rows, series,
                      "N (particles/species)",
-                     f"Study 3: particles, eps(N) logarithmic, vs local FE, T={case.T}", summary)
+                     f"Study 3: particles, eps(N) logarithmic, vs local FE, T={case.T}", summary,
+                     ylabel="W1 to the local FE solution (mean ± s.e.)")
     return summary
 
 

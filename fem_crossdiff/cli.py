@@ -4,7 +4,10 @@
 :class:`~fem_crossdiff.solver.CrossDiffusionSolver` and writes, into ``output.folder``:
 ``config.toml`` (the resolved study), ``diagnostics.csv`` (mass, energy, extrema per accepted
 step; rows appended and flushed), ``rho.bp`` (VTX) and/or ``rho.xdmf``, ``densities.png``
-(2D triangle meshes) and ``diagnostics.png`` (mass drift, energy, minimum over time), and
+(snapshots and the segregation view; 3D: mid-plane slices, and ``densities_slices.png``),
+``diagnostics.png`` (mass drift, energy, dt and rejections, iterations, extrema over time),
+``animation.gif`` (or ``.mp4``) with ``output.animation``, ``particles.png`` (2D runs with
+particles: the clouds over the FE densities, and the projected empirical measures), and
 ``checkpoints/step_NNNNNN.npz`` every ``output.checkpoint_every`` steps (plus the final state),
 and with ``[particles]``, ``particles/`` (positions and moments of the particle system (1.6),
 one Euler-Maruyama step per accepted PDE step; particles are not checkpointed, a restart
@@ -18,7 +21,8 @@ and CSV rows are dropped).
 ``check`` validates everything ``run`` would (the file, its ``[short]``
 overrides, the memory estimate, the output folder, and on the mesh: the initial data, ``eps``
 against ``h_max``; :func:`prepare`) and prints the resolved configuration (defaults filled in,
-as TOML that ``run`` accepts); ``check --no-mesh`` checks the file only.
+as TOML that ``run`` accepts); ``check --no-mesh`` checks the file only. ``keys`` prints the
+reference of every key (``docs/keys.md``), ``--version`` the version.
 
 Works the same under ``mpirun -n P``: only rank 0 prints. Every configuration error gives exit
 code 2 and one line on stderr naming the dotted key, the value and what is allowed; a run that
@@ -72,11 +76,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Version(argparse._VersionAction):
+    """``--version``, printed on rank 0 only."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if parser.comm is None or parser.comm.rank == 0:
+            print(self.version, flush=True)
+        raise SystemExit(0)
+
+
 def build_parser(comm=None) -> argparse.ArgumentParser:
     """The argument parser of ``crossdiff`` (``run`` and ``check`` subcommands)."""
     parser = _Parser(prog="crossdiff", description="Cross-diffusion studies from TOML files "
                      "(Carrillo & Guo system (1.1) and its nonlocal version).")
     parser.comm = comm
+    from fem_crossdiff import __version__
+
+    parser.add_argument("--version", action=_Version, version=f"crossdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a study")
     run.comm = comm
@@ -97,6 +113,8 @@ def build_parser(comm=None) -> argparse.ArgumentParser:
                        help="apply the file's [short] overrides (also when $CI is set)")
     check.add_argument("--no-mesh", action="store_true",
                        help="check the file only: no mesh, initial data or solver (fast)")
+    keys = sub.add_parser("keys", help="print the reference of every study-file key (Markdown)")
+    keys.comm = comm
     return parser
 
 
@@ -146,6 +164,11 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         args = build_parser(comm).parse_args(argv)
     except SystemExit as err:
         return int(err.code or 0)
+    if args.command == "keys":
+        from fem_crossdiff.config.reference import key_reference
+
+        _echo(comm, key_reference())
+        return 0
     report = partial(_abort_line, args.config)
     with failsafe.interrupt_handlers(comm):
         try:
@@ -537,7 +560,8 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
 
 
 #: What a run writes into its folder (glob patterns); ``--overwrite`` removes exactly these.
-RUN_FILES = ("config.toml", "diagnostics.csv", "densities.png", "diagnostics.png", "rho*.bp",
+RUN_FILES = ("config.toml", "diagnostics.csv", "densities.png", "densities_slices.png",
+             "diagnostics.png", "particles.png", "animation.gif", "animation.mp4", "rho*.bp",
              "rho*.xdmf", "rho*.h5", "checkpoints", "particles", ".*.tmp*")
 
 
@@ -613,7 +637,6 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
 def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
-    from fem_crossdiff.compat import mesh as dmesh
     from fem_crossdiff.particles import ParticleWriter
 
     key = "output.folder" if output is None else "--output"
@@ -646,6 +669,13 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
         except ValueError as err:
             raise ConfigError("particles", cfg.particles.N,
                               f"cannot start the particles: {err}") from None
+    animation = None  # checked here: mp4 needs ffmpeg
+    if cfg.output.animation != "none":
+        try:
+            animation = obs.AnimationObserver(folder / "animation", tp.T, cfg.output.animation,
+                                              cfg.output.animation_frames, title=cfg.title)
+        except ParameterError as err:
+            raise ConfigError(f"output.{err.key}", err.value, err.allowed) from None
     # 2. The output folder: empty, overwritten on request, or the folder of the continued run.
     action, msg = None, None
     if comm.rank == 0:
@@ -674,9 +704,10 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
     if fields:
         observers.append(obs.FieldObserver(folder / f"rho{suffix}", fields,
                                            every=cfg.output.every))
+    if animation is not None:
+        observers.append(animation)
     if "png" in formats:
-        if gdim == 2 and msh.topology.cell_type == dmesh.CellType.triangle:
-            observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
+        observers.append(obs.SnapshotObserver(folder / "densities.png", tp.T, cfg.title))
         observers.append(obs.DiagnosticsPlotObserver(
             folder / "diagnostics.png", cfg.title,
             previous=(lambda: csv_obs.previous) if csv_obs is not None else None))
@@ -687,6 +718,8 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
         parts.writer = ParticleWriter(folder / "particles", every=cfg.particles.output_every,
                                       comm=s.comm)
         observers.append(parts)
+        if "png" in formats and gdim == 2:
+            observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
     rows = driver.run(s, tp, observers, progress=progress, step0=step0)
     comm.barrier()
     first, end = rows[0], rows[-1]

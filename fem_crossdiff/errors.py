@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ParameterError", "show_value"]
+__all__ = ["ParameterError", "show_value", "species_name"]
+
+
+def species_name(k: int) -> str:
+    """Species ``k`` (a 0-based index) as users read it: ``"species 1"`` for ``k = 0``.
+
+    Species are numbered from 1 in every message, CSV column and plot; keys such as
+    ``initial[0]`` stay array indices.
+    """
+    return f"species {k + 1}"
 
 
 def show_value(value: Any) -> str:

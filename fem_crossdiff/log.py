@@ -25,6 +25,16 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def demo_options(argv: list[str], default_outdir: str) -> tuple[str, bool]:
+    """A demo's command line: ``[outdir] [--quiet]``.
+
+    Returns:
+        The output folder and whether to show progress lines (rank 0; off with ``--quiet``).
+    """
+    args = [a for a in argv if a != "--quiet"]
+    return (args[0] if args else default_outdir), "--quiet" not in argv
+
+
 def get_logger(comm=None, level: int | str | None = None) -> logging.Logger:
     """Return the project logger, printing to stderr on rank 0 only.
 

@@ -19,8 +19,9 @@ import numpy as np
 from fem_crossdiff import checkpoint as ckpt
 from fem_crossdiff.driver import row_fields
 
-__all__ = ["CsvObserver", "FieldObserver", "SnapshotObserver", "DiagnosticsPlotObserver",
-           "CheckpointObserver", "ParticleObserver", "CallbackObserver", "p1_species"]
+__all__ = ["CsvObserver", "FieldObserver", "SnapshotObserver", "AnimationObserver",
+           "DiagnosticsPlotObserver", "ParticlePlotObserver", "CheckpointObserver",
+           "ParticleObserver", "CallbackObserver", "p1_species"]
 
 
 def _is_float(v) -> bool:
@@ -168,47 +169,197 @@ def p1_species(solver) -> list:
     return res
 
 
-class SnapshotObserver:
-    """Densities at the start and at a third, two thirds and the end of the run, as one PNG.
+class _Frames:
+    """Frames of the species fields at target times (collective sampling, data on rank 0)."""
 
-    2D triangle meshes only (collective gather to rank 0).
+    def __init__(self, T: float, count: int):
+        self.T, self.count = T, count
+        self.frames: list[dict] = []
+        self.sampler = None
+
+    def start(self, solver):
+        from fem_crossdiff.plotting import FieldSampler
+
+        self.sampler = FieldSampler(solver.msh)
+        t0 = solver.t
+        self.targets = ([t0 + (self.T - t0) * j / (self.count - 1) for j in range(1, self.count)]
+                        if self.T > t0 and self.count > 1 else [])
+        self.frames = []
+        self.take(solver)
+
+    def take(self, solver):
+        values = self.sampler.sample([solver.species(k) for k in range(solver.params.n)])
+        self.frames.append({"t": solver.t, "values": values})
+
+    def step(self, solver):
+        """Take a frame when a target time is passed (one frame however many are passed)."""
+        tol = 1e-9 * max(self.T, 1.0)
+        if self.targets and solver.t >= self.targets[0] - tol:
+            self.take(solver)
+            while self.targets and solver.t >= self.targets[0] - tol:
+                self.targets.pop(0)
+
+    def finish(self, solver):
+        """The final state, if the last target was not reached exactly."""
+        if self.frames and abs(self.frames[-1]["t"] - solver.t) > 1e-12 * max(self.T, 1.0):
+            self.take(solver)
+
+
+class SnapshotObserver:
+    """Densities at the start, a third, two thirds and the end of the run, as one PNG.
+
+    Any mesh: 1D curves, 2D maps (plus the segregation view), 3D mid-plane slices (plus
+    ``<stem>_slices.png``, the three planes at the final time). Collective sampling; rank 0
+    draws (:func:`fem_crossdiff.plotting.snapshot_figure`).
 
     Args:
         path: The PNG file.
         T: Final time of the run.
         title: Figure title.
+        color_range: ``"run"`` (one range per species over the run) or ``"frame"``.
+        count: Number of snapshots, the first and the last included.
     """
 
-    def __init__(self, path: str | Path, T: float, title: str = ""):
-        self.path, self.T, self.title = Path(path), T, title
-        self.snapshots = []
+    def __init__(self, path: str | Path, T: float, title: str = "", color_range: str = "run",
+                 count: int = 4):
+        self.path, self.title, self.color_range = Path(path), title, color_range
+        self._frames = _Frames(T, count)
+        #: Files written (rank 0).
+        self.written: list[Path] = []
+
+    @property
+    def frames(self) -> list[dict]:
+        """The sampled frames (values on rank 0, ``None`` elsewhere)."""
+        return self._frames.frames
 
     def start(self, solver, row):
         """The first snapshot, and the times of the others."""
-        t0 = solver.t
-        self.targets = [t0 + (self.T - t0) * j / 3 for j in (1, 2, 3)] if self.T > t0 else []
-        self.snapshots = [(solver.t, p1_species(solver))]
+        self._frames.start(solver)
 
     def step(self, solver, row):
         """Take a snapshot when a target time is passed."""
-        tol = 1e-12 * max(self.T, 1.0)
-        if self.targets and solver.t >= self.targets[0] - tol:
-            self.snapshots.append((solver.t, p1_species(solver)))
-            while self.targets and solver.t >= self.targets[0] - tol:
-                self.targets.pop(0)
+        self._frames.step(solver)
 
     def finish(self, solver, row):
-        """Plot (collective gather, rank 0 writes)."""
-        from fem_crossdiff.plotting import plot_species_snapshots
+        """Plot (rank 0)."""
+        from fem_crossdiff import plotting
 
-        tmp = self.path.with_name(f".{self.path.stem}.tmp.png")
-        plot_species_snapshots(self.snapshots, tmp, title=self.title)
+        self._frames.finish(solver)
+        if solver.comm.rank != 0:
+            return
+        sampler = self._frames.sampler
+        #: The figures drawn (rank 0), for inspection.
+        self.figures = [plotting.snapshot_figure(sampler, self.frames, self.path,
+                                                 title=self.title,
+                                                 color_range=self.color_range)]
+        self.written = [self.path]
+        if sampler.kind == "slices":
+            extra = self.path.with_name(f"{self.path.stem}_slices.png")
+            self.figures.append(plotting.slices_figure(sampler, self.frames[-1], extra,
+                                                       title=self.title))
+            self.written.append(extra)
+
+
+class AnimationObserver:
+    """An animation of the run: ``count`` frames evenly spaced in time, GIF or MP4 (rank 0).
+
+    A frame is taken when the run passes each of the times ``t0 + j (T - t0) / (count - 1)``
+    (one frame if a step passes several) and at the end, so a run with at least ``count - 1``
+    steps evenly spread gets exactly ``count`` frames. The frames are written at the end
+    (:func:`fem_crossdiff.plotting.write_animation`); the colour range is the whole run's.
+
+    Args:
+        path: Output file; its suffix is set by ``fmt``.
+        T: Final time.
+        fmt: ``"gif"`` (matplotlib's Pillow writer) or ``"mp4"`` (needs ffmpeg).
+        count: Number of frames, ``>= 2``.
+        fps: Frames per second.
+        title: Title shown above the frames.
+
+    Raises:
+        ValueError: a bad format, ``mp4`` without ffmpeg, or ``count < 2`` (before any work).
+    """
+
+    def __init__(self, path: str | Path, T: float, fmt: str = "gif", count: int = 40,
+                 fps: int = 10, title: str = ""):
+        from fem_crossdiff.errors import ParameterError
+        from fem_crossdiff.plotting import animation_writer
+
+        try:
+            animation_writer(fmt, fps)
+        except ValueError as err:
+            raise ParameterError("animation", fmt, str(err)) from None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            raise ParameterError("animation_frames", count, "must be an integer >= 2")
+        self.path = Path(path).with_suffix(f".{fmt}")
+        self.fmt, self.fps, self.title = fmt, int(fps), title
+        self._frames = _Frames(T, count)
+
+    @property
+    def frames(self) -> list[dict]:
+        """The sampled frames (values on rank 0, ``None`` elsewhere)."""
+        return self._frames.frames
+
+    def start(self, solver, row):
+        """The first frame."""
+        self._frames.start(solver)
+
+    def step(self, solver, row):
+        """A frame when a target time is passed."""
+        self._frames.step(solver)
+
+    def finish(self, solver, row):
+        """Write the animation (rank 0)."""
+        from fem_crossdiff.plotting import write_animation
+
+        self._frames.finish(solver)
         if solver.comm.rank == 0:
-            tmp.replace(self.path)
+            write_animation(self._frames.sampler, self.frames, self.path, self.fmt, self.fps,
+                            self.title)
+
+
+class ParticlePlotObserver:
+    """At the end: particle clouds over the FE densities, and the projected empirical measures.
+
+    One PNG (2D meshes; collective projection, rank 0 draws).
+
+    Args:
+        particles: The :class:`ParticleObserver` whose state is drawn.
+        path: The PNG file.
+        title: Figure title.
+    """
+
+    def __init__(self, particles, path: str | Path, title: str = ""):
+        self.particles, self.path, self.title = particles, Path(path), title
+
+    def finish(self, solver, row):
+        """Project, gather and plot."""
+        from fem_crossdiff import plotting
+        from fem_crossdiff.measures import empirical_dg0_histogram
+        from fem_crossdiff.particles import gather_positions
+
+        state = self.particles.state
+        sampler = plotting.FieldSampler(solver.msh)
+        fe = [solver.species(k) for k in range(solver.params.n)]
+        masses = solver.masses()
+        hists = []
+        for k in range(solver.params.n):
+            h = empirical_dg0_histogram(solver.msh, state.positions[k], outside="drop")
+            h.x.array[:] *= masses[k]  # the histogram has mass 1, rho_k has mass M_k
+            hists.append(h)
+        density = sampler.sample(fe)
+        empirical = sampler.sample_cells(hists)
+        pos = gather_positions(state, solver.comm, root=0)
+        if solver.comm.rank == 0:
+            plotting.particles_figure(sampler, density, pos, empirical, self.path,
+                                      title=self.title or f"particles at t = {solver.t:.3g}")
 
 
 class DiagnosticsPlotObserver:
-    """Mass drift, energy and minimum density over time, one PNG at the end (rank 0).
+    """The diagnostics over time, one PNG at the end (rank 0).
+
+    Panels: mass drift, energy, time step with rejections, Newton/Krylov iterations, minimum
+    and maximum density (:func:`fem_crossdiff.plotting.diagnostics_figure`).
 
     Args:
         path: The PNG file.
@@ -239,32 +390,11 @@ class DiagnosticsPlotObserver:
         plot_diagnostics(rows, solver.params.n, self.path, self.title)
 
 
-def plot_diagnostics(rows: list[dict], n: int, path: Path, title: str) -> None:
-    """Rank 0: mass drift, energy and minimum density over time."""
-    import matplotlib
+def plot_diagnostics(rows: list[dict], n: int, path: Path, title: str):
+    """Rank 0: the diagnostics figure of ``rows`` written to ``path`` (returns the figure)."""
+    from fem_crossdiff.plotting import diagnostics_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = np.array([r["t"] for r in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for k in range(1, n + 1):
-        m = np.array([r[f"mass_{k}"] for r in rows])
-        axes[0].semilogy(t, np.maximum(np.abs(m / m[0] - 1.0), 1e-17), label=f"rho_{k}")
-        axes[2].plot(t, [r[f"min_{k}"] for r in rows], label=f"rho_{k}")
-    axes[0].set_title("relative mass drift")
-    axes[1].plot(t, [r["energy"] for r in rows], "k")
-    axes[1].set_title("energy")
-    axes[2].set_title("minimum density")
-    for ax in axes:
-        ax.set_xlabel("t")
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    ckpt.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    return diagnostics_figure(rows, n, path, title)
 
 
 class CheckpointObserver:

@@ -25,7 +25,7 @@ import ufl
 
 from fem_crossdiff import failsafe, forms
 from fem_crossdiff.compat import MPI, PETSc, fem, interpolate_any, la
-from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.errors import ParameterError, species_name
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import select_model
 from fem_crossdiff.params import LINEAR_SOLVERS, ModelParams, TimeParams
@@ -115,8 +115,8 @@ def _as_initial(data, k: int):
         return float(data)
     except (TypeError, ValueError):
         raise ParameterError(f"initial[{k}]", type(data).__name__,
-                             f"initial data for species {k} must be a callable of x, a number "
-                             "or an FE function") from None
+                             f"initial data for {species_name(k)} must be a callable of x, a "
+                             "number or an FE function") from None
 
 
 class CrossDiffusionSolver:
@@ -259,7 +259,7 @@ class CrossDiffusionSolver:
             # disk: -2.2e-16) is zero; anything below that is refused
             if mins[k] < -SIGN_TOL * max(maxs[k], 0.0):
                 raise ParameterError(f"initial[{k}]", float(mins[k]),
-                                     f"initial data of species {k} is negative (min "
+                                     f"initial data of {species_name(k)} is negative (min "
                                      f"{mins[k]:.3e}, max {maxs[k]:.3e}); densities must be "
                                      f">= 0 (values down to -{SIGN_TOL:g} * max are taken "
                                      "as round-off and set to 0)")
@@ -267,13 +267,13 @@ class CrossDiffusionSolver:
                 vals = self.rho.x.array[self.species_dofs[k]]
                 self.rho.x.array[self.species_dofs[k]] = np.maximum(vals, 0.0)
                 get_logger(self.comm).debug(
-                    "initial data of species %d: round-off negatives (min %.3e, max %.3e) "
-                    "set to 0", k, mins[k], maxs[k])
+                    "initial data of %s: round-off negatives (min %.3e, max %.3e) "
+                    "set to 0", species_name(k), mins[k], maxs[k])
         masses = self.masses()
         for k in range(n):
             if not masses[k] > 0:
                 raise ParameterError(f"initial[{k}]", float(masses[k]),
-                                     f"initial data of species {k} has zero mass")
+                                     f"initial data of {species_name(k)} has zero mass")
         for h in self.history:
             h.x.array[:] = self.rho.x.array
         self.t = 0.0

@@ -295,19 +295,32 @@ def parse_args(argv, name: str, description: str) -> argparse.Namespace:
 
     Returns:
         The namespace; ``quick`` is also set by the ``CI`` environment variable, ``outdir``
-        is a :class:`~pathlib.Path`.
+        is a :class:`~pathlib.Path`, ``quiet`` switches off the progress lines of :func:`say`.
     """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("outdir", nargs="?", default=f"output/{name}")
     p.add_argument("--quick", action="store_true", help="small, fast settings (CI)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     args.quick = bool(args.quick or os.environ.get("CI"))
     args.outdir = Path(args.outdir)
     return args
 
 
+def say(args, comm, text: str, t_start: float | None = None) -> None:
+    """A progress line on rank 0's stderr (unless ``args.quiet``), with the elapsed time."""
+    if getattr(args, "quiet", False) or comm.rank != 0:
+        return
+    import time
+
+    from fem_crossdiff.log import get_logger
+
+    elapsed = "" if t_start is None else f" ({time.perf_counter() - t_start:.1f} s)"
+    get_logger(comm).info("%s%s", text, elapsed)
+
+
 def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,
-                  xlabel: str, title: str, summary: dict) -> None:
+                  xlabel: str, title: str, summary: dict, ylabel: str = "distance") -> None:
     """Rank 0: CSV table, printed table, log-log PNG with fitted slopes, JSON last line.
 
     Args:
@@ -315,10 +328,12 @@ def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,
         outdir: Output folder.
         name: File stem.
         rows: Table rows (dicts with the same keys).
-        series: ``{label: (x, y, slope or None)}`` curves of the plot.
+        series: ``{label: (x, y, slope or None[, yerr])}`` curves of the plot; ``yerr``, the
+            standard errors over seeds, is drawn as error bars.
         xlabel: Label of the x axis.
         title: Plot title.
         summary: The JSON object printed last.
+        ylabel: Label of the y axis.
     """
     if comm.rank != 0:
         return
@@ -333,23 +348,54 @@ def write_outputs(comm, outdir: Path, name: str, rows: list[dict], series: dict,
     for r in rows:
         print("  ".join((f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])).rjust(wd)
                         for k, wd in zip(keys, widths, strict=True)))
+    from fem_crossdiff.plotting import save_figure
+
+    save_figure(study_figure(series, xlabel, ylabel, title), outdir / f"{name}.png")
+    print(json.dumps(summary))
+
+
+def study_figure(series: dict, xlabel: str, ylabel: str, title: str):
+    """A log-log plot of a study's curves: slopes in the legend, standard errors as bars.
+
+    Args:
+        series: ``{label: (x, y, slope or None[, yerr])}``.
+        xlabel: Label of the x axis.
+        ylabel: Label of the y axis.
+        title: Title.
+
+    Returns:
+        The matplotlib figure (closed; save it with ``fem_crossdiff.plotting.save_figure``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    for label, (x, y, slope) in series.items():
+    fig, ax = plt.subplots(figsize=(6.0, 4.4), layout="constrained")
+    xs = []
+    for label, (x, y, slope, *err) in series.items():
         lab = label if slope is None else f"{label} (slope {slope:.2f})"
-        ax.loglog(x, y, "o-", label=lab)
+        yerr = np.asarray(err[0], float) if err and err[0] is not None else None
+        ax.errorbar(x, y, yerr=yerr, fmt="o-", ms=4, capsize=3, label=lab)
+        xs.extend(np.asarray(x, float).tolist())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # ticks at the sampled x values with plain labels; no minor labels (they overlap)
+    ticks = np.unique(np.asarray(xs, float))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.tick_params(labelsize=8)
     ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(outdir / f"{name}.png", dpi=110)
     plt.close(fig)
-    print(json.dumps(summary))
+    return fig
 
 
 def kappa(d: int, m: float) -> float:

@@ -1,10 +1,11 @@
 """Output: particle positions every ``k`` steps (npz, optionally CSV points) and diagnostics CSV.
 
 Rank 0 writes, after gathering the positions in global index order; the diagnostics (time,
-per-species mean and second moment ``E|X|^2``) are reduced over ranks every step. Files:
+per-species mean and second moment ``E|X|^2``, species numbered from 1 as in the PDE's CSV:
+``mean1_x``, ``second_moment1``, ...) are reduced over ranks every step. Files:
 ``positions_<step>.npz`` (arrays ``positions (n, N, d)``, ``time``, ``step``), optionally
-``points_<step>.csv`` (columns ``x, y, z, species``: ParaView's CSV reader plus "Table To
-Points"), and ``diagnostics.csv``.
+``points_<step>.csv`` (columns ``x, y, z, species``, species 1, 2, ...: ParaView's CSV reader
+plus "Table To Points"), and ``diagnostics.csv``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ParticleWriter:
                 self._csv = csv.writer(self._file)
                 n, d = mean.shape
                 head = ["step", "time"]
-                for k in range(n):
+                for k in range(1, n + 1):  # species numbered from 1, as everywhere
                     head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
                 self._csv.writerow(head)
             row = [state.step_index, repr(state.time)]
@@ -81,7 +82,7 @@ class ParticleWriter:
                     n, npart, d = pos.shape
                     pts = np.zeros((n * npart, 4))
                     pts[:, :d] = pos.reshape(-1, d)
-                    pts[:, 3] = np.repeat(np.arange(n), npart)
+                    pts[:, 3] = np.repeat(np.arange(1, n + 1), npart)
                     np.savetxt(self.dir / f"points_{tag}.csv", pts, delimiter=",",
                                header="x,y,z,species", comments="")
 

@@ -77,7 +77,8 @@ def test_example_runs_short(path, comm, mpi_tmp_path):
         assert "rho.bp" in files
     if "xdmf" in cfg.output.formats:
         assert "rho.xdmf" in files
-    assert ("densities.png" in files) == (cfg.geometry.gdim == 2)
+    assert "densities.png" in files  # any dimension (3D: mid-plane slices)
+    assert ("densities_slices.png" in files) == (cfg.geometry.gdim == 3)
     assert ("checkpoints" in files) == (cfg.output.checkpoint_every > 0)
 
 
@@ -237,7 +238,7 @@ def test_particles_alongside(comm, mpi_tmp_path):
         with open(mpi_tmp_path / "p_out" / "particles" / "diagnostics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         last = (len(rows), float(rows[-1]["time"]),
-                [[float(rows[-1][f"mean{k}_{c}"]) for c in "xy"] for k in range(2)])
+                [[float(rows[-1][f"mean{k + 1}_{c}"]) for c in "xy"] for k in range(2)])
     nrows, t_end, means = comm.bcast(last, root=0)
     assert nrows == len(res.rows) and abs(t_end - 0.01) < 1e-12
     err = np.abs(np.array(means) - np.array(centre)).max()

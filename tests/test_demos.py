@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMOS = sorted((ROOT / "demos").glob("demo_*.py"))
 #: files each demo must write (CSV diagnostics, PNGs for 2D)
 EXPECTED = {
-    "demo_segregation": ["diagnostics.csv", "densities.png"],
+    "demo_segregation": ["diagnostics.csv", "densities.png", "diagnostics.png", "animation.gif"],
     "demo_annulus_obstacles": ["annulus.csv", "annulus.png", "obstacles.csv", "obstacles.png"],
     "demo_lshape": ["diagnostics.csv", "overlap.csv", "densities.png"],
     "demo_ball3d": ["diagnostics.csv", "moments.csv"],

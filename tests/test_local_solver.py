@@ -286,11 +286,11 @@ def test_bad_time(kwargs, match):
 @pytest.mark.parametrize(
     "init,match",
     [
-        ([lambda x: 1.0 - 2 * x[0], 1.0], "species 0 is negative"),
+        ([lambda x: 1.0 - 2 * x[0], 1.0], "species 1 is negative"),
         ([1.0, lambda x: np.full(x.shape[1], np.nan)], "NaN"),
-        ([1.0, 0.0], "species 1 has zero mass"),
+        ([1.0, 0.0], "species 2 has zero mass"),
         ([1.0], "one entry per species"),
-        ([1.0, "abc"], "species 1 must be"),
+        ([1.0, "abc"], "for species 2 must be"),
     ],
 )
 def test_bad_initial(init, match):

@@ -196,10 +196,11 @@ def test_writer_outputs(comm, mpi_tmp_path):
         ok &= len(rows) == 7
         last = np.load(out / "positions_000006.npz")["positions"]
         ok &= last.shape == (2, n, 2)
-        ok &= abs(float(rows[-1]["mean1_y"]) - last[1, :, 1].mean()) < 1e-12
-        ok &= abs(float(rows[-1]["second_moment0"]) - np.sum(last[0] ** 2) / n) < 1e-12
+        ok &= abs(float(rows[-1]["mean2_y"]) - last[1, :, 1].mean()) < 1e-12  # species 2
+        ok &= abs(float(rows[-1]["second_moment1"]) - np.sum(last[0] ** 2) / n) < 1e-12
         pts = np.loadtxt(out / "points_000006.csv", delimiter=",", skiprows=1)
         ok &= pts.shape == (2 * n, 4)
+        ok &= sorted(set(pts[:, 3])) == [1.0, 2.0]  # species numbered from 1
     assert comm.bcast(ok, root=0)
 
 

@@ -136,6 +136,7 @@ def one_of(choices: tuple) -> Check:
         if isinstance(v, (bool, list, dict)) or v not in choices:
             raise ConfigError(key, v, f"must be one of {', '.join(map(repr, choices))}")
         return v
+    check.choices = choices  # read by the key reference (fem_crossdiff.config.reference)
     return check
 
 

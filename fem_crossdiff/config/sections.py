@@ -22,6 +22,8 @@ from .schema import MISSING, ConfigError, Section, under
 
 MODEL_TYPES = ("local", "nonlocal")
 FORMATS = ("vtx", "xdmf", "csv", "png")
+#: Animation formats of ``[output] animation``.
+ANIMATIONS = ("none", "gif", "mp4")
 _CORE_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(core.ModelParams))
 
 
@@ -212,6 +214,9 @@ class OutputConfig(Section):
         every: Field output (VTX/XDMF) cadence in accepted steps, ``>= 1``.
         checkpoint_every: Checkpoint cadence in accepted steps (0: no checkpoints).
         progress: Progress lines on rank 0.
+        animation: ``"gif"`` or ``"mp4"`` (needs ffmpeg): an animation ``animation.gif`` of
+            the densities and the segregation view; ``"none"``: no animation.
+        animation_frames: Frames of the animation, evenly spaced in time, ``>= 2``.
     """
 
     folder: str
@@ -219,10 +224,13 @@ class OutputConfig(Section):
     every: int = 1
     checkpoint_every: int = 0
     progress: bool = True
+    animation: str = "none"
+    animation_frames: int = 40
 
     section = "output"
     checks = {"folder": s.path_text, "formats": _formats, "every": partial(s.integer, lo=1),
-              "checkpoint_every": partial(s.integer, lo=0)}
+              "checkpoint_every": partial(s.integer, lo=0),
+              "animation": s.one_of(ANIMATIONS), "animation_frames": partial(s.integer, lo=2)}
 
 
 @dataclass(frozen=True)
