@@ -19,7 +19,7 @@ Only rank 0 prints. The last line is one JSON object. Timings on a shared machin
 the ratios are measured side by side.
 
 Usage: ``python benchmarks/bench_schemes.py [--quick] [--schemes upwind,muscl] [--steps K]
-[--no-3d] [--sizes 354,708]``.
+[--no-3d] [--sizes 354,708] [--cost-only]``.
 """
 
 from __future__ import annotations
@@ -143,31 +143,42 @@ def mms_error(scheme, n):
     return max(np.sqrt(_integral((s.rho[k] - exact[k]) ** 2)) for k in range(2))
 
 
-def step_costs(schemes, n, steps):
-    """Fastest IE step per scheme (alternating), Newton iterations, unknowns."""
+def step_costs(schemes, n, steps, dt):
+    """Fastest IE step per scheme (alternating), Newton iterations, unknowns.
+
+    A scheme whose step fails (Newton or the linear solve) gets ``None`` and is not timed
+    further; the failure is reported.
+    """
     msh = mesh.create_unit_square(COMM, n, n)
-    solvers = {}
+    solvers, failed = {}, {}
     for sch in schemes:
         s = CrossDiffusionSolver(msh, PARAMS, scheme=sch, linear_solver="iterative")
         s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
-        if not s.step(DT, "ie").accepted:  # warm-up
-            raise RuntimeError(f"{sch}: warm-up step failed at n={n}")
-        solvers[sch] = s
-    secs = {sch: [] for sch in schemes}
-    newton = {sch: [] for sch in schemes}
+        info = s.step(dt, "ie")  # warm-up
+        if info.accepted:
+            solvers[sch] = s
+        else:
+            failed[sch] = info.message
+    secs = {sch: [] for sch in solvers}
+    newton = {sch: [] for sch in solvers}
     for _ in range(steps):
-        for sch, s in solvers.items():
+        for sch, s in list(solvers.items()):
             COMM.Barrier()
             t0 = time.perf_counter()
-            info = s.step(DT, "ie")
+            info = s.step(dt, "ie")
             secs[sch].append(COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX))
             if not info.accepted:
-                raise RuntimeError(f"{sch}: step failed at n={n}: {info.message}")
+                failed[sch] = info.message
+                del solvers[sch]
+                continue
             newton[sch].append(info.newton_its)
-    s0 = next(iter(solvers.values()))
-    unknowns = int(s0.V.dofmap.index_map.size_global * s0.V.dofmap.index_map_bs)
-    return unknowns, {k: min(v) for k, v in secs.items()}, {
-        k: float(np.mean(v)) for k, v in newton.items()}
+    V = CrossDiffusionSolver(msh, PARAMS).V
+    unknowns = int(V.dofmap.index_map.size_global * V.dofmap.index_map_bs)
+    best = {k: (min(v) if k not in failed else None) for k, v in secs.items()}
+    best.update({k: None for k in failed})
+    its = {k: (float(np.mean(v)) if k not in failed else None) for k, v in newton.items()}
+    its.update({k: None for k in failed})
+    return unknowns, best, its, failed
 
 
 def main() -> None:
@@ -177,6 +188,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps per scheme and size")
     parser.add_argument("--no-3d", action="store_true", help="skip the gmsh ball")
     parser.add_argument("--sizes", default=None, help="cells per side of the cost meshes")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost per step")
+    parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
     args = parser.parse_args()
     schemes = args.schemes.split(",")
     q = args.quick
@@ -198,7 +211,7 @@ def main() -> None:
         if COMM.rank == 0:
             print(*a, flush=True)
 
-    for sch in schemes:
+    for sch in [] if args.cost_only else schemes:
         mins: list = []
         for m, key in ((2.0, "barenblatt_rate_1d_m2"), (3.0, "barenblatt_rate_1d_m3")):
             eh = [barenblatt_error(sch, 1, m, n, mins) for n in ns1]
@@ -230,16 +243,21 @@ def main() -> None:
         out["min_rel"][sch] = float(min(mins))
         say(f"{sch}: min rho / max rho over all runs {out['min_rel'][sch]:.2e}")
     base = schemes[0]
+    out["cost_dt"] = args.dt
     for n in sizes:
-        unknowns, secs, newton = step_costs(schemes, n, args.steps)
+        unknowns, secs, newton, failed = step_costs(schemes, n, args.steps, args.dt)
         key = str(unknowns)
         out["unknowns"][key] = unknowns
         out["step_seconds"][key] = secs
         out["newton_step"][key] = newton
-        out["step_cost_ratio"][key] = {s: secs[s] / secs[base] for s in schemes}
-        say(f"step at {unknowns} unknowns: " + ", ".join(
-            f"{s} {secs[s]:.2f} s ({secs[s] / secs[base]:.2f}x, Newton {newton[s]:.1f})"
-            for s in schemes))
+        out["step_cost_ratio"][key] = {
+            s: (secs[s] / secs[base] if secs[s] is not None and secs[base] else None)
+            for s in schemes}
+        for sch, msg in failed.items():
+            say(f"{sch}: step failed at {unknowns} unknowns, dt={args.dt:g}: {msg}")
+        say(f"step at {unknowns} unknowns, dt={args.dt:g}: " + ", ".join(
+            f"{s} {secs[s]:.2f} s (Newton {newton[s]:.1f})" for s in schemes
+            if secs[s] is not None))
     say(json.dumps(out))
 
 

@@ -534,12 +534,11 @@ class MusclFlux(UpwindFlux):
     limiter is multiplied by ``kappa = 2 S_i S_j / (S_i^2 + S_j^2)`` (``1 - O(h^2)`` on smooth
     data), which takes it continuously to 0 towards vacuum, where ``c_k`` is undefined.
 
-    Why the clamp: ``clamp_k = 2 |c_k,up| / |c_k,dn - c_k,up|`` where ``c_k,up`` and the edge
-    difference have opposite signs (or ``c_k,up = 0``), else 2, so ``c_k,f`` has the sign of
-    ``c_k,up`` (zero where ``c_k,up`` is zero). Then no mass leaves a node with
-    ``rho_k <= 0`` towards a node with ``rho_k >= 0``, which is what the positivity proof of
-    implicit Euler needs (``docs/schemes.md``). For nonnegative data the clamp is inactive
-    except at an empty upstream node.
+    Why the clamp: ``clamp_k = 2 |c_k,up| / |c_k,dn - c_k,up|``, so ``|c_k,f - c_k,up| <=
+    |c_k,up|``: ``c_k,f`` has the sign of ``c_k,up`` and tends to zero with it. Then no mass
+    leaves a node with ``rho_k < 0`` towards a node with ``rho_k >= 0``, which is what the
+    positivity proof of implicit Euler needs (``docs/schemes.md``), and the face value is
+    continuous where a species vanishes. Where ``c_k,up >> h |grad c_k|`` it is inactive.
 
     The Jacobian (:meth:`add_jacobian`) freezes ``phi`` and the gradients (the edge pattern
     of the first-order scheme is kept); :meth:`residual` is exact.
@@ -604,9 +603,11 @@ class MusclFlux(UpwindFlux):
         g_up = np.where(upc[:, :, None], grad[self.I], grad[self.J])
         d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
         phi_k = slope_limiter(self.limiter, d_up, d_dn)
-        clamp = (c_up * d_dn <= 0.0) & (d_dn != 0.0)
-        phi_k = np.where(clamp, np.minimum(phi_k, 2.0 * np.abs(c_up)
-                                           / np.where(clamp, np.abs(d_dn), 1.0)), phi_k)
+        # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0 with
+        # it from both sides (a clamp on one side only jumps at c_up = 0 and Newton cycles)
+        big = np.abs(d_dn) > 0.0
+        phi_k = np.where(big, np.minimum(phi_k, 2.0 * np.abs(c_up)
+                                         / np.where(big, np.abs(d_dn), 1.0)), phi_k)
         # kappa = 2 S_i S_j / (S_i^2 + S_j^2) = 1 - O(h^2) where S is smooth, 0 in vacuum:
         # the correction fades continuously where c is undefined (a switch at S = 0 makes
         # the residual discontinuous while a node fills, and Newton cycles)
