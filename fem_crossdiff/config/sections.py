@@ -128,7 +128,8 @@ class SolverConfig(Section):
     """``[solver]``: discretisation and PETSc options.
 
     Attributes:
-        scheme: ``"upwind"`` (P1, positivity preserving) or ``"galerkin"``.
+        scheme: ``"upwind"`` (P1, positivity preserving), ``"muscl"`` (P1, positivity
+            preserving, limited second-order species fractions) or ``"galerkin"``.
         degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
         linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
             ``"direct"``.
@@ -154,10 +155,11 @@ class SolverConfig(Section):
               "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES)}
 
     def validate(self) -> None:
-        """``upwind`` is P1."""
-        if self.scheme == "upwind" and self.degree != 1:
+        """``upwind`` and ``muscl`` are P1."""
+        if self.scheme in ("upwind", "muscl") and self.degree != 1:
             raise ConfigError("solver.degree", self.degree,
-                              'must be 1 with solver.scheme = "upwind" (use "galerkin" for P2)')
+                              f'must be 1 with solver.scheme = "{self.scheme}" (use "galerkin" '
+                              'for P2)')
 
 
 @dataclass(frozen=True)

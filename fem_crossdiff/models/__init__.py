@@ -5,6 +5,7 @@ one class decorated with :func:`register` (in the library or in user code); noth
 changes. Built in:
 
 * ``"upwind"``: local system (1.1), positivity-preserving P1 edge fluxes (default);
+* ``"muscl"``: local system (1.1), upwind fluxes with limited second-order species fractions;
 * ``"galerkin"``: local system (1.1), standard Galerkin P1/P2;
 * ``"nonlocal"``: nonlocal system (1.5), linear or implicit coupling;
 * ``"potential"``: linear transport in a given lagged potential.
@@ -91,6 +92,7 @@ def _load_builtin() -> None:
     from fem_crossdiff.models import (  # noqa: F401
         local_galerkin,
         local_upwind,
+        muscl,
         nonlocal_model,
         potential,
     )
