@@ -232,8 +232,11 @@ def _command(args, comm) -> int:
         _echo(comm, f"# {args.config}: valid{mode} ({what}); resolved configuration:\n"
               + to_toml(cfg.to_dict()))
         return 0
-    run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
-              log_level=args.log_level, output=args.output, overwrite=args.overwrite)
+    result = run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
+                       log_level=args.log_level, output=args.output, overwrite=args.overwrite)
+    if args.quiet:  # the closing log line is INFO, hidden by --quiet: say where it went
+        _echo(comm, f"crossdiff: {result.rows[-1]['step']} steps to t = {result.solver.t:.6g}; "
+              f"output in {result.folder}")
     return 0
 
 

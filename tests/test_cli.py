@@ -53,12 +53,18 @@ def test_example_check_round_trip(path, comm, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_runs_short(path, comm, mpi_tmp_path):
+def test_example_runs_short(path, comm, mpi_tmp_path, capsys):
     cfg = load_config(path, short=True)
     if cfg.model.type == "nonlocal" and not _nonlocal_available():
         pytest.skip("fem_crossdiff.nonlocal_ is not available yet")
     out = mpi_tmp_path / path.stem
     assert main(["run", str(path), "--short", "--quiet", "--output", str(out)], comm=comm) == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    # --quiet: one line on rank 0, saying where the output went
+    if comm.rank == 0:
+        assert len(said) == 1 and said[0].endswith(f"; output in {out}"), said
+    else:
+        assert said == []
     summary = None
     if comm.rank == 0:
         with open(out / "diagnostics.csv", newline="") as f:
