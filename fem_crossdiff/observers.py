@@ -205,7 +205,26 @@ class _Frames:
             self.take(solver)
 
 
-class SnapshotObserver:
+class _FrameObserver:
+    """Observers that sample frames at target times (:class:`_Frames`) and draw at the end."""
+
+    _frames: _Frames
+
+    @property
+    def frames(self) -> list[dict]:
+        """The sampled frames (values on rank 0, ``None`` elsewhere)."""
+        return self._frames.frames
+
+    def start(self, solver, row):
+        """The first frame, and the times of the others."""
+        self._frames.start(solver)
+
+    def step(self, solver, row):
+        """A frame when a target time is passed."""
+        self._frames.step(solver)
+
+
+class SnapshotObserver(_FrameObserver):
     """Densities at the start, a third, two thirds and the end of the run, as one PNG.
 
     Any mesh: 1D curves, 2D maps (plus the segregation view), 3D mid-plane slices (plus
@@ -227,19 +246,6 @@ class SnapshotObserver:
         #: Files written (rank 0).
         self.written: list[Path] = []
 
-    @property
-    def frames(self) -> list[dict]:
-        """The sampled frames (values on rank 0, ``None`` elsewhere)."""
-        return self._frames.frames
-
-    def start(self, solver, row):
-        """The first snapshot, and the times of the others."""
-        self._frames.start(solver)
-
-    def step(self, solver, row):
-        """Take a snapshot when a target time is passed."""
-        self._frames.step(solver)
-
     def finish(self, solver, row):
         """Plot (rank 0)."""
         from fem_crossdiff import plotting
@@ -260,7 +266,7 @@ class SnapshotObserver:
             self.written.append(extra)
 
 
-class AnimationObserver:
+class AnimationObserver(_FrameObserver):
     """An animation of the run: ``count`` frames evenly spaced in time, GIF or MP4 (rank 0).
 
     A frame is taken when the run passes each of the times ``t0 + j (T - t0) / (count - 1)``
@@ -294,19 +300,6 @@ class AnimationObserver:
         self.path = Path(path).with_suffix(f".{fmt}")
         self.fmt, self.fps, self.title = fmt, int(fps), title
         self._frames = _Frames(T, count)
-
-    @property
-    def frames(self) -> list[dict]:
-        """The sampled frames (values on rank 0, ``None`` elsewhere)."""
-        return self._frames.frames
-
-    def start(self, solver, row):
-        """The first frame."""
-        self._frames.start(solver)
-
-    def step(self, solver, row):
-        """A frame when a target time is passed."""
-        self._frames.step(solver)
 
     def finish(self, solver, row):
         """Write the animation (rank 0)."""

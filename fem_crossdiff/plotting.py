@@ -68,6 +68,16 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def _finish(fig, path, title: str):
+    """Title, save (when ``path`` is given) and close a figure; return it for inspection."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        save_figure(fig, path)
+    _plt().close(fig)
+    return fig
+
+
 # --------------------------------------------------------------------------- sampling
 class FieldSampler:
     """Collective sampler of scalar fields on one mesh for pictures; the data land on rank 0.
@@ -218,6 +228,7 @@ class FieldSampler:
     def plane_title(self, plane: int) -> str:
         """``"z = 0.5"``: the plane of a 3D slice."""
         return f"{'xyz'[plane]} = {self.centre[plane]:.3g}"
+
 
 
 def gather_p1(f: fem.Function) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -376,12 +387,7 @@ def snapshot_figure(sampler: FieldSampler, frames: list[dict], path: str | Path 
                 ax = axes[n, j]
                 _draw_composite(ax, sampler, fr["values"], vmax[j], plane)
                 ax.set_title(f"segregation, {_frame_label(fr)}", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
+    return _finish(fig, path, title)
 
 
 def slices_figure(sampler: FieldSampler, frame: dict, path: str | Path | None = None,
@@ -458,12 +464,7 @@ def particles_figure(sampler: FieldSampler, density: list, positions: np.ndarray
         axes[1, k].set_title(f"{species_label(k)}: projected empirical measure", fontsize=9)
         fig.colorbar(im, ax=list(axes[:, k]), shrink=0.8, location="bottom").set_label(
             f"density {species_label(k)}")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    if path is not None:
-        save_figure(fig, path)
-    plt.close(fig)
-    return fig
+    return _finish(fig, path, title)
 
 
 def diagnostics_figure(rows: list[dict], n: int, path: str | Path | None = None,
