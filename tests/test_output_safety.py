@@ -184,8 +184,8 @@ def test_round_off_negatives_are_zero(comm):
     mn, mx = s.extrema()
     assert mn[0] == 0.0 and mx[0] > 0.9
     # a real negative (beyond SIGN_TOL * max) is refused, naming species and value
-    with pytest.raises(ParameterError, match=r"species 1 is negative \(min -1\.000e-06"):
+    with pytest.raises(ParameterError, match=r"species 2 is negative \(min -1\.000e-06"):
         s.set_initial([bump, lambda x: np.where(x[0] > 0.9, -1e-6, 0.5)])
     scale = 0.5 * SIGN_TOL * 100  # 50 SIGN_TOL * max: refused too
-    with pytest.raises(ParameterError, match="initial data of species 0 is negative"):
+    with pytest.raises(ParameterError, match="initial data of species 1 is negative"):
         s.set_initial([lambda x: bump(x) - scale, lambda x: 0.5 + 0.0 * x[0]])
