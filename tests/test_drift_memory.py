@@ -14,8 +14,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from _ranks import max_rel_err, split
 
-from fem_crossdiff.compat import MPI
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.particles import (
     CellListDrift,
@@ -25,7 +25,6 @@ from fem_crossdiff.particles import (
     drift_bruteforce,
 )
 from fem_crossdiff.particles import drift as drift_mod
-from fem_crossdiff.particles.rng import partition
 
 
 def _ball(n, d, seed=3):
@@ -35,24 +34,14 @@ def _ball(n, d, seed=3):
     return (v * rng.random((n, 1)) ** (1.0 / d))[None]
 
 
-def _split(x, comm):
-    start, stop = partition(x.shape[1], comm.size, comm.rank)
-    return x[:, start:stop], start, stop
-
-
-def _max_rel_err(approx_local, ref_full, start, stop, comm):
-    err = float(np.abs(approx_local - ref_full[:, start:stop]).max()) if stop > start else 0.0
-    return comm.allreduce(err, op=MPI.MAX) / float(np.abs(ref_full).max())
-
-
 def test_cell_list_equals_bruteforce_3d(comm):
     """Two species in the unit ball, 3D, split over the ranks: the brute-force numbers."""
     x = np.concatenate([_ball(150, 3, 1), 0.5 * _ball(150, 3, 2)])
     params = ParticleParams(150, (1.0, 0.6), (1.0, 2.0), 0.1, 2.5, 0.4)
     spec = QuadratureSpec(3, 2)
     ref = drift_bruteforce(x, params, None, spec)
-    loc, start, stop = _split(x, comm)
-    err = _max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
+    loc, start, stop = split(x, comm)
+    err = max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
     assert err < 1e-12
 
 
@@ -64,8 +53,8 @@ def test_cell_list_equals_bruteforce_small_blocks(comm, monkeypatch):
     params = ParticleParams(400, (1.0,), (1.0,), 0.1, 3.0, 0.15, "poly4")
     spec = QuadratureSpec(6, 3)
     ref = drift_bruteforce(x, params, None, spec)
-    loc, start, stop = _split(x, comm)
-    err = _max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
+    loc, start, stop = split(x, comm)
+    err = max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
     assert err < 1e-12
 
 
@@ -116,7 +105,7 @@ def test_cell_list_3d_n2000_eps01_within_1gb():
 def test_grid_refuses_past_memory_limit(comm):
     """The error names the key, the limit and the estimate, on every rank, before allocating."""
     x = _ball(400, 3)
-    loc, _, _ = _split(x, comm)
+    loc, _, _ = split(x, comm)
     params = ParticleParams(400, (1.0,), (1.0,), 0.1, 2.0, 0.1)
     drift = GridDrift(16, memory_limit_mb=50.0)
     est = drift.cost(x[0].min(axis=0), x[0].max(axis=0), 0.1)
@@ -133,7 +122,7 @@ def test_grid_refuses_past_memory_limit(comm):
 def test_grid_coarsens_to_the_finest_fitting_resolution(comm):
     """``coarsen=True``: the same numbers as the finest ``cells_per_eps`` within the limit."""
     x = _ball(600, 2)
-    loc, _, _ = _split(x, comm)
+    loc, _, _ = split(x, comm)
     params = ParticleParams(600, (1.0,), (1.0,), 0.1, 2.0, 0.02)
     lo, hi = x[0].min(axis=0), x[0].max(axis=0)
     limit = 0.5 * GridDrift(16).cost(lo, hi, 0.02).memory_mb

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _ranks import max_rel_err, split
 
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.particles import (
@@ -17,17 +18,6 @@ from fem_crossdiff.particles import (
     QuadratureSpec,
     drift_bruteforce,
 )
-from fem_crossdiff.particles.rng import partition
-
-
-def _split(x, comm):
-    start, stop = partition(x.shape[1], comm.size, comm.rank)
-    return x[:, start:stop], start, stop
-
-
-def _max_rel_err(approx_local, ref_full, start, stop, comm):
-    err = float(np.abs(approx_local - ref_full[:, start:stop]).max()) if stop > start else 0.0
-    return comm.allreduce(err, op=MPI.MAX) / float(np.abs(ref_full).max())
 
 
 def _cloud_1d(n):
@@ -47,9 +37,9 @@ def test_grid_matches_bruteforce_1d(comm, m):
     """N = 3000 per species, two species: error 4e-3 at h = eps/16 and O(h^2) convergence."""
     x = _cloud_1d(3000)
     params = ParticleParams(3000, (1.0, 0.5), (1.0, 2.0), 0.1, m, 0.25)
-    loc, start, stop = _split(x, comm)
+    loc, start, stop = split(x, comm)
     ref = drift_bruteforce(x, params, None, QuadratureSpec(32, 4))
-    errs = [_max_rel_err(GridDrift(c)(loc, 0.0, params, comm), ref, start, stop, comm)
+    errs = [max_rel_err(GridDrift(c)(loc, 0.0, params, comm), ref, start, stop, comm)
             for c in (8, 16, 32)]
     slope = np.polyfit(np.log([8, 16, 32]), np.log(errs), 1)[0]
     if comm.rank == 0:
@@ -64,10 +54,10 @@ def test_grid_matches_bruteforce_2d(comm, m, kernel):
     """N = 1000 in a disk, eps = 0.25: relative max error < 1e-2 at h = eps/16."""
     x = _cloud_2d(1000)
     params = ParticleParams(1000, (1.0,), (1.0,), 0.1, m, 0.25, kernel)
-    loc, start, stop = _split(x, comm)
+    loc, start, stop = split(x, comm)
     ref = drift_bruteforce(x, params, None, QuadratureSpec(8, 3))
-    e8 = _max_rel_err(GridDrift(8)(loc, 0.0, params, comm), ref, start, stop, comm)
-    e16 = _max_rel_err(GridDrift(16)(loc, 0.0, params, comm), ref, start, stop, comm)
+    e8 = max_rel_err(GridDrift(8)(loc, 0.0, params, comm), ref, start, stop, comm)
+    e16 = max_rel_err(GridDrift(16)(loc, 0.0, params, comm), ref, start, stop, comm)
     if comm.rank == 0:
         print(f"\n2D m={m} {kernel}: grid rel. max errors h=eps/8: {e8:.2e}, eps/16: {e16:.2e}")
     assert e16 < 1e-2
@@ -80,11 +70,11 @@ def test_cell_list_equals_bruteforce(comm, d):
     params = ParticleParams(x.shape[1], (1.0, 0.7)[: x.shape[0]], (1.0, 3.0)[: x.shape[0]],
                             0.1, 2.5, 0.2)
     spec = QuadratureSpec(8, 3)
-    loc, start, stop = _split(x, comm)
+    loc, start, stop = split(x, comm)
     ref = drift_bruteforce(x, params, None, spec)
-    err = _max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
+    err = max_rel_err(CellListDrift(spec)(loc, 0.0, params, comm), ref, start, stop, comm)
     # the distributed brute force (node sums split over ranks) agrees as well
-    err_bf = _max_rel_err(drift_bruteforce(loc, params, comm, spec), ref, start, stop, comm)
+    err_bf = max_rel_err(drift_bruteforce(loc, params, comm, spec), ref, start, stop, comm)
     if comm.rank == 0:
         print(f"\n{d}D cell list vs brute force: {err:.2e}; distributed brute force {err_bf:.2e}")
     assert err < 1e-10
@@ -100,7 +90,7 @@ def test_drift_translation_and_momentum(comm):
     x = _cloud_2d(800)
     params = ParticleParams(800, (1.0,), (1.0,), 0.1, 3.0, 0.25)
     drift = GridDrift(16)
-    loc, start, stop = _split(x, comm)
+    loc, start, stop = split(x, comm)
     f0 = drift(loc, 0.0, params, comm)
     shift = 37 * drift.spacing(params.eps) * np.array([1.0, -2.0])
     f1 = drift(loc + shift, 0.0, params, comm)
