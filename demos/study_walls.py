@@ -80,10 +80,8 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -163,18 +161,6 @@ class Progress:
         """Print ``msg`` (rank 0, when on)."""
         if self.on and self.comm.rank == 0:
             print(f"[walls {time.perf_counter() - self.t0:7.1f} s] {msg}", flush=True)
-
-
-def parse_args(argv) -> argparse.Namespace:
-    """``outdir``, ``--quick`` (also set by ``CI``) and ``--quiet`` (no progress lines)."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("outdir", nargs="?", default=f"output/{NAME}")
-    p.add_argument("--quick", action="store_true", help="small, fast settings (CI)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
-    args.quick = bool(args.quick or os.environ.get("CI"))
-    args.outdir = Path(args.outdir)
-    return args
 
 
 def bump(centre, width: float, height: float):
@@ -546,7 +532,7 @@ def plot_rates(path: Path, eps_rows, n_rows, summary) -> None:
 
 def main(argv=None) -> dict:
     """Run the study; returns the summary (also printed as the last line on rank 0)."""
-    args = parse_args(argv)
+    args = sc.parse_args(argv, NAME, __doc__)
     comm = MPI.COMM_WORLD
     st = QUICK if args.quick else FULL
     log = Progress(comm, not args.quiet)
