@@ -109,8 +109,11 @@ COUPLINGS = ("linear", "implicit")
 #: with ``beta = 1/4``); ``"limit"`` limits them wherever the source is the emptier node
 #: (``beta = 1``: positive, but an O(1) truncation error, 3D rate about 0.75); ``"drop"``
 #: leaves those edges out (positive but inconsistent); ``"keep"`` uses them as they are
-#: (consistent, undershoots of several percent at fronts).
-NEGATIVE_EDGE_MODES = ("limit", "front", "drop", "keep")
+#: (consistent, undershoots of several percent at fronts). ``"voronoi"`` replaces the P1
+#: weights on tetrahedra by those of the circumcentric (Voronoi) dual, nonnegative by
+#: construction on Delaunay meshes (``meshes.ball(..., delaunay=True)``), and limits the few
+#: negative ones (boundary, non-Delaunay) as ``"front"`` does.
+NEGATIVE_EDGE_MODES = ("front", "limit", "voronoi", "drop", "keep")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,72 @@ def p1_edge_weights(V: fem.FunctionSpace) -> tuple[np.ndarray, np.ndarray, np.nd
     return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W
 
 
+def _circumcentres(P: np.ndarray) -> np.ndarray:
+    """Circumcentres ``(..., gdim)`` of simplices ``P`` ``(..., k, gdim)`` in their affine hull."""
+    A = P[..., 1:, :] - P[..., :1, :]
+    M = np.einsum("...ig,...jg->...ij", A, A)
+    lam = np.linalg.solve(M, 0.5 * np.einsum("...ig,...ig->...i", A, A)[..., None])[..., 0]
+    return P[..., 0, :] + np.einsum("...i,...ig->...g", lam, A)
+
+
+def circumcentric_weights(V: fem.FunctionSpace):
+    """Two-point weights of the circumcentric (Voronoi) dual of a tetrahedral mesh.
+
+    Each tetrahedron ``T`` gives edge ``ij`` the signed area of its part of the dual face,
+    the quadrilateral (midpoint of ``ij``, circumcentres of the two faces through ``ij``,
+    circumcentre of ``T``), divided by ``|x_j - x_i|``; node ``i`` gets the dual volume
+    ``w_ij |x_j - x_i|^2 / 6`` of each of its edges (a pyramid over the face, height half the
+    edge). On a Delaunay mesh the pieces of an interior edge add up to its Voronoi face, so
+    its weight is ``>= 0`` by construction (unlike ``-K_ij``, which is negative on about a
+    quarter of the edges of a Delaunay ball), and ``sum_j w_ij (x_j - x_i) = 0`` at interior
+    nodes (the dual cell is closed); the dual volumes partition the domain. Boundary edges
+    whose tetrahedra have circumcentres outside can still get ``w_ij < 0``.
+
+    The two-point scheme with these weights is consistent with the dual volumes as lumped
+    masses (not with P1's ``|supp phi_i| / 4``).
+
+    Args:
+        V: Scalar or blocked P1 space on tetrahedra.
+
+    Returns:
+        ``(I, J, W, vol)``: the edges of :func:`p1_edge_weights` (same order), their partial
+        weights and the partial dual volumes of the local nodes, both from this rank's owned
+        cells (summed over ranks they are the mesh's).
+    """
+    dofs, X, _, _ = p1_cell_gradients(V)
+    if dofs.shape[1] != 4 or X.shape[1] != 3:
+        raise ValueError("circumcentric_weights needs tetrahedra in 3D")
+    xc = X[dofs]
+    cT = _circumcentres(xc)
+    nloc = X.shape[0]
+    ends, vals, lens = [], [], []
+    for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
+        k, l = (c for c in range(4) if c not in (a, b))
+        xa, xb, xk, xl = xc[:, a], xc[:, b], xc[:, k], xc[:, l]
+        mid = 0.5 * (xa + xb)
+        c1 = _circumcentres(np.stack([xa, xb, xk], axis=1))
+        c2 = _circumcentres(np.stack([xa, xb, xl], axis=1))
+        e = xb - xa
+        le = np.linalg.norm(e, axis=1)
+        # signed area along the edge direction of the triangles (mid, c1, cT) and (mid, cT, c2),
+        # oriented so that a tetrahedron containing its circumcentre gives a positive area
+        area = 0.5 * np.einsum("cg,cg->c", np.cross(c1 - mid, cT - mid)
+                               + np.cross(cT - mid, c2 - mid), e) / le
+        orient = np.sign(np.einsum("cg,cg->c", np.cross(xk - mid, xl - mid), e))
+        ends.append((dofs[:, a], dofs[:, b]))
+        vals.append(area * orient / le)
+        lens.append(le)
+    I = np.concatenate([p for p, _ in ends]).astype(np.int64)
+    J = np.concatenate([q for _, q in ends]).astype(np.int64)
+    w = np.concatenate(vals)
+    le = np.concatenate(lens)
+    keys, inv = np.unique(np.minimum(I, J) * nloc + np.maximum(I, J), return_inverse=True)
+    W = np.bincount(inv, weights=w, minlength=keys.size)
+    piece = w * le * le / 6.0  # each end of the edge gets this part of its dual cell
+    vol = np.bincount(I, piece, nloc) + np.bincount(J, piece, nloc)
+    return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W, vol
+
+
 def total_edge_weights(V: fem.FunctionSpace, I: np.ndarray, J: np.ndarray,
                        W: np.ndarray) -> np.ndarray:
     """Sum the per-rank partial weights of every local edge over all ranks (collective).
@@ -149,14 +215,19 @@ def edge_weights(V: fem.FunctionSpace, negative_edges: str = "front"):
 
     Returns:
         ``(I, J, W, limited, count)``: local edges, partial weights (zero on dropped edges),
-        the indices of the edges whose fluxes are to be limited (empty unless
-        ``negative_edges`` is ``"front"`` or ``"limit"``), and the (approximate) global count
-        of edges with negative total weight.
+        the indices of the edges whose fluxes are to be limited (empty for ``"drop"`` and
+        ``"keep"``), and the (approximate) global count of edges with negative total
+        weight. With ``"voronoi"`` on tetrahedra the weights are
+        :func:`circumcentric_weights` (negative only on the few boundary or non-Delaunay
+        edges, which are limited as in ``"front"``), else ``-K_ij``.
     """
     if negative_edges not in NEGATIVE_EDGE_MODES:
         raise ParameterError("negative_edges", negative_edges,
                              f"one of {', '.join(NEGATIVE_EDGE_MODES)}")
-    I, J, W = p1_edge_weights(V)
+    if negative_edges == "voronoi" and V.mesh.topology.dim == 3:
+        I, J, W, _ = circumcentric_weights(V)
+    else:  # in 2D the circumcentric dual's weights are P1's (cotangent formula); 1D: equal
+        I, J, W = p1_edge_weights(V)
     total = total_edge_weights(V, I, J, W)
     scale = V.mesh.comm.allreduce(float(np.abs(total).max(initial=0.0)), op=MPI.MAX)
     neg = total < -1e-12 * scale
@@ -173,6 +244,9 @@ def negative_edges_message(count: int, mode: str) -> str | None:
     """The log line about a non-Delaunay mesh (``None`` when every weight is >= 0)."""
     if not count:
         return None
+    if mode == "voronoi":
+        return (f"about {count} edges have a negative circumcentric dual weight (boundary or "
+                "non-Delaunay); their fluxes are limited next to vacuum fronts")
     what = {"limit": "their fluxes are limited where they leave the emptier node",
             "front": "their fluxes are limited next to vacuum fronts to keep positivity",
             "drop": "they are left out of the fluxes (positive, not consistent)",
@@ -181,7 +255,7 @@ def negative_edges_message(count: int, mode: str) -> str | None:
 
 
 #: Ratio ``beta`` of :func:`positivity_limiter` per limiting mode of ``negative_edges``.
-LIMITER_RATIO = {"limit": 1.0, "front": 0.25}
+LIMITER_RATIO = {"limit": 1.0, "front": 0.25, "voronoi": 0.25}
 
 
 def limiter_ratio(negative_edges: str) -> float:

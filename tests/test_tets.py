@@ -18,7 +18,15 @@ from fem_crossdiff.config import ConfigError, parse_config
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
-from fem_crossdiff.upwind import LIMITER_RATIO, UpwindFlux, limiter_ratio, positivity_limiter
+from fem_crossdiff.upwind import (
+    LIMITER_RATIO,
+    UpwindFlux,
+    circumcentric_weights,
+    limiter_ratio,
+    p1_edge_weights,
+    positivity_limiter,
+    total_edge_weights,
+)
 
 COMM = MPI.COMM_WORLD
 
@@ -41,6 +49,7 @@ def _barenblatt(x, tau, m=2.0, d=3, C=0.0185):
 def test_front_limiter_values_and_derivatives():
     """With beta = 1/4: the full flux up to a density ratio 4, then ratio / beta, 0 from vacuum."""
     assert limiter_ratio("front") == 0.25 and limiter_ratio("limit") == 1.0
+    assert limiter_ratio("voronoi") == 0.25
     assert limiter_ratio("keep") == 0.0 and limiter_ratio("drop") == 0.0
     q = np.array([[-1.0], [-1.0], [-1.0], [1.0], [-1.0], [-1.0]])  # q < 0: mass leaves i
     ri = np.array([[2.0], [1.0], [1.0], [1.0], [0.0], [-0.5]])
@@ -63,6 +72,65 @@ def _interior(V):
     """Local nodes strictly inside the unit ball (the sphere's nodes have |x| = 1)."""
     X = V.tabulate_dof_coordinates()
     return np.linalg.norm(X, axis=1) < 1.0 - 1e-6
+
+
+def test_circumcentric_weights_regular_tetrahedron():
+    """One regular tetrahedron: every dual piece is the P1 weight (1/6 here), volumes |T|/4."""
+    from fem_crossdiff.compat import mesh as dmesh
+
+    x = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    cells = np.array([[0, 1, 2, 3]], dtype=np.int64) if MPI.COMM_SELF.rank == 0 else None
+    import basix.ufl
+
+    el = basix.ufl.element("Lagrange", "tetrahedron", 1, shape=(3,))
+    msh = dmesh.create_mesh(MPI.COMM_SELF, cells, el, x)
+    V = fem.functionspace(msh, ("Lagrange", 1))
+    I, J, W, vol = circumcentric_weights(V)
+    _, _, Wp1 = p1_edge_weights(V)
+    np.testing.assert_allclose(W, np.full(6, 1.0 / 6.0), rtol=1e-12)
+    np.testing.assert_allclose(W, Wp1, rtol=1e-12)
+    np.testing.assert_allclose(vol, np.full(4, 8.0 / 3.0 / 4.0), rtol=1e-12)  # |T| = 8/3
+
+
+@pytest.fixture(scope="module")
+def delaunay_ball():
+    """The same ball meshed with gmsh's Delaunay tetrahedra and no optimiser."""
+    return meshes.ball(COMM, radius=1.0, h=0.25, delaunay=True)
+
+
+def test_circumcentric_weights_on_a_delaunay_ball(delaunay_ball):
+    """Nonnegative dual weights where P1's are negative, a closed dual, a partition of the ball.
+
+    On the Delaunay ball about a fifth of the P1 weights are negative and at most 1% of the
+    circumcentric ones (boundary edges whose cells have their circumcentre outside); every
+    interior node's dual cell closes (``sum_j w_ij (x_j - x_i) = 0``) and the dual volumes
+    add up to the mesh volume.
+    """
+    V = fem.functionspace(delaunay_ball.mesh, ("Lagrange", 1))
+    I, J, W, vol = circumcentric_weights(V)
+    Ip, Jp, Wp = p1_edge_weights(V)
+    np.testing.assert_array_equal(I, Ip)
+    np.testing.assert_array_equal(J, Jp)
+    fractions = []
+    for w in (W, Wp):
+        total = total_edge_weights(V, I, J, w)
+        owned = I < V.dofmap.index_map.size_local
+        neg = COMM.allreduce(int(np.count_nonzero((total < 0.0) & owned)))
+        fractions.append(neg / COMM.allreduce(int(np.count_nonzero(owned))))
+    assert fractions[1] > 0.15 and fractions[0] < 0.01
+    ones = fem.Function(V)
+    ones.x.array[:] = 1.0
+    volume = COMM.allreduce(fem.assemble_scalar(fem.form(ones * ufl.dx)), op=MPI.SUM)
+    # vol holds the pieces of this rank's owned cells (at owned and ghost nodes)
+    np.testing.assert_allclose(COMM.allreduce(float(vol.sum()), op=MPI.SUM), volume, rtol=1e-12)
+    if COMM.size == 1:  # the first moment closes only with the weights of all cells
+        X = V.tabulate_dof_coordinates()
+        lin = np.zeros((X.shape[0], 3))
+        for g in range(3):
+            np.add.at(lin[:, g], I, W * (X[J, g] - X[I, g]))
+            np.add.at(lin[:, g], J, W * (X[I, g] - X[J, g]))
+        inner = _interior(V)
+        assert np.abs(lin[inner]).max() < 1e-12 * np.abs(W).max()
 
 
 def test_front_is_the_consistent_scheme_where_data_vary_slowly(ball):
@@ -103,19 +171,22 @@ def test_front_is_the_consistent_scheme_where_data_vary_slowly(ball):
         np.testing.assert_array_equal(out["front"][0], out["keep"][0])
 
 
-@pytest.mark.parametrize("scheme", ["upwind", "muscl"])
-def test_positivity_and_mass_on_a_3d_front(ball, scheme):
+@pytest.mark.parametrize("scheme,mode", [("upwind", "front"), ("muscl", "front"),
+                                         ("upwind", "voronoi"), ("muscl", "voronoi")])
+def test_positivity_and_mass_on_a_3d_front(ball, delaunay_ball, scheme, mode):
     """Two segregated species on the ball (default mode) stay >= 0 with exact masses.
 
-    Every step is accepted, and the limiter really acts (some theta strictly in (0, 1)).
+    Every step is accepted, and the limiter really acts (some theta strictly in (0, 1)): on
+    a quarter of the edges for "front", on the few negative dual weights for "voronoi".
     """
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     # muscl: positive for the exact nonlinear solution; its Newton iterates stop at -3e-10 of
     # the maximum ("limit": -8e-11), so its bound is the solver's default tolerance
     tol = 1e-12 if scheme == "upwind" else 1e-9
-    s = CrossDiffusionSolver(ball.mesh, p, scheme=scheme, positivity_tol=tol)
+    msh = (ball if mode == "front" else delaunay_ball).mesh
+    s = CrossDiffusionSolver(msh, p, scheme=scheme, positivity_tol=tol, negative_edges=mode)
     flux = s.model.flux
-    assert flux.negative_edges > 0 and flux._beta == LIMITER_RATIO["front"]
+    assert flux.negative_edges > 0 and flux._beta == LIMITER_RATIO[mode]
     s.set_initial([lambda x: np.where(x[0] < -0.1, 1.0, 0.0),
                    lambda x: np.where(x[0] > 0.1, 0.5, 0.0)])
     rows = s.run(TimeParams(T=0.05, dt=0.01), progress=False)
@@ -130,13 +201,14 @@ def test_positivity_and_mass_on_a_3d_front(ball, scheme):
     assert active > 0
 
 
-def test_rank_invariance():
-    """Two steps of the default treatment on all ranks and on one rank agree to 1e-8."""
+@pytest.mark.parametrize("mode", ["front", "voronoi"])
+def test_rank_invariance(mode):
+    """Two steps on all ranks and on one rank agree to 1e-8."""
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     out = []
     for comm in (COMM, MPI.COMM_SELF):
-        geo = meshes.ball(comm, radius=1.0, h=0.3)
-        s = CrossDiffusionSolver(geo.mesh, p)
+        geo = meshes.ball(comm, radius=1.0, h=0.3, delaunay=mode == "voronoi")
+        s = CrossDiffusionSolver(geo.mesh, p, negative_edges=mode)
         s.set_initial([lambda x: _barenblatt(x, 0.5), lambda x: np.where(x[0] > 0.2, 0.3, 0.0)])
         for _ in range(2):
             assert s.step(0.02, "ie").accepted
@@ -147,14 +219,14 @@ def test_rank_invariance():
 def test_bad_negative_edges(ball):
     """API and TOML: a clear error naming the key, the value and the allowed modes."""
     p = ModelParams(a=(1.0,), b=(1.0,))
-    with pytest.raises(ParameterError, match=r"negative_edges = 'fronts': one of limit, "
-                                             r"front, drop, keep"):
+    with pytest.raises(ParameterError, match=r"negative_edges = 'fronts': one of front, "
+                                             r"limit, voronoi, drop, keep"):
         CrossDiffusionSolver(ball.mesh, p, negative_edges="fronts")
     doc = {"model": {"a": [1.0], "b": [1.0]}, "geometry": {"builder": "ball", "h": 0.3},
            "initial": [{"profile": "uniform", "value": 1.0}], "time": {"T": 0.1, "dt": 0.01}}
     assert parse_config(doc).solver.negative_edges == "front"
     with pytest.raises(ConfigError, match=r"solver\.negative_edges = 'fronts': must be one "
-                                          r"of 'limit', 'front'"):
+                                          r"of 'front', 'limit', 'voronoi'"):
         parse_config({**doc, "solver": {"negative_edges": "fronts"}})
 
 
