@@ -1,7 +1,9 @@
 """Negative-weight edges on tetrahedra: the treatments side by side on a 3D Barenblatt solution.
 
 For every treatment in ``--modes`` (``negative_edges`` of the upwind scheme; default
-``front,limit,keep,drop``) on gmsh balls of radius 1 with mesh sizes ``--hs``:
+``front,limit,voronoi,voronoi@delaunay,keep,drop``; ``@delaunay``: on the ball meshed with
+``meshes.ball(..., delaunay=True)``, gmsh's Delaunay tetrahedra without its optimiser) on gmsh
+balls of radius 1 with mesh sizes ``--hs``:
 
 * the relative L1 error at ``t = 1`` of the Barenblatt solution (``m = 2``, ``sigma = 0``,
   from ``tau = 1/2``, implicit Euler with ``dt = h / 4``: the set-up of the tests) and its
@@ -10,7 +12,8 @@ For every treatment in ``--modes`` (``negative_edges`` of the upwind scheme; def
 * the cost per step on the finest mesh: wall seconds per step and Newton iterations, and
   its ratio to ``"limit"`` (today's limiter before issue 16), measured in the same run;
 
-and once per mesh size the fraction of edges whose P1 stiffness weight is negative. Then the
+and once per mesh size the fraction of edges whose P1 stiffness weight is negative, and the
+fraction whose circumcentric dual weight is negative on both balls. Then the
 same fraction for gmsh's 3D algorithms and optimisers on one ball (``--mesh-h``): no mesh
 option removes the negative edges.
 
@@ -34,7 +37,7 @@ from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
-from fem_crossdiff.upwind import p1_edge_weights, total_edge_weights
+from fem_crossdiff.upwind import circumcentric_weights, p1_edge_weights, total_edge_weights
 
 COMM = MPI.COMM_WORLD
 M, C = 2.0, 0.0185  # support radius 0.53 at tau = 1/2, 0.61 at tau = 1 (ball radius 1)
@@ -59,10 +62,10 @@ def barenblatt(x, tau):
         1 / (M - 1))
 
 
-def negative_fraction(msh) -> float:
-    """Fraction of the edges whose total P1 stiffness weight is negative (collective)."""
+def negative_fraction(msh, dual: bool = False) -> float:
+    """Fraction of the edges whose total P1 (or circumcentric dual) weight is negative."""
     V = fem.functionspace(msh, ("Lagrange", 1))
-    I, J, W = p1_edge_weights(V)
+    I, J, W = circumcentric_weights(V)[:3] if dual else p1_edge_weights(V)
     total = total_edge_weights(V, I, J, W)
     g = V.dofmap.index_map.local_to_global(np.arange(V.dofmap.index_map.size_local
                                                      + V.dofmap.index_map.num_ghosts,
@@ -84,7 +87,7 @@ def negative_fraction(msh) -> float:
 def run_mode(mode: str, geo, h: float):
     """Relative L1 error at t = 1, smallest min/max, seconds per step and Newton per step."""
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=M, sigma=0.0),
-                             negative_edges=mode, positivity_tol=None)
+                             negative_edges=mode.split("@")[0], positivity_tol=None)
     s.set_initial([lambda x: barenblatt(x, 0.5)])
     mins = []
     COMM.Barrier()
@@ -162,7 +165,7 @@ def _rate(hs, errs) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="h = 0.2, 0.14 (< 2 minutes)")
-    parser.add_argument("--modes", default="front,limit,keep,drop")
+    parser.add_argument("--modes", default="front,limit,voronoi,voronoi@delaunay,keep,drop")
     parser.add_argument("--hs", default=None, help="mesh sizes (default 0.2,0.14,0.1,0.07)")
     parser.add_argument("--mesh-h", type=float, default=0.15, help="h of the mesh-option study")
     parser.add_argument("--no-mesh-options", action="store_true")
@@ -172,6 +175,7 @@ def main() -> None:
           else [0.2, 0.14] if args.quick else [0.2, 0.14, 0.1, 0.07])
     out = {"bench": "tets", "modes": modes, "hs": hs, "quick": args.quick, "ranks": COMM.size,
            "errors": {m: [] for m in modes}, "rate": {}, "min_rel": {}, "negative_fraction": [],
+           "negative_fraction_dual": [], "negative_fraction_dual_delaunay": [],
            "step_seconds": {}, "newton_step": {}, "step_cost_ratio": {}}
 
     def say(*a):
@@ -181,27 +185,31 @@ def main() -> None:
     mins = {m: [] for m in modes}
     for h in hs:
         geo = meshes.ball(COMM, h=h)
-        frac = negative_fraction(geo.mesh)
-        out["negative_fraction"].append(frac)
+        dgeo = meshes.ball(COMM, h=h, delaunay=True)
+        fracs = (negative_fraction(geo.mesh), negative_fraction(geo.mesh, dual=True),
+                 negative_fraction(dgeo.mesh, dual=True))
+        for key, f in zip(("", "_dual", "_dual_delaunay"), fracs, strict=True):
+            out["negative_fraction" + key].append(f)
         nv = geo.mesh.topology.index_map(0).size_global
-        say(f"h = {h:g}: {nv} vertices, {100 * frac:.1f}% of the edges negative")
+        say(f"h = {h:g}: {nv} vertices; negative edges: P1 {100 * fracs[0]:.1f}%, circumcentric "
+            f"dual {100 * fracs[1]:.2f}% (Delaunay ball {100 * fracs[2]:.2f}%)")
         for mode in modes:
-            err, mn, sec, newton = run_mode(mode, geo, h)
+            err, mn, sec, newton = run_mode(mode, dgeo if mode.endswith("@delaunay") else geo, h)
             out["errors"][mode].append(err)
             mins[mode].append(mn)
             out["step_seconds"][mode], out["newton_step"][mode] = sec, newton
-            say(f"  {mode:6s} L1 error {err:.4f}  min/max {mn:.1e}  {sec:.3f} s/step  "
+            say(f"  {mode:16s} L1 error {err:.4f}  min/max {mn:.1e}  {sec:.3f} s/step  "
                 f"Newton {newton:.2f}")
     base = "limit" if "limit" in modes else modes[0]
     for mode in modes:
         out["min_rel"][mode] = float(min(mins[mode]))
         out["rate"][mode] = _rate(hs, out["errors"][mode]) if len(hs) > 1 else None
         out["step_cost_ratio"][mode] = out["step_seconds"][mode] / out["step_seconds"][base]
-    say(f"{'mode':6s} {'rate':>5s} {'min/max':>9s} {'s/step':>7s} {'Newton':>6s} "
+    say(f"{'mode':16s} {'rate':>5s} {'min/max':>9s} {'s/step':>7s} {'Newton':>6s} "
         f"cost/{base} (h = {hs[-1]:g})")
     for mode in modes:
         rate = out["rate"][mode]
-        say(f"{mode:6s} {rate if rate is None else f'{rate:5.2f}'} "
+        say(f"{mode:16s} {rate if rate is None else f'{rate:5.2f}'} "
             f"{out['min_rel'][mode]:9.1e} {out['step_seconds'][mode]:7.3f} "
             f"{out['newton_step'][mode]:6.2f} {out['step_cost_ratio'][mode]:.2f}")
     if not args.no_mesh_options:

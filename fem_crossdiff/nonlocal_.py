@@ -124,7 +124,7 @@ class PotentialFlux(BlockPattern):
             :func:`fem_crossdiff.upwind.edge_weights`.
     """
 
-    def __init__(self, V, params: ModelParams, negative_edges: str = "front"):
+    def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi"):
         self.params, self.n = params, params.n
         self.I, self.J, self.W, self._lim, self.negative_edges = edge_weights(V, negative_edges)
         self._beta = limiter_ratio(negative_edges)

@@ -139,8 +139,8 @@ class SolverConfig(Section):
             (``>= 0``; raise it where positivity is not guaranteed, e.g. with
             ``negative_edges = "keep"``).
         negative_edges: Upwind and muscl schemes on non-Delaunay meshes (tetrahedra):
-            ``"front"`` (default: positive, consistent away from vacuum fronts), ``"limit"``,
-            ``"drop"`` or ``"keep"`` (see ``fem_crossdiff.params.NEGATIVE_EDGE_MODES``).
+            ``"voronoi"`` (default: circumcentric dual weights, positive), ``"front"``,
+            ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
     """
 
     scheme: str = "upwind"
@@ -148,7 +148,7 @@ class SolverConfig(Section):
     linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
-    negative_edges: str = "front"
+    negative_edges: str = "voronoi"
 
     section = "solver"
     checks = {"scheme": s.one_of(core.SCHEMES), "degree": s.one_of((1, 2)), "petsc": _petsc,
