@@ -102,12 +102,22 @@ def p1_edge_weights(V: fem.FunctionSpace) -> tuple[np.ndarray, np.ndarray, np.nd
     return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W
 
 
-def _circumcentres(P: np.ndarray) -> np.ndarray:
-    """Circumcentres ``(..., gdim)`` of simplices ``P`` ``(..., k, gdim)`` in their affine hull."""
-    A = P[..., 1:, :] - P[..., :1, :]
-    M = np.einsum("...ig,...jg->...ij", A, A)
-    lam = np.linalg.solve(M, 0.5 * np.einsum("...ig,...ig->...i", A, A)[..., None])[..., 0]
-    return P[..., 0, :] + np.einsum("...i,...ig->...g", lam, A)
+def _triangle_circumcentres(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Circumcentres ``(N, 3)`` of the triangles ``(a, b, c)`` in 3D (closed form)."""
+    u, v = b - a, c - a
+    w = np.cross(u, v)
+    num = (np.einsum("cg,cg->c", u, u)[:, None] * np.cross(v, w)
+           + np.einsum("cg,cg->c", v, v)[:, None] * np.cross(w, u))
+    return a + num / (2.0 * np.einsum("cg,cg->c", w, w))[:, None]
+
+
+def _tetrahedron_circumcentres(xc: np.ndarray) -> np.ndarray:
+    """Circumcentres ``(N, 3)`` of the tetrahedra ``xc`` ``(N, 4, 3)`` (closed form)."""
+    a = xc[:, 0]
+    u, v, w = xc[:, 1] - a, xc[:, 2] - a, xc[:, 3] - a
+    sq = [np.einsum("cg,cg->c", e, e)[:, None] for e in (u, v, w)]
+    num = sq[0] * np.cross(v, w) + sq[1] * np.cross(w, u) + sq[2] * np.cross(u, v)
+    return a + num / (2.0 * np.einsum("cg,cg->c", u, np.cross(v, w)))[:, None]
 
 
 def circumcentric_weights(V: fem.FunctionSpace):
@@ -138,15 +148,16 @@ def circumcentric_weights(V: fem.FunctionSpace):
     if dofs.shape[1] != 4 or X.shape[1] != 3:
         raise ValueError("circumcentric_weights needs tetrahedra in 3D")
     xc = X[dofs]
-    cT = _circumcentres(xc)
+    cT = _tetrahedron_circumcentres(xc)
+    # circumcentre of the face opposite each vertex (each face serves three edges)
+    cF = [_triangle_circumcentres(*(xc[:, c] for c in range(4) if c != o)) for o in range(4)]
     nloc = X.shape[0]
     ends, vals, lens = [], [], []
     for a, b in ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)):
         k, l = (c for c in range(4) if c not in (a, b))
         xa, xb, xk, xl = xc[:, a], xc[:, b], xc[:, k], xc[:, l]
         mid = 0.5 * (xa + xb)
-        c1 = _circumcentres(np.stack([xa, xb, xk], axis=1))
-        c2 = _circumcentres(np.stack([xa, xb, xl], axis=1))
+        c1, c2 = cF[l], cF[k]  # the faces (a, b, k) and (a, b, l)
         e = xb - xa
         le = np.linalg.norm(e, axis=1)
         # signed area along the edge direction of the triangles (mid, c1, cT) and (mid, cT, c2),
