@@ -37,10 +37,10 @@ outdir = Path(outdir)
 # ## Geometry, model and initial data
 # gmsh tetrahedra are not Delaunay: some edges have a negative stiffness weight, where the
 # M-matrix argument for positivity fails (with the consistent weights, `negative_edges="keep"`,
-# species 2 crosses zero at t ~ 0.025 on h = 0.12). By default (`negative_edges="limit"`) the
-# solver keeps the consistent weights on those edges and limits their fluxes where they would
-# empty a node, which keeps both densities nonnegative and the scheme consistent (it logs how
-# many edges are concerned).
+# species 2 crosses zero at t ~ 0.025 on h = 0.12). By default (`negative_edges="voronoi"`) the
+# solver takes the weights of the circumcentric dual instead (nonnegative on Delaunay meshes)
+# and limits the fluxes of the few still negative next to vacuum, which keeps both densities
+# nonnegative and the scheme consistent (it logs how many edges are concerned; docs/tets.md).
 
 geo = meshes.ball(comm, radius=1.0, h=0.3 if short else 0.12)
 params = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)

@@ -43,7 +43,7 @@ from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import KERNELS
 from fem_crossdiff.params import COUPLINGS, ModelParams
-from fem_crossdiff.upwind import BlockPattern, edge_weights, limit_fluxes
+from fem_crossdiff.upwind import BlockPattern, edge_weights, limit_fluxes, limiter_ratio
 
 #: Treatments of the mollification at the walls (see :class:`NonlocalParams`).
 BOUNDARIES = ("sinkhorn", "diagonal", "zero")
@@ -124,9 +124,10 @@ class PotentialFlux(BlockPattern):
             :func:`fem_crossdiff.upwind.edge_weights`.
     """
 
-    def __init__(self, V, params: ModelParams, negative_edges: str = "limit"):
+    def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi"):
         self.params, self.n = params, params.n
         self.I, self.J, self.W, self._lim, self.negative_edges = edge_weights(V, negative_edges)
+        self._beta = limiter_ratio(negative_edges)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.b = np.asarray(params.b)
         # scalar CSR pattern of (ii, ij, ji, jj) entries, built once
@@ -155,7 +156,7 @@ class PotentialFlux(BlockPattern):
         r_up = np.where(up_i[:, None], ri, rj)
         q = self.b * r_up * dg[:, None] + self.params.sigma * (ri - rj)  # G = w q
         G = self.W[:, None] * q
-        lim = limit_fluxes(G, q, ri, rj, self._lim)
+        lim = limit_fluxes(G, q, ri, rj, self._lim, self._beta)
         self._cache_key, self._cache = (rho.copy(), g.copy()), (G, dg, up_i, r_up, lim)
         return self._cache
 

@@ -101,12 +101,20 @@ SCHEMES = ("upwind", "galerkin", "muscl")
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).
 COUPLINGS = ("linear", "implicit")
-#: Treatments of edges whose total stiffness weight is negative (non-Delaunay meshes, upwind
-#: scheme): ``"limit"`` keeps the consistent weights and limits the fluxes there
-#: (:func:`fem_crossdiff.upwind.positivity_limiter`), ``"drop"`` leaves those edges out
-#: (positive but inconsistent), ``"keep"`` uses them as they are (consistent, positivity not
-#: guaranteed).
-NEGATIVE_EDGE_MODES = ("limit", "drop", "keep")
+#: Treatments of edges whose total stiffness weight is negative (non-Delaunay meshes: about a
+#: fifth of the edges of a gmsh tetrahedral ball, whatever gmsh's algorithm; upwind and muscl
+#: schemes). All but "keep" keep every density >= 0. ``"voronoi"`` (the default) takes on
+#: tetrahedra the weights of the circumcentric (Voronoi) dual instead of ``-K_ij``: >= 0 by
+#: construction on Delaunay meshes (``meshes.ball(..., delaunay=True)``), negative on about 1%
+#: of the edges of gmsh's default ball, whose fluxes are limited as in "front" (in 1D/2D the
+#: dual weights are P1's). ``"front"`` keeps P1's weights and limits the fluxes of negative
+#: ones only where the node the mass leaves holds less than a quarter of the other node's
+#: density, i.e. next to vacuum fronts (:func:`fem_crossdiff.upwind.positivity_limiter` with
+#: ``beta = 1/4``); ``"limit"`` limits them wherever the source is the emptier node
+#: (``beta = 1``: positive, but an O(1) truncation error, 3D rate about 0.75); ``"drop"``
+#: leaves those edges out (positive but inconsistent); ``"keep"`` uses them as they are
+#: (consistent, undershoots of several percent at fronts). ``docs/tets.md`` has the figures.
+NEGATIVE_EDGE_MODES = ("voronoi", "front", "limit", "drop", "keep")
 
 
 @dataclass(frozen=True)

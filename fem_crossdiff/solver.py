@@ -150,7 +150,7 @@ class CrossDiffusionSolver:
                  linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
                  potential: Callable | None = None, nonlocal_params=None,
-                 negative_edges: str = "limit", **model_options):
+                 negative_edges: str = "voronoi", **model_options):
         if not isinstance(params, ModelParams):
             raise TypeError("params must be a ModelParams")
         cls, options = select_model(scheme, nonlocal_params=nonlocal_params,

@@ -152,8 +152,9 @@ def _populate_with_order(spec) -> Callable[[Any], None]:
 
 def _realise(name: str, spec, comm, ghost_mode: str) -> Geometry:
     _check_ghost_mode(ghost_mode, spec.gdim)
+    options = {**_mesh_options(spec.h), **getattr(spec, "gmsh_options", {})}
     data = run_on_root(comm, name, _populate_with_order(spec),
-                       _to_mesh_data(comm, spec.gdim, ghost_mode), _mesh_options(spec.h))
+                       _to_mesh_data(comm, spec.gdim, ghost_mode), options)
     return Geometry(mesh=data.mesh, cell_tags=data.cell_tags, facet_tags=data.facet_tags,
                     boundary_names=dict(spec.boundary_names), volume_exact=spec.volume(),
                     boundary_exact=spec.boundary_measures(), name=name)
@@ -328,7 +329,8 @@ def box(comm, *, lower: Sequence[float] = (0.0, 0.0, 0.0),
 
 
 def ball(comm, *, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0,
-         h: float = 0.2, order: int = 1, ghost_mode: str = "shared_facet") -> Geometry:
+         h: float = 0.2, order: int = 1, delaunay: bool = False,
+         ghost_mode: str = "shared_facet") -> Geometry:
     """The 3D ball ``|x - center| < radius``; tag ``boundary``.
 
     Args:
@@ -337,13 +339,15 @@ def ball(comm, *, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0
         radius: Radius, > 0.
         h: Mesh size, > 0.
         order: Geometry order, 1 or 2.
+        delaunay: Delaunay tetrahedra without gmsh's optimiser (the mesh a circumcentric
+            dual needs: :func:`fem_crossdiff.upwind.circumcentric_weights`).
         ghost_mode: ``"shared_facet"`` (default, as DOLFINx's built-in meshes) or
             ``"none"``.
 
     Returns:
         The distributed :class:`Geometry`.
     """
-    return _realise("ball", BallSpec(center, radius, h, order), comm, ghost_mode)
+    return _realise("ball", BallSpec(center, radius, h, order, delaunay), comm, ghost_mode)
 
 
 #: Builder name -> builder function; every builder is ``f(comm, **params) -> Geometry``.

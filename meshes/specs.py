@@ -552,12 +552,15 @@ class BallSpec:
         radius: Radius, > 0.
         h: Mesh size.
         order: Geometry order (1 or 2).
+        delaunay: Keep gmsh's Delaunay tetrahedra (``Mesh.Algorithm3D = 1``) and skip its
+            optimiser (``Mesh.Optimize = 0``), which moves the mesh away from Delaunay.
     """
 
     center: tuple[float, float, float]
     radius: float
     h: float
     order: int
+    delaunay: bool = False
 
     gdim = 3
     boundary_names = {"boundary": 1}
@@ -565,6 +568,13 @@ class BallSpec:
     def __post_init__(self):
         _set(self, center=_point("center", self.center, 3), radius=_positive("radius", self.radius))
         _check_mesh_size(self, 2 * self.radius)
+        if not isinstance(self.delaunay, bool):
+            raise ParameterError("delaunay", self.delaunay, "delaunay must be a bool")
+
+    @property
+    def gmsh_options(self) -> dict[str, float]:
+        """The gmsh options on top of the size options (empty: gmsh's defaults)."""
+        return {"Mesh.Algorithm3D": 1, "Mesh.Optimize": 0} if self.delaunay else {}
 
     def volume(self) -> float:
         """Volume ``4/3 pi r^3``."""

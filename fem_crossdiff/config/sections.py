@@ -138,8 +138,9 @@ class SolverConfig(Section):
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
             (``>= 0``; raise it where positivity is not guaranteed, e.g. with
             ``negative_edges = "keep"``).
-        negative_edges: Upwind scheme on non-Delaunay meshes: ``"limit"`` (default),
-            ``"drop"`` or ``"keep"`` (see :class:`~fem_crossdiff.solver.CrossDiffusionSolver`).
+        negative_edges: Upwind and muscl schemes on non-Delaunay meshes (tetrahedra):
+            ``"voronoi"`` (default: circumcentric dual weights, positive), ``"front"``,
+            ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
     """
 
     scheme: str = "upwind"
@@ -147,7 +148,7 @@ class SolverConfig(Section):
     linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
-    negative_edges: str = "limit"
+    negative_edges: str = "voronoi"
 
     section = "solver"
     checks = {"scheme": s.one_of(core.SCHEMES), "degree": s.one_of((1, 2)), "petsc": _petsc,

@@ -50,7 +50,7 @@ def model_names() -> tuple[str, ...]:
 
 
 def select_model(name: str = "upwind", *, nonlocal_params=None, potential=None,
-                 negative_edges: str = "limit", **options) -> tuple[type, dict]:
+                 negative_edges: str = "voronoi", **options) -> tuple[type, dict]:
     """The model class and constructor options for the API's keywords.
 
     ``nonlocal_params`` selects ``"nonlocal"`` and ``potential`` selects ``"potential"``

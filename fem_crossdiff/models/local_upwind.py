@@ -23,7 +23,7 @@ class LocalUpwind(Model):
             :func:`fem_crossdiff.upwind.edge_weights`.
     """
 
-    def __init__(self, V, params: ModelParams, negative_edges: str = "limit"):
+    def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi"):
         super().__init__(V, params)
         self.negative_edges = negative_edges
         self.flux = UpwindFlux(V, params, negative_edges)

@@ -91,7 +91,7 @@ class LocalMuscl(Model):
             compactly supported 2D data, measured).
     """
 
-    def __init__(self, V, params: ModelParams, negative_edges: str = "limit",
+    def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
                  limiter: str = "vanleer", jacobian: str = "frozen"):
         from fem_crossdiff.errors import ParameterError
         from fem_crossdiff.upwind import LIMITERS

@@ -37,7 +37,7 @@ class Nonlocal(Model):
     """
 
     def __init__(self, V, params: ModelParams, nonlocal_params: NonlocalParams, V0,
-                 negative_edges: str = "limit"):
+                 negative_edges: str = "voronoi"):
         super().__init__(V, params)
         self.nl, self.negative_edges = nonlocal_params, negative_edges
         self.implicit = nonlocal_params.coupling == "implicit"

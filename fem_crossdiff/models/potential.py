@@ -27,7 +27,7 @@ class GivenPotential(Model):
     """
 
     def __init__(self, V, params: ModelParams, potential: Callable,
-                 negative_edges: str = "limit"):
+                 negative_edges: str = "voronoi"):
         super().__init__(V, params)
         self.potential, self.negative_edges = potential, negative_edges
         self.flux = PotentialFlux(V, params, negative_edges)
