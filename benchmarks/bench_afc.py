@@ -4,7 +4,7 @@ The cases are ``bench_schemes``' functions (Barenblatt 1D m = 2, 3 and 2D m = 2,
 1D segregation overlap and interface; the 3D ball; the 2D steady manufactured solution; one
 implicit-Euler step at 33k / 252k unknowns); this script only adds per-scheme constructor
 options: ``afc`` and ``muscl`` solve the steady manufactured solution (``dt = 1e3``) with their
-matrix-free exact Jacobian (``jacobian="mf"``; the frozen-limiter Jacobian does not converge
+matrix-free exact Jacobian (``jacobian="mf"``; the approximate Jacobians do not converge
 there). For one species the fractions are 1 and
 ``afc`` is ``upwind`` exactly, so the Barenblatt figures coincide (``--barenblatt`` runs them
 anyway).

@@ -77,8 +77,9 @@ class AfcFlux(UpwindFlux):
 
     ``G_k,ij = b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)``,
     ``c_k,f = c_k,up + alpha_ij / 2 (c_k,dn - c_k,up)`` with the limiter of the module
-    docstring. :meth:`residual` is exact; :meth:`add_jacobian` holds ``alpha`` fixed (the
-    first-order scheme's edge pattern).
+    docstring. :meth:`residual` is exact; :meth:`add_jacobian` writes the first-order scheme's
+    edge pattern, with the derivatives of ``kappa`` and the clamp (which depend on the edge's
+    two nodes) and the Zalesak factors held (they depend on the neighbourhoods).
 
     Args:
         V: Blocked P1 space with one component per species.
@@ -170,7 +171,7 @@ class AfcFlux(UpwindFlux):
         return np.where(pos, smooth_min1(Q / np.where(pos, P, 1.0)), 1.0)
 
     def _edge_terms(self, rho: np.ndarray):
-        """Edge fluxes and the frozen-limiter quantities of the Jacobian (collective).
+        """Edge fluxes and the quantities of the edge Jacobian (collective).
 
         The cache test is reduced over the ranks: the limiter communicates, so every rank
         must take the same branch.
@@ -193,31 +194,72 @@ class AfcFlux(UpwindFlux):
         dP = Pi - Pj
         Sm = 0.5 * (Si + Sj)
         F = Sm * dP
-        alpha_k = self.limiter(c, 0.5 * self.W * np.abs(F))
+        zal = self.limiter(c, 0.5 * self.W * np.abs(F))
         upc = up_i[:, None]
         c_up = np.where(upc, ci, cj)
         d_dn = np.where(upc, cj, ci) - c_up
         # |c_f - c_up| <= |c_up|: c_f has the sign of c_up (the positivity proof)
         big = np.abs(d_dn) > 0.0
-        alpha_k = np.where(big, np.minimum(alpha_k, 2.0 * np.abs(c_up)
-                                           / np.where(big, np.abs(d_dn), 1.0)), alpha_k)
+        clamp = np.where(big, 2.0 * np.abs(c_up) / np.where(big, np.abs(d_dn), 1.0), np.inf)
         s2 = Si * Si + Sj * Sj
         kappa = np.where(s2 > 0.0, 2.0 * Si * Sj / np.where(s2 > 0.0, s2, 1.0), 0.0)
-        alpha = np.where(self._free, np.minimum(alpha_k.min(axis=1), 1.0) * kappa, 0.0)
+        cand = np.concatenate([zal, clamp], axis=1)  # the factor is the smallest candidate
+        mfac = np.where(self._free, np.minimum(cand.min(axis=1), 1.0), 0.0)
+        alpha = mfac * kappa
         cf = c_up + (0.5 * alpha)[:, None] * d_dn
         q = (self.b * cf) * F[:, None] + p.sigma * (ri - rj)
         G = self.W[:, None] * q
         lim = limit_fluxes(G, q, ri, rj, self._lim)
-        out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim)
+        out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
+                  (cand, mfac, kappa, c_up, d_dn))
         self._cache_key = rho.copy()
         self._cache = out
         return out
 
+    def _alpha_derivatives(self, terms) -> tuple[np.ndarray, np.ndarray]:
+        """``d alpha / d rho`` at both ends ``(E, n)`` through ``kappa`` and the clamp.
+
+        These depend on the edge's two nodes only; the Zalesak factors (which depend on the
+        neighbourhoods) are held. Where the smallest candidate is a clamp ``2 |u| / |d|``
+        (``u = c_k,up``, ``d = c_k,dn - c_k,up``, species ``k``) its derivative goes through
+        ``d c_k / d rho = (e_k - c_k a) / S`` at each end.
+        """
+        (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
+         (cand, mfac, kappa, c_up, d_dn)) = terms
+        a, n = self.a, self.n
+        s2 = Si * Si + Sj * Sj
+        # d kappa / d S_i = (2 S_j / s2) (S_j^2 - S_i^2) / s2, as two bounded-ish ratios
+        ok = s2 > 1e-300
+        inv2 = np.where(ok, 1.0 / np.where(ok, s2, 1.0), 0.0)
+        skew = (Sj * Sj - Si * Si) * inv2
+        dk_i = mfac * 2.0 * Sj * inv2 * skew  # m d kappa / d S_i
+        dk_j = -mfac * 2.0 * Si * inv2 * skew
+        da_i = dk_i[:, None] * a
+        da_j = dk_j[:, None] * a
+        arg = cand.argmin(axis=1)
+        act = np.flatnonzero(self._free & (mfac < 1.0) & (arg >= n))
+        if act.size:
+            k = arg[act] - n
+            u, d = c_up[act, k], d_dn[act, k]
+            ad = np.abs(d)
+            dC_du = 2.0 * np.sign(u) / ad + 2.0 * np.abs(u) * np.sign(d) / (d * d)
+            dC_dw = -2.0 * np.abs(u) * np.sign(d) / (d * d)
+            upa = up_i[act]
+            dC_di = kappa[act] * np.where(upa, dC_du, dC_dw)
+            dC_dj = kappa[act] * np.where(upa, dC_dw, dC_du)
+            e_k = np.zeros((act.size, n))
+            e_k[np.arange(act.size), k] = 1.0
+            c_i_k, c_j_k = ci[act, k], cj[act, k]
+            da_i[act] += (dC_di * inv_i[act])[:, None] * (e_k - c_i_k[:, None] * a)
+            da_j[act] += (dC_dj * inv_j[act])[:, None] * (e_k - c_j_k[:, None] * a)
+        return da_i, da_j
+
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
-        """Frozen-limiter Jacobian: ``alpha`` held, ``c_i, c_j, S, P`` exact."""
+        """Edge Jacobian: exact but for the Zalesak factors' neighbourhood dependence."""
         p, w = self.params, self.W
-        _, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim) = (
-            self._edge_terms(rho))
+        terms = self._edge_terms(rho)[1]
+        ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim = terms[:13]
+        d_dn = terms[13][4]
         dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
         alpha_i = 0.5 * dP + Sm * dPi  # dF / dS at either end
         alpha_j = 0.5 * dP - Sm * dPj
@@ -241,4 +283,28 @@ class AfcFlux(UpwindFlux):
             uj[e] *= theta
             di[e] = theta * di[e] + g_dth_i
             dj[e] = theta * dj[e] + g_dth_j
-        self._write_blocks(ui, uj, di, dj, out)
+        # d G_k = b_k w F d_k / 2 d alpha: a rank-one term with its own row vector
+        ext = bw * (0.5 * F)[:, None] * d_dn
+        da_i, da_j = self._alpha_derivatives(terms)
+        n = self.n
+        Ji = ui[:, :, None] * self.a + ext[:, :, None] * da_i[:, None, :]
+        Jj = uj[:, :, None] * self.a + ext[:, :, None] * da_j[:, None, :]
+        r = np.arange(n)
+        Ji[:, r, r] += di
+        Jj[:, r, r] += dj
+        self._write_dense(Ji, Jj, out)
+
+    def _write_dense(self, Ji: np.ndarray, Jj: np.ndarray, out: np.ndarray) -> None:
+        """Block-CSR values from full per-edge blocks ``J_i``, ``J_j`` ``(E, n, n)``.
+
+        The layout of :meth:`UpwindFlux._write_blocks`: ``(i, j)`` gets ``J_j``, ``(j, i)``
+        gets ``-J_i``, the diagonal block of a node the sum of ``J_i`` over the edges it
+        starts and of ``-J_j`` over those it ends.
+        """
+        nE, nn, nloc = Ji.shape[0], self.n * self.n, self.nloc
+        both = np.concatenate([Ji, -Jj]).reshape(2 * nE, nn)
+        D = np.empty((nloc, nn))
+        for k in range(nn):
+            D[:, k] = np.bincount(self._IJ, both[:, k], nloc)
+        src = np.concatenate([Jj.reshape(nE, nn), -Ji.reshape(nE, nn), D[self._diag_node]])
+        np.take(src, self._gather, axis=0, out=out)

@@ -156,7 +156,7 @@ def smooth_solvers():
     msh = _mesh(2, 6)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
     out = {}
-    for jac in ("mf", "frozen"):
+    for jac in ("mf", "edge"):
         s = CrossDiffusionSolver(msh, p, scheme="afc", jacobian=jac, linear_solver="direct")
         # generic data: no two fractions tie, so the limiter's max/min are differentiable
         # there (at a tie one-sided and central differences differ)
@@ -168,11 +168,11 @@ def smooth_solvers():
     return out
 
 
-@pytest.mark.parametrize("jac,bound", [("mf", 1e-4), ("frozen", None)])
+@pytest.mark.parametrize("jac,bound", [("mf", 1e-4), ("edge", None)])
 def test_jacobian_against_finite_differences(smooth_solvers, jac, bound):
     """The matrix-free Jacobian matches a central difference of the residual.
 
-    The frozen-limiter matrix does not (it misses the limiter's derivative), which shows that
+    The edge matrix does not (it misses the Zalesak factors' derivatives), which shows that
     the check can fail.
     """
     s = smooth_solvers[jac]
@@ -204,7 +204,7 @@ def test_limiter_bounds(smooth_solvers):
     At each node the net limited flux, per species, lies in ``[-Q^-, Q^+]`` (summed over the
     ranks); the correction is active (alpha = 1 on some edges, < 1 at the extrema).
     """
-    s = smooth_solvers["frozen"]
+    s = smooth_solvers["edge"]
     f = s.model.flux
     rho = s.rho.x.array.reshape(-1, f.n)
     _, terms = f._edge_terms(rho)

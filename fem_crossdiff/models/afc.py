@@ -16,7 +16,7 @@ from fem_crossdiff.models.muscl import MusclJacobian
 from fem_crossdiff.params import ModelParams
 
 #: Jacobians of :class:`LocalAfc`.
-JACOBIANS = ("frozen", "mf")
+JACOBIANS = ("edge", "mf")
 
 
 @register("afc")
@@ -28,14 +28,15 @@ class LocalAfc(Model):
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.upwind.edge_weights` (those edges stay first order).
-        jacobian: ``"frozen"`` (default: the Jacobian with the correction factors held, the
-            first-order scheme's edge pattern; Newton converges linearly) or ``"mf"`` (exact
-            up to a difference quotient, applied matrix-free and preconditioned by the frozen
-            matrix; one flux evaluation per Krylov iteration).
+        jacobian: ``"edge"`` (default: the first-order scheme's edge pattern, exact but for
+            the dependence of the Zalesak factors on the nodes' neighbourhoods, which is held;
+            Newton converges linearly, measured contraction about 0.25 per iteration) or
+            ``"mf"`` (exact up to a difference quotient, applied matrix-free and
+            preconditioned by the edge matrix; one flux evaluation per Krylov iteration).
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "limit",
-                 jacobian: str = "frozen"):
+                 jacobian: str = "edge"):
         from fem_crossdiff.afc import AfcFlux
         from fem_crossdiff.errors import ParameterError
 
@@ -52,7 +53,7 @@ class LocalAfc(Model):
         return self.flux.residual(rho)
 
     def add_jacobian(self, A, rho):
-        """Frozen-limiter edge Jacobian blocks."""
+        """Edge Jacobian blocks (Zalesak factors held)."""
         self.flux.add_jacobian(A, rho)
 
     @property
@@ -61,7 +62,7 @@ class LocalAfc(Model):
         return self.jacobian == "mf"
 
     def jacobian_operator(self, A):
-        """The matrix-free Jacobian, preconditioned by ``A`` (``None`` when frozen)."""
+        """The matrix-free Jacobian, preconditioned by ``A`` (``None`` for ``"edge"``)."""
         if self.jacobian != "mf":
             return None
         self._ctx = MusclJacobian(A, self.flux, self.V)
