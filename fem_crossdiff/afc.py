@@ -72,6 +72,11 @@ def smooth_min1(x: np.ndarray, delta: float = SMOOTH_WIDTH) -> np.ndarray:
     return np.where(x <= 1.0 - delta, x, np.where(x >= 1.0 + delta, 1.0, blend))
 
 
+def smooth_min1_slope(x: np.ndarray, delta: float = SMOOTH_WIDTH) -> np.ndarray:
+    """Derivative of :func:`smooth_min1`."""
+    return np.clip(1.0 - (x - 1.0 + delta) / (2.0 * delta), 0.0, 1.0)
+
+
 class AfcFlux(UpwindFlux):
     """Upwind edge fluxes plus limited antidiffusive fluxes of the species fractions.
 
@@ -93,8 +98,9 @@ class AfcFlux(UpwindFlux):
         self.comm = V.mesh.comm
         imap = V.dofmap.index_map
         n = self.n
-        # sums over a node's edges: P^+, P^- (n each) and q, added over the ranks
-        self._sums = la.vector(imap, bs=2 * n + 1)
+        # sums over a node's edges: P^+, P^- (n each), q and the slopes A^+, A^- of P,
+        # added over the ranks
+        self._sums = la.vector(imap, bs=4 * n + 1)
         self._add = la.InsertMode.add
         # bounds: max of c and of -c over the node's edges, maximised over the ranks (a
         # ghosted PETSc vector: its reverse scatter can take the maximum)
@@ -134,41 +140,95 @@ class AfcFlux(UpwindFlux):
             arr = loc.array.reshape(nloc, 2 * n).copy()
         return arr[:, :n], -arr[:, n:]
 
-    def limiter(self, c: np.ndarray, D: np.ndarray) -> np.ndarray:
-        """Zalesak's per-species limiter ``alpha_k,ij`` ``(E, n)`` (collective).
+    def limiter(self, c: np.ndarray, D: np.ndarray):
+        """Zalesak's per-species factors ``alpha_k,ij`` and their own-edge derivatives.
+
+        Collective. The derivatives are those of ``alpha_k,ij`` with respect to ``c_k`` at the
+        edge's two nodes, through ``P``, ``Q`` and ``smin`` of the active node, with ``d_ij``,
+        the bounds ``c^max, c^min`` and the other neighbours' values held (an exact matrix
+        needs the distance-2 pattern). On an edge that two ranks share each uses its own part
+        of ``d_ij`` there: an approximation of the Jacobian only.
 
         Args:
             c: Fractions at the local nodes ``(nloc, n)``.
             D: This rank's part of ``d_ij = w_ij |F_ij| / 2`` ``(E,)``.
+
+        Returns:
+            ``(alpha_k, dalpha_k / dc_k,i, dalpha_k / dc_k,j)``, each ``(E, n)``.
         """
         n = self.n
         ci, cj = c[self.I], c[self.J]
         dc = cj - ci
+        rises_j = dc > 0.0
         up = D[:, None] * np.maximum(dc, 0.0)  # raises c_j, lowers c_i
         dn = D[:, None] * np.maximum(-dc, 0.0)  # raises c_i, lowers c_j
-        E = self.I.size
-        terms = np.empty((E, 2, 2 * n + 1))
+        Dup = np.where(rises_j, D[:, None], 0.0)  # d(up) / d c_j
+        Ddn = np.where(dc < 0.0, D[:, None], 0.0)  # d(dn) / d c_i
+        E, m = self.I.size, 4 * n + 1
+        # per node: P^+, P^-, q, A^+ = dP^+/dc_self, A^- = -dP^-/dc_self
+        terms = np.empty((E, 2, m))
         terms[:, 0, :n], terms[:, 0, n:2 * n] = dn, up  # node i: P^+ = dn, P^- = up
         terms[:, 1, :n], terms[:, 1, n:2 * n] = up, dn  # node j: P^+ = up, P^- = dn
         terms[:, 0, 2 * n] = terms[:, 1, 2 * n] = D
-        arr = self._sums.array.reshape(self.nloc, 2 * n + 1)
+        terms[:, 0, 2 * n + 1:3 * n + 1], terms[:, 0, 3 * n + 1:] = Ddn, Dup
+        terms[:, 1, 2 * n + 1:3 * n + 1], terms[:, 1, 3 * n + 1:] = Dup, Ddn
+        arr = self._sums.array.reshape(self.nloc, m)
         arr[:] = self._node_sums(terms)
         self._sums.scatter_reverse(self._add)
         self._sums.scatter_forward()
-        sums = self._sums.array.reshape(self.nloc, 2 * n + 1)
-        Pp, Pm, q = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:]
+        sums = self._sums.array.reshape(self.nloc, m)
+        Pp, Pm, q = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:2 * n + 1]
+        Ap, Am = sums[:, 2 * n + 1:3 * n + 1], sums[:, 3 * n + 1:]
         cmax, cmin = self._node_bounds(c)
-        Rp = self._ratio(q * np.maximum(cmax - c, 0.0), Pp)
-        Rm = self._ratio(q * np.maximum(c - cmin, 0.0), Pm)
-        rises_j = dc > 0.0
-        return np.where(rises_j, np.minimum(Rm[self.I], Rp[self.J]),
-                        np.minimum(Rp[self.I], Rm[self.J]))
+        Qp = q * np.maximum(cmax - c, 0.0)
+        Qm = q * np.maximum(c - cmin, 0.0)
+        Rp, sp, ip, xp = self._ratio(Qp, Pp, q)
+        Rm, sm, im, xm = self._ratio(Qm, Pm, q)
+        # d x / d c_self: x^+ = Q^+/P^+ with dQ^+ = -q, dP^+ = A^+; x^- with dQ^- = q, dP^- = -A^-
+        # (written with x and the ratios q/P, A/P, bounded by 1e8 where the slope is kept)
+        gp = sp * (-q * ip - xp * (Ap * ip))
+        gm = sm * (q * im + xm * (Am * im))
+        I, J = self.I, self.J
+        # the active node and its R: c_j rises -> min(R^-_i, R^+_j), else min(R^+_i, R^-_j)
+        Ri = np.where(rises_j, Rm[I], Rp[I])
+        Rj = np.where(rises_j, Rp[J], Rm[J])
+        at_i = Ri <= Rj
+        Z = np.where(at_i, Ri, Rj)
+        # own node: g; other node: through the edge's term of P (d_ij times the sign's slope)
+        # rises_j: P^-_i has + d (c_j - c_i), P^+_j has + d (c_j - c_i)
+        gi_self = np.where(rises_j, gm[I], gp[I])
+        gj_self = np.where(rises_j, gp[J], gm[J])
+        s_i = np.where(rises_j, sm[I], sp[I])
+        s_j = np.where(rises_j, sp[J], sm[J])
+        x_i = np.where(rises_j, xm[I], xp[I])
+        x_j = np.where(rises_j, xp[J], xm[J])
+        inv_i = np.where(rises_j, im[I], ip[I])
+        inv_j = np.where(rises_j, ip[J], im[J])
+        Dk = D[:, None] * (dc != 0.0)
+        # x_i = Q_i / P_i, dP_i / dc_j = D (the edge's term |c_j - c_i| D grows with c_j
+        # when c_j > c_i, i.e. rises_j; else it shrinks: dP / dc_j = -D)
+        sgn = np.where(rises_j, 1.0, -1.0)
+        dxi_dcj = -s_i * x_i * (Dk * inv_i) * sgn
+        dxj_dci = -s_j * x_j * (Dk * inv_j) * (-sgn)
+        dZi = np.where(at_i, gi_self, dxj_dci)
+        dZj = np.where(at_i, dxi_dcj, gj_self)
+        return Z, dZi, dZj
 
     @staticmethod
-    def _ratio(Q: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """``smin(Q / P)``, 1 where nothing is to be limited (``P = 0``)."""
+    def _ratio(Q: np.ndarray, P: np.ndarray, q: np.ndarray):
+        """``smin(Q / P)`` (1 where ``P = 0``), and ``smin'``, ``1 / P``, ``min(Q / P, 2)``.
+
+        The last three are for the Jacobian. They vanish where ``P < 1e-8 q`` (fraction
+        differences below 1e-8): there the ratio of two vanishing sums has huge derivatives
+        that would only spoil the linear solve, and the factor is held instead.
+        """
         pos = P > 0.0
-        return np.where(pos, smooth_min1(Q / np.where(pos, P, 1.0)), 1.0)
+        safe = np.where(pos, P, 1.0)
+        x = np.minimum(Q, 2.0 * safe) / safe  # Q / P up to 2, where smin is 1 already
+        usable = (P > 1e-8 * q) & (P > 1e-200)  # 1e-200: no overflow of 1 / P
+        inv = np.where(usable, 1.0 / np.where(usable, P, 1.0), 0.0)
+        slope = np.where(usable, smooth_min1_slope(x), 0.0)
+        return np.where(pos, smooth_min1(x), 1.0), slope, inv, np.where(usable, x, 0.0)
 
     def _edge_terms(self, rho: np.ndarray):
         """Edge fluxes and the quantities of the edge Jacobian (collective).
@@ -194,7 +254,7 @@ class AfcFlux(UpwindFlux):
         dP = Pi - Pj
         Sm = 0.5 * (Si + Sj)
         F = Sm * dP
-        zal = self.limiter(c, 0.5 * self.W * np.abs(F))
+        zal, dz_i, dz_j = self.limiter(c, 0.5 * self.W * np.abs(F))
         upc = up_i[:, None]
         c_up = np.where(upc, ci, cj)
         d_dn = np.where(upc, cj, ci) - c_up
@@ -211,7 +271,7 @@ class AfcFlux(UpwindFlux):
         G = self.W[:, None] * q
         lim = limit_fluxes(G, q, ri, rj, self._lim)
         out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-                  (cand, mfac, kappa, c_up, d_dn))
+                  (cand, mfac, kappa, c_up, d_dn, dz_i, dz_j))
         self._cache_key = rho.copy()
         self._cache = out
         return out
@@ -219,13 +279,14 @@ class AfcFlux(UpwindFlux):
     def _alpha_derivatives(self, terms) -> tuple[np.ndarray, np.ndarray]:
         """``d alpha / d rho`` at both ends ``(E, n)`` through ``kappa`` and the clamp.
 
-        These depend on the edge's two nodes only; the Zalesak factors (which depend on the
-        neighbourhoods) are held. Where the smallest candidate is a clamp ``2 |u| / |d|``
-        (``u = c_k,up``, ``d = c_k,dn - c_k,up``, species ``k``) its derivative goes through
-        ``d c_k / d rho = (e_k - c_k a) / S`` at each end.
+        ``kappa`` and the clamp depend on the edge's two nodes only; of a Zalesak factor only
+        the derivatives with respect to those two nodes are kept (:meth:`limiter`). The
+        active candidate (a clamp ``2 |u| / |d|``, ``u = c_k,up``, ``d = c_k,dn - c_k,up``, or
+        a Zalesak factor of species ``k``) enters through ``d c_k / d rho = (e_k - c_k a) / S``
+        at each end.
         """
         (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-         (cand, mfac, kappa, c_up, d_dn)) = terms
+         (cand, mfac, kappa, c_up, d_dn, dz_i, dz_j)) = terms
         a, n = self.a, self.n
         s2 = Si * Si + Sj * Sj
         # d kappa / d S_i = (2 S_j / s2) (S_j^2 - S_i^2) / s2, as two bounded-ish ratios
@@ -237,21 +298,25 @@ class AfcFlux(UpwindFlux):
         da_i = dk_i[:, None] * a
         da_j = dk_j[:, None] * a
         arg = cand.argmin(axis=1)
-        act = np.flatnonzero(self._free & (mfac < 1.0) & (arg >= n))
+        act = np.flatnonzero(self._free & (mfac < 1.0))
         if act.size:
-            k = arg[act] - n
+            ka = arg[act]
+            clamp = ka >= n
+            k = np.where(clamp, ka - n, ka)
             u, d = c_up[act, k], d_dn[act, k]
-            ad = np.abs(d)
-            dC_du = 2.0 * np.sign(u) / ad + 2.0 * np.abs(u) * np.sign(d) / (d * d)
-            dC_dw = -2.0 * np.abs(u) * np.sign(d) / (d * d)
+            ad = np.where(clamp, np.abs(d), 1.0)
+            d2 = np.where(clamp, d * d, 1.0)
+            dC_du = 2.0 * np.sign(u) / ad + 2.0 * np.abs(u) * np.sign(d) / d2
+            dC_dw = -2.0 * np.abs(u) * np.sign(d) / d2
             upa = up_i[act]
-            dC_di = kappa[act] * np.where(upa, dC_du, dC_dw)
-            dC_dj = kappa[act] * np.where(upa, dC_dw, dC_du)
+            # the active candidate's derivatives with respect to c_k at i and j
+            dm_i = np.where(clamp, np.where(upa, dC_du, dC_dw), dz_i[act, k])
+            dm_j = np.where(clamp, np.where(upa, dC_dw, dC_du), dz_j[act, k])
             e_k = np.zeros((act.size, n))
             e_k[np.arange(act.size), k] = 1.0
             c_i_k, c_j_k = ci[act, k], cj[act, k]
-            da_i[act] += (dC_di * inv_i[act])[:, None] * (e_k - c_i_k[:, None] * a)
-            da_j[act] += (dC_dj * inv_j[act])[:, None] * (e_k - c_j_k[:, None] * a)
+            da_i[act] += (kappa[act] * dm_i * inv_i[act])[:, None] * (e_k - c_i_k[:, None] * a)
+            da_j[act] += (kappa[act] * dm_j * inv_j[act])[:, None] * (e_k - c_j_k[:, None] * a)
         return da_i, da_j
 
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):

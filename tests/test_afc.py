@@ -227,7 +227,7 @@ def test_limiter_bounds(smooth_solvers):
     arr[:, 2 * f.n] = np.bincount(f._IJ, np.concatenate([D, D]), f.nloc)
     vec.scatter_reverse(f._add)
     vec.scatter_forward()
-    net, q = arr[:, :f.n].copy(), arr[:, 2 * f.n:].copy()
+    net, q = arr[:, :f.n].copy(), arr[:, 2 * f.n:2 * f.n + 1].copy()
     cmax, cmin = f._node_bounds(c)
     nown = s.V.dofmap.index_map.size_local
     tol = 1e-12 * np.abs(q).max()
