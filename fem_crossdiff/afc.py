@@ -100,13 +100,21 @@ class AfcFlux(UpwindFlux):
         n = self.n
         # sums over a node's edges: P^+, P^- (n each), q and the slopes A^+, A^- of P,
         # added over the ranks
-        self._sums = la.vector(imap, bs=4 * n + 1)
+        self._sums = la.vector(imap, bs=2 * n + 1)
+        self._slopes = la.vector(imap, bs=4 * n + 1)
         self._add = la.InsertMode.add
         # bounds: max of c and of -c over the node's edges, maximised over the ranks (a
         # ghosted PETSc vector: its reverse scatter can take the maximum)
         from dolfinx.la.petsc import create_vector
 
         self._bounds = create_vector([(imap, 2 * n)])
+        # every node's neighbours, contiguous: the bounds are one reduceat per direction
+        nodes = np.concatenate([self.I, self.J])
+        order = np.argsort(nodes, kind="stable")
+        self._nbr = np.concatenate([self.J, self.I])[order]
+        counts = np.bincount(nodes, minlength=self.nloc)
+        self._has_nbr = counts > 0
+        self._nbr_start = (np.cumsum(counts) - counts)[self._has_nbr]
         self._free = np.ones(self.I.size, dtype=bool)  # edges the correction may act on
         self._free[self._lim] = False
 
@@ -125,12 +133,11 @@ class AfcFlux(UpwindFlux):
         arr = np.empty((nloc, 2 * n))
         arr[:, :n] = c
         arr[:, n:] = -c
-        ci, cj = c[self.I], c[self.J]
-        # np.maximum.at: unbuffered, so repeated nodes take the maximum of all their edges
-        np.maximum.at(arr[:, :n], self.I, cj)
-        np.maximum.at(arr[:, :n], self.J, ci)
-        np.maximum.at(arr[:, n:], self.I, -cj)
-        np.maximum.at(arr[:, n:], self.J, -ci)
+        if self._nbr.size:
+            vals = c[self._nbr]
+            has, start = self._has_nbr, self._nbr_start
+            arr[has, :n] = np.maximum(c[has], np.maximum.reduceat(vals, start, axis=0))
+            arr[has, n:] = -np.minimum(c[has], np.minimum.reduceat(vals, start, axis=0))
         vec = self._bounds
         with vec.localForm() as loc:
             loc.array[:] = arr.reshape(-1)
@@ -140,7 +147,7 @@ class AfcFlux(UpwindFlux):
             arr = loc.array.reshape(nloc, 2 * n).copy()
         return arr[:, :n], -arr[:, n:]
 
-    def limiter(self, c: np.ndarray, D: np.ndarray):
+    def limiter(self, c: np.ndarray, D: np.ndarray, derivatives: bool = False):
         """Zalesak's per-species factors ``alpha_k,ij`` and their own-edge derivatives.
 
         Collective. The derivatives are those of ``alpha_k,ij`` with respect to ``c_k`` at the
@@ -152,9 +159,10 @@ class AfcFlux(UpwindFlux):
         Args:
             c: Fractions at the local nodes ``(nloc, n)``.
             D: This rank's part of ``d_ij = w_ij |F_ij| / 2`` ``(E,)``.
+            derivatives: Also return the derivatives (the residual needs only the factors).
 
         Returns:
-            ``(alpha_k, dalpha_k / dc_k,i, dalpha_k / dc_k,j)``, each ``(E, n)``.
+            ``alpha_k`` ``(E, n)``, or ``(alpha_k, dalpha_k / dc_k,i, dalpha_k / dc_k,j)``.
         """
         n = self.n
         ci, cj = c[self.I], c[self.J]
@@ -162,33 +170,39 @@ class AfcFlux(UpwindFlux):
         rises_j = dc > 0.0
         up = D[:, None] * np.maximum(dc, 0.0)  # raises c_j, lowers c_i
         dn = D[:, None] * np.maximum(-dc, 0.0)  # raises c_i, lowers c_j
-        Dup = np.where(rises_j, D[:, None], 0.0)  # d(up) / d c_j
-        Ddn = np.where(dc < 0.0, D[:, None], 0.0)  # d(dn) / d c_i
-        E, m = self.I.size, 4 * n + 1
-        # per node: P^+, P^-, q, A^+ = dP^+/dc_self, A^- = -dP^-/dc_self
+        E = self.I.size
+        m = 4 * n + 1 if derivatives else 2 * n + 1
+        # per node: P^+, P^-, q (and A^+ = dP^+/dc_self, A^- = -dP^-/dc_self)
         terms = np.empty((E, 2, m))
         terms[:, 0, :n], terms[:, 0, n:2 * n] = dn, up  # node i: P^+ = dn, P^- = up
         terms[:, 1, :n], terms[:, 1, n:2 * n] = up, dn  # node j: P^+ = up, P^- = dn
         terms[:, 0, 2 * n] = terms[:, 1, 2 * n] = D
-        terms[:, 0, 2 * n + 1:3 * n + 1], terms[:, 0, 3 * n + 1:] = Ddn, Dup
-        terms[:, 1, 2 * n + 1:3 * n + 1], terms[:, 1, 3 * n + 1:] = Dup, Ddn
-        arr = self._sums.array.reshape(self.nloc, m)
+        if derivatives:
+            Dup = np.where(rises_j, D[:, None], 0.0)  # d(up) / d c_j
+            Ddn = np.where(dc < 0.0, D[:, None], 0.0)  # d(dn) / d c_i
+            terms[:, 0, 2 * n + 1:3 * n + 1], terms[:, 0, 3 * n + 1:] = Ddn, Dup
+            terms[:, 1, 2 * n + 1:3 * n + 1], terms[:, 1, 3 * n + 1:] = Dup, Ddn
+        vec = self._slopes if derivatives else self._sums
+        arr = vec.array.reshape(self.nloc, m)
         arr[:] = self._node_sums(terms)
-        self._sums.scatter_reverse(self._add)
-        self._sums.scatter_forward()
-        sums = self._sums.array.reshape(self.nloc, m)
+        vec.scatter_reverse(self._add)
+        vec.scatter_forward()
+        sums = vec.array.reshape(self.nloc, m)
         Pp, Pm, q = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:2 * n + 1]
-        Ap, Am = sums[:, 2 * n + 1:3 * n + 1], sums[:, 3 * n + 1:]
         cmax, cmin = self._node_bounds(c)
         Qp = q * np.maximum(cmax - c, 0.0)
         Qm = q * np.maximum(c - cmin, 0.0)
+        I, J = self.I, self.J
+        if not derivatives:
+            Rp, Rm = self._ratio(Qp, Pp), self._ratio(Qm, Pm)
+            return np.where(rises_j, np.minimum(Rm[I], Rp[J]), np.minimum(Rp[I], Rm[J]))
+        Ap, Am = sums[:, 2 * n + 1:3 * n + 1], sums[:, 3 * n + 1:]
         Rp, sp, ip, xp = self._ratio(Qp, Pp, q)
         Rm, sm, im, xm = self._ratio(Qm, Pm, q)
         # d x / d c_self: x^+ = Q^+/P^+ with dQ^+ = -q, dP^+ = A^+; x^- with dQ^- = q, dP^- = -A^-
         # (written with x and the ratios q/P, A/P, bounded by 1e8 where the slope is kept)
         gp = sp * (-q * ip - xp * (Ap * ip))
         gm = sm * (q * im + xm * (Am * im))
-        I, J = self.I, self.J
         # the active node and its R: c_j rises -> min(R^-_i, R^+_j), else min(R^+_i, R^-_j)
         Ri = np.where(rises_j, Rm[I], Rp[I])
         Rj = np.where(rises_j, Rp[J], Rm[J])
@@ -215,7 +229,7 @@ class AfcFlux(UpwindFlux):
         return Z, dZi, dZj
 
     @staticmethod
-    def _ratio(Q: np.ndarray, P: np.ndarray, q: np.ndarray):
+    def _ratio(Q: np.ndarray, P: np.ndarray, q: np.ndarray | None = None):
         """``smin(Q / P)`` (1 where ``P = 0``), and ``smin'``, ``1 / P``, ``min(Q / P, 2)``.
 
         The last three are for the Jacobian. They vanish where ``P < 1e-8 q`` (fraction
@@ -225,6 +239,8 @@ class AfcFlux(UpwindFlux):
         pos = P > 0.0
         safe = np.where(pos, P, 1.0)
         x = np.minimum(Q, 2.0 * safe) / safe  # Q / P up to 2, where smin is 1 already
+        if q is None:
+            return np.where(pos, smooth_min1(x), 1.0)
         usable = (P > 1e-8 * q) & (P > 1e-200)  # 1e-200: no overflow of 1 / P
         inv = np.where(usable, 1.0 / np.where(usable, P, 1.0), 0.0)
         slope = np.where(usable, smooth_min1_slope(x), 0.0)
@@ -254,7 +270,7 @@ class AfcFlux(UpwindFlux):
         dP = Pi - Pj
         Sm = 0.5 * (Si + Sj)
         F = Sm * dP
-        zal, dz_i, dz_j = self.limiter(c, 0.5 * self.W * np.abs(F))
+        zal = self.limiter(c, 0.5 * self.W * np.abs(F))
         upc = up_i[:, None]
         c_up = np.where(upc, ci, cj)
         d_dn = np.where(upc, cj, ci) - c_up
@@ -271,7 +287,7 @@ class AfcFlux(UpwindFlux):
         G = self.W[:, None] * q
         lim = limit_fluxes(G, q, ri, rj, self._lim)
         out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-                  (cand, mfac, kappa, c_up, d_dn, dz_i, dz_j))
+                  (cand, mfac, kappa, c_up, d_dn, c))
         self._cache_key = rho.copy()
         self._cache = out
         return out
@@ -286,7 +302,9 @@ class AfcFlux(UpwindFlux):
         at each end.
         """
         (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-         (cand, mfac, kappa, c_up, d_dn, dz_i, dz_j)) = terms
+         (cand, mfac, kappa, c_up, d_dn, c)) = terms
+        # the Zalesak factors' own-edge derivatives: a second pass of the limiter
+        _, dz_i, dz_j = self.limiter(c, 0.5 * self.W * np.abs(F), derivatives=True)
         a, n = self.a, self.n
         s2 = Si * Si + Sj * Sj
         # d kappa / d S_i = (2 S_j / s2) (S_j^2 - S_i^2) / s2, as two bounded-ish ratios
