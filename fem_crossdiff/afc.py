@@ -162,7 +162,8 @@ class AfcFlux(UpwindFlux):
             derivatives: Also return the derivatives (the residual needs only the factors).
 
         Returns:
-            ``alpha_k`` ``(E, n)``, or ``(alpha_k, dalpha_k / dc_k,i, dalpha_k / dc_k,j)``.
+            ``alpha_k`` ``(E, n)``, or ``(alpha_k, dalpha_k / dc_k,i, dalpha_k / dc_k,j,
+            dalpha_k / dd_ij)``.
         """
         n = self.n
         ci, cj = c[self.I], c[self.J]
@@ -226,7 +227,14 @@ class AfcFlux(UpwindFlux):
         dxj_dci = -s_j * x_j * (Dk * inv_j) * (-sgn)
         dZi = np.where(at_i, gi_self, dxj_dci)
         dZj = np.where(at_i, dxi_dcj, gj_self)
-        return Z, dZi, dZj
+        # through the edge's own d_ij (in q and in P of the active node):
+        # d x / d d_ij = (room - x |c_j - c_i|) / P, room the distance to the active bound
+        room_i = np.where(rises_j, (c - cmin)[I], (cmax - c)[I])
+        room_j = np.where(rises_j, (cmax - c)[J], (c - cmin)[J])
+        adc = np.abs(dc)
+        dZD = np.where(at_i, s_i * (room_i - x_i * adc) * inv_i,
+                       s_j * (room_j - x_j * adc) * inv_j)
+        return Z, dZi, dZj, dZD
 
     @staticmethod
     def _ratio(Q: np.ndarray, P: np.ndarray, q: np.ndarray | None = None):
@@ -304,7 +312,11 @@ class AfcFlux(UpwindFlux):
         (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
          (cand, mfac, kappa, c_up, d_dn, c)) = terms
         # the Zalesak factors' own-edge derivatives: a second pass of the limiter
-        _, dz_i, dz_j = self.limiter(c, 0.5 * self.W * np.abs(F), derivatives=True)
+        _, dz_i, dz_j, dz_D = self.limiter(c, 0.5 * self.W * np.abs(F), derivatives=True)
+        # d d_ij / d S_end = W sign(F) (dF / dS_end) / 2 (this rank's part of W)
+        half = 0.5 * self.W * np.sign(F)
+        dD_i = half * (0.5 * dP + Sm * self.law.derivative(Si))
+        dD_j = half * (0.5 * dP - Sm * self.law.derivative(Sj))
         a, n = self.a, self.n
         s2 = Si * Si + Sj * Sj
         # d kappa / d S_i = (2 S_j / s2) (S_j^2 - S_i^2) / s2, as two bounded-ish ratios
@@ -335,6 +347,9 @@ class AfcFlux(UpwindFlux):
             c_i_k, c_j_k = ci[act, k], cj[act, k]
             da_i[act] += (kappa[act] * dm_i * inv_i[act])[:, None] * (e_k - c_i_k[:, None] * a)
             da_j[act] += (kappa[act] * dm_j * inv_j[act])[:, None] * (e_k - c_j_k[:, None] * a)
+            zd = np.where(clamp, 0.0, dz_D[act, k]) * kappa[act]
+            da_i[act] += (zd * dD_i[act])[:, None] * a
+            da_j[act] += (zd * dD_j[act])[:, None] * a
         return da_i, da_j
 
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
