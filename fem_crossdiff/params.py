@@ -96,7 +96,7 @@ class ModelParams:
 
 TIME_METHODS = ("ie", "bdf2")
 #: Spatial schemes of :class:`fem_crossdiff.solver.CrossDiffusionSolver`.
-SCHEMES = ("upwind", "galerkin", "muscl")
+SCHEMES = ("upwind", "galerkin", "muscl", "afc")
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).

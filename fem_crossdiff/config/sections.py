@@ -129,7 +129,8 @@ class SolverConfig(Section):
 
     Attributes:
         scheme: ``"upwind"`` (P1, positivity preserving), ``"muscl"`` (P1, positivity
-            preserving, limited second-order species fractions) or ``"galerkin"``.
+            preserving, limited second-order species fractions), ``"afc"`` (P1, positivity
+            preserving, algebraic flux correction of the fractions) or ``"galerkin"``.
         degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
         linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
             ``"direct"``.
@@ -156,8 +157,8 @@ class SolverConfig(Section):
               "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES)}
 
     def validate(self) -> None:
-        """``upwind`` and ``muscl`` are P1."""
-        if self.scheme in ("upwind", "muscl") and self.degree != 1:
+        """``upwind``, ``muscl`` and ``afc`` are P1."""
+        if self.scheme in ("upwind", "muscl", "afc") and self.degree != 1:
             raise ConfigError("solver.degree", self.degree,
                               f'must be 1 with solver.scheme = "{self.scheme}" (use "galerkin" '
                               'for P2)')

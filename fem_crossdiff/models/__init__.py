@@ -6,6 +6,7 @@ changes. Built in:
 
 * ``"upwind"``: local system (1.1), positivity-preserving P1 edge fluxes (default);
 * ``"muscl"``: local system (1.1), upwind fluxes with limited second-order species fractions;
+* ``"afc"``: local system (1.1), upwind fluxes with algebraic flux correction of the fractions;
 * ``"galerkin"``: local system (1.1), standard Galerkin P1/P2;
 * ``"nonlocal"``: nonlocal system (1.5), linear or implicit coupling;
 * ``"potential"``: linear transport in a given lagged potential.
@@ -90,6 +91,7 @@ def select_model(name: str = "upwind", *, nonlocal_params=None, potential=None,
 def _load_builtin() -> None:
     # imported on first use: the model modules import DOLFINx, the registry does not
     from fem_crossdiff.models import (  # noqa: F401
+        afc,
         local_galerkin,
         local_upwind,
         muscl,
