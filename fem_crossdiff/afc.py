@@ -93,7 +93,7 @@ class AfcFlux(UpwindFlux):
             :func:`fem_crossdiff.upwind.edge_weights`.
     """
 
-    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str = "limit"):
+    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str = "voronoi"):
         super().__init__(V, params, negative_edges)
         self.comm = V.mesh.comm
         imap = V.dofmap.index_map
@@ -293,7 +293,7 @@ class AfcFlux(UpwindFlux):
         cf = c_up + (0.5 * alpha)[:, None] * d_dn
         q = (self.b * cf) * F[:, None] + p.sigma * (ri - rj)
         G = self.W[:, None] * q
-        lim = limit_fluxes(G, q, ri, rj, self._lim)
+        lim = limit_fluxes(G, q, ri, rj, self._lim, self._beta)
         out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
                   (cand, mfac, kappa, c_up, d_dn, c))
         self._cache_key = rho.copy()

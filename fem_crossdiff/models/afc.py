@@ -35,7 +35,7 @@ class LocalAfc(Model):
             preconditioned by the edge matrix; one flux evaluation per Krylov iteration).
     """
 
-    def __init__(self, V, params: ModelParams, negative_edges: str = "limit",
+    def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
                  jacobian: str = "edge"):
         from fem_crossdiff.afc import AfcFlux
         from fem_crossdiff.errors import ParameterError
