@@ -12,10 +12,13 @@ cell through facet neighbours, reflecting ``q`` at each boundary facet the path 
 specular reflection of the straight path). Cost: one numpy pass over the particles per cell
 crossed (the walk alone measured 1.2-1.4 us per particle-step on a loaded machine, against 12-78
 us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``).
-:attr:`MeshDomain.cell_rank` and :attr:`MeshDomain.cell_local` give the owner of each cell, so
-that :meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` sends each particle to
-the rank owning its cell without any search. Particles the walk loses (rounding, at most a few
-per million particle-steps) take the collision-tree path below.
+:attr:`MeshDomain.cell_rank` and :attr:`MeshDomain.cell_local` give the owner of each cell:
+particles live on the rank owning their cell (:meth:`MeshDomain.distribute` for initial data);
+after each walk :meth:`MeshDomain.track` sends those whose end cell another rank owns there
+(:func:`migrate`, one ``Alltoallv`` of just those), so that
+:meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` evaluates the drift
+where the particles are. Particles the walk loses (rounding, at most a few per million
+particle-steps) take the collision-tree path below.
 
 Reflection by the collision tree (:meth:`MeshDomain.reflect_collision`, the reference): the
 exterior facets of the (affine simplex) mesh are gathered on every rank at construction, so that
@@ -52,14 +55,100 @@ import numpy as np
 from fem_crossdiff.compat import MPI, geometry, mesh
 
 from .sampling import check_density_values
-from .tracking import SimplexTracker
+from .tracking import SimplexTracker, facet_neighbours
 
-__all__ = ["MeshDomain", "FEDensitySampler"]
+__all__ = ["MeshDomain", "FEDensitySampler", "migrate", "partition_tracker"]
 
 
 def _gather_rows(comm, arr: np.ndarray) -> np.ndarray:
     parts = comm.allgather(np.ascontiguousarray(arr))
     return np.concatenate(parts, axis=0)
+
+
+def migrate(comm, dest: np.ndarray, x: np.ndarray, cells: np.ndarray, extra: np.ndarray):
+    """Send the rows with ``dest != comm.rank`` to ``dest`` (one ``Alltoallv`` of just those).
+
+    Args:
+        comm: The communicator.
+        dest: ``(M,)`` destination rank of each row.
+        x: ``(M, d)`` floats.
+        cells: ``(M,)`` integers (the cells in the destination's numbering).
+        extra: ``(M, k)`` integers.
+
+    Returns:
+        ``(x, cells, extra)``: the rows kept, then the rows received (by source rank, in the
+        senders' order).
+    """
+    d, k = x.shape[1], extra.shape[1]
+    go = dest != comm.rank
+    keep = ~go
+    idx = np.flatnonzero(go)
+    order = idx[np.argsort(dest[idx], kind="stable")]
+    send_counts = np.bincount(dest[order], minlength=comm.size).astype(np.int64)
+    recv_counts = np.empty(comm.size, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts)
+    w = d + 1 + k  # integers travel as their bit patterns in float64 words: exact
+    send = np.empty((order.size, w))
+    send[:, :d] = x[order]
+    send[:, d] = cells[order].astype(np.int64).view(np.float64)
+    send[:, d + 1:] = np.ascontiguousarray(extra[order], dtype=np.int64).view(np.float64)
+    recv = np.empty((int(recv_counts.sum()), w))
+    sdispl = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
+    rdispl = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
+    comm.Alltoallv([send, (send_counts * w, sdispl * w), MPI.DOUBLE],
+                   [recv, (recv_counts * w, rdispl * w), MPI.DOUBLE])
+    ints = np.ascontiguousarray(recv[:, d:]).view(np.int64)
+    return (np.concatenate([x[keep], recv[:, :d]]),
+            np.concatenate([cells[keep].astype(np.int64), ints[:, 0]]),
+            np.concatenate([extra[keep].astype(np.int64), ints[:, 1:]]))
+
+
+def partition_tracker(msh) -> tuple[SimplexTracker, np.ndarray]:
+    """The tracker of this rank's owned cells, with foreign slots across the partition.
+
+    Facets are matched by their global (input) vertex ids: first among the owned cells, then
+    the unmatched ones across ranks at a rendezvous rank (the one numbered ``smallest vertex id
+    mod P``), so that nothing depends on the ghost mode and no rank holds more than its share
+    of the partition's facets. A facet matched on another rank becomes the neighbour entry
+    ``-2 - s`` of foreign slot ``s``; a facet matched nowhere is a wall (``-1``).
+
+    Returns:
+        ``(tracker, slots)``: the :class:`SimplexTracker` of the owned cells in local order
+        and ``slots (S, 2)``, the owner rank and its local cell index of each foreign slot.
+        Collective.
+    """
+    comm, tdim = msh.comm, msh.topology.dim
+    ncell = msh.topology.index_map(tdim).size_local
+    verts = _cell_vertices(msh, np.arange(ncell, dtype=np.int32)).reshape(ncell, tdim + 1, tdim)
+    vid = np.asarray(msh.geometry.input_global_indices, dtype=np.int64)[
+        msh.geometry.dofmaps[0][:ncell]].reshape(ncell, tdim + 1)
+    nbr = facet_neighbours(vid)
+    slots = np.zeros((0, 2), dtype=np.int64)
+    if comm.size > 1:
+        cc, ff = np.nonzero(nbr == -1)
+        keys = np.sort(np.stack([np.delete(vid[c], f) for c, f in zip(cc, ff, strict=True)])
+                       if cc.size else np.zeros((0, tdim), dtype=np.int64), axis=1)
+        dest = keys[:, 0] % comm.size if cc.size else np.zeros(0, dtype=np.int64)
+        out = [np.concatenate([keys[dest == r], np.stack([cc, ff], axis=1)[dest == r]], axis=1)
+               for r in range(comm.size)]
+        got = comm.alltoall(out)  # rows: facet key, local cell, local facet; once, at setup
+        rows = np.concatenate(got) if got else np.zeros((0, tdim + 2), dtype=np.int64)
+        src = np.concatenate([np.full(len(g), r, dtype=np.int64) for r, g in enumerate(got)])
+        order = np.lexsort(rows[:, :tdim].T[::-1])
+        ks = rows[order, :tdim]
+        same = np.flatnonzero(np.all(ks[1:] == ks[:-1], axis=1))
+        a, b = order[same], order[same + 1]
+        reply = [[] for _ in range(comm.size)]
+        for i, j in ((a, b), (b, a)):  # to the owner of i: its cell, facet, and j's rank, cell
+            for r in range(comm.size):
+                m = src[i] == r
+                reply[r].append(np.stack([rows[i[m], tdim], rows[i[m], tdim + 1], src[j[m]],
+                                          rows[j[m], tdim]], axis=1))
+        back = comm.alltoall([np.concatenate(x) for x in reply])
+        match = np.concatenate(back) if back else np.zeros((0, 4), dtype=np.int64)
+        slots = np.ascontiguousarray(match[:, 2:4], dtype=np.int64)
+        nbr[match[:, 0], match[:, 1]] = -2 - np.arange(match.shape[0], dtype=np.int64)
+    return SimplexTracker(verts, vid, neighbour=nbr), slots
 
 
 def _cell_vertices(msh, cells: np.ndarray) -> np.ndarray:
@@ -81,7 +170,7 @@ class MeshDomain:
         if tdim != gdim:
             raise ValueError(f"msh: need gdim == tdim, got gdim={gdim}, tdim={tdim}")
         self.msh, self.dim, self.max_reflections = msh, gdim, int(max_reflections)
-        comm = msh.comm
+        comm = self.comm = msh.comm
         msh.topology.create_connectivity(tdim - 1, tdim)
         facets = mesh.exterior_facet_indices(msh.topology)
         facets = facets[facets < msh.topology.index_map(tdim - 1).size_local]
@@ -106,6 +195,8 @@ class MeshDomain:
         comm.Allreduce(np.ascontiguousarray(xg.max(axis=0)), hi, op=MPI.MAX)
         self._bounds = (lo, hi)
         self._build_tracker()
+        #: the tracker of the owned cells and its foreign slots (``partition_tracker``)
+        self.part_tracker, self.slots = partition_tracker(msh)
 
     def _build_tracker(self):
         """The global :class:`SimplexTracker` (cells in the original order, on every rank)."""
@@ -136,8 +227,12 @@ class MeshDomain:
         return self.tracker.locate(np.asarray(x, dtype=float).reshape(-1, self.dim),
                                    inside=self.contains_collision)
 
-    def track(self, x_old: np.ndarray, x_new: np.ndarray, cells: np.ndarray | None = None):
+    def reflect_tracked(self, x_old: np.ndarray, x_new: np.ndarray,
+                        cells: np.ndarray | None = None):
         """Reflect the steps ``x_old -> x_new`` by tracking; returns ``(x, cells)``.
+
+        Not collective, no migration: original cell indices in the whole-mesh tracker (the
+        walk of :meth:`track`).
 
         Args:
             x_old: Start points ``(P, d)`` inside the mesh.
@@ -167,7 +262,7 @@ class MeshDomain:
         if bad.size:  # start points outside by rounding: moved just inside
             p[bad] = self._project_inside(p[bad])
             c[bad] = self.locate(p[bad])
-        q, c, lost = self.tracker.walk(p, q, c)
+        _, q, c, lost, _ = self.tracker.walk(p, q, c)
         if lost.size:
             q[lost] = self.reflect_collision(p[lost], np.array(x_new, dtype=float).reshape(
                 -1, self.dim)[lost])
@@ -178,6 +273,110 @@ class MeshDomain:
                 cl[miss] = self.tracker.locate_brute(q[lost[miss]])
             c[lost] = cl
         return q, c
+
+    # ------------------------------------------------------------------ ownership
+    def distribute(self, x: np.ndarray, extra: np.ndarray):
+        """Send points to the ranks owning their cells (collective).
+
+        Args:
+            x: ``(M, d)`` points held by this rank (any rank may hold any point).
+            extra: ``(M, k)`` integers travelling with the points (species, ids).
+
+        Returns:
+            ``(x, cells, extra)`` of the points this rank owns now, ``cells`` local cell
+            indices.
+
+        Raises:
+            ValueError: on every rank, when points lie outside the mesh (parameter
+                ``positions``).
+        """
+        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
+        orig = self.locate(x)
+        bad = self.comm.allreduce(int(np.count_nonzero(orig < 0)), op=MPI.SUM)
+        if bad:
+            raise ValueError(f"positions: {bad} particle(s) lie outside the domain {self!r}")
+        return self._exchange(x, orig, np.asarray(extra, dtype=np.int64))
+
+    def track(self, x_old: np.ndarray, x_new: np.ndarray, cells, extra: np.ndarray):
+        """Walk the steps ``x_old -> x_new``, reflecting at the walls, and migrate (collective).
+
+        Args:
+            x_old: ``(M, d)`` start points, owned by this rank.
+            x_new: ``(M, d)`` unreflected end points.
+            cells: ``(M,)`` local cells of ``x_old`` (``None``, or stale entries: located).
+            extra: ``(M, k)`` integers travelling with the particles (species, ids).
+
+        Returns:
+            ``(x, cells, extra)`` of the particles this rank owns after the step: those whose
+            end cell is owned elsewhere went there in one ``Alltoallv`` (only they move).
+        """
+        orig = None
+        if cells is not None:
+            c = np.asarray(cells, dtype=np.int64).reshape(-1)
+            orig = np.full(c.size, -1, dtype=np.int64)
+            ok = (c >= 0) & (c < self.local_to_global.size)
+            orig[ok] = self.local_to_global[c[ok]]
+        extra = np.asarray(extra, dtype=np.int64)
+        p = np.asarray(x_old, dtype=float).reshape(-1, self.dim)
+        q = np.asarray(x_new, dtype=float).reshape(-1, self.dim)
+        ok = np.zeros(p.shape[0], dtype=bool)
+        if orig is not None:  # cells that hold their particle walk on the partition
+            okc = np.flatnonzero(orig >= 0)
+            lam = self.part_tracker.barycentric(p[okc], c[okc])
+            ok[okc[lam.min(axis=1) >= -1e-9]] = True
+        todo = np.flatnonzero(~ok)  # stale cells: the whole-mesh path
+        qs, os_ = self.reflect_tracked(p[todo], q[todo], None)
+        stale = self._exchange(qs, os_, extra[todo])
+        walked = self.walk_partitioned(p[ok], q[ok], c[ok] if orig is not None else
+                                       np.zeros(0, dtype=np.int64), extra[ok])
+        return tuple(np.concatenate([a, b]) for a, b in zip(walked, stale, strict=True))
+
+    def walk_partitioned(self, p: np.ndarray, q: np.ndarray, cells: np.ndarray,
+                         extra: np.ndarray):
+        """Walk ``p -> q`` on this rank's cells, handing particles over across the partition.
+
+        A particle reaching a facet of another rank's cell stops there
+        (:meth:`SimplexTracker.walk`, ``exited``) and is sent to that rank with its crossing
+        point, its target reflected so far and the foreign cell; the receiver continues the
+        walk. Rounds repeat until no rank has particles in flight (one ``allreduce`` each).
+        Particles the walk loses take the whole-mesh path (:meth:`reflect_tracked`).
+        Collective.
+
+        Returns:
+            ``(q, cells, extra)`` of the particles that ended in this rank's cells.
+        """
+        comm, d, tr = self.comm, self.dim, self.part_tracker
+        out, lost_p, lost_q, lost_e = [], [], [], []
+        c = np.asarray(cells, dtype=np.int64)
+        while True:
+            p1, q1, c1, lost, exited = tr.walk(p, q, c)
+            here = np.ones(p.shape[0], dtype=bool)
+            here[lost] = here[exited] = False
+            out.append((q1[here], c1[here], extra[here]))
+            lost_p.append(p[lost])
+            lost_q.append(q[lost])
+            lost_e.append(extra[lost])
+            flying = comm.allreduce(int(exited.size), op=MPI.SUM) if comm.size > 1 else 0
+            if flying == 0:
+                break
+            slot = -2 - c1[exited]
+            pq, c, extra = migrate(comm, self.slots[slot, 0],
+                                   np.concatenate([p1[exited], q1[exited]], axis=1),
+                                   self.slots[slot, 1], extra[exited])
+            p, q = pq[:, :d], pq[:, d:]
+        lp, lq = np.concatenate(lost_p), np.concatenate(lost_q)
+        qs, os_ = self.reflect_tracked(lp, lq, None)
+        rest = self._exchange(qs, os_, np.concatenate(lost_e))
+        out.append(rest)
+        return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
+
+    def _exchange(self, x: np.ndarray, orig: np.ndarray, extra: np.ndarray):
+        """Move the points whose cells (original indices) other ranks own to those ranks."""
+        comm = self.comm
+        owner, local = self.cell_rank[orig], self.cell_local[orig]
+        if comm.size == 1:
+            return x, local, extra
+        return migrate(comm, owner, x, local, extra)
 
     @staticmethod
     def _local_sizes(msh, ncell):
@@ -330,7 +529,7 @@ class MeshDomain:
         keeps the cells between steps, so :func:`~fem_crossdiff.particles.state.step` calls
         :meth:`track` directly.
         """
-        return self.track(x_old, x_new)[0]
+        return self.reflect_tracked(x_old, x_new)[0]
 
     def reflect_collision(self, x_old: np.ndarray, x_new: np.ndarray, comm=None) -> np.ndarray:
         """The reflection by collision-tree location (the reference, and the lost-walk fallback).
