@@ -3,22 +3,28 @@
 The only module of :mod:`fem_crossdiff.particles` that needs DOLFINx (through
 :mod:`fem_crossdiff.compat`).
 
-Location and reflection by tracking (:class:`MeshDomain`, :meth:`MeshDomain.track`): every rank
-holds a :class:`~fem_crossdiff.particles.tracking.SimplexTracker` of the whole mesh (barycentric
-maps and facet neighbours of all cells, numbered by the original cell index, so that nothing
-depends on the partition); each particle keeps its cell in the
-:class:`~fem_crossdiff.particles.state.ParticleState`, and a step ``p -> q`` is walked from that
-cell through facet neighbours, reflecting ``q`` at each boundary facet the path meets (the exact
-specular reflection of the straight path). Cost: one numpy pass over the particles per cell
+Location and reflection by tracking (:class:`MeshDomain`, :meth:`MeshDomain.track`): each rank
+holds a :class:`~fem_crossdiff.particles.tracking.SimplexTracker` of its owned cells only
+(:func:`partition_tracker`: barycentric maps and facet neighbours; a facet shared with another
+rank's cell points to a foreign slot, the owner rank and its local cell, found by matching the
+facets' global vertex ids across ranks, whatever the ghost mode). Each particle lives on the rank
+owning its cell and keeps that (local) cell in the
+:class:`~fem_crossdiff.particles.state.ParticleState`; a step ``p -> q`` is walked from that cell
+through facet neighbours, reflecting ``q`` at each boundary facet the path meets (the exact
+specular reflection of the straight path). A particle reaching a foreign cell stops on the facet
+and is handed over to its owner, which continues the walk
+(:meth:`MeshDomain.walk_partitioned`, rounds until no rank has particles in flight): after the
+step every particle is on the rank owning its cell, so that
+:meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` evaluates the drift where
+the particles are. Initial data are sent to their cells' owners by :meth:`MeshDomain.distribute`
+(collective location, :meth:`MeshDomain.owners`: global bounding-box tree, then an exact
+barycentric test on the candidate ranks). Cost: one numpy pass over the particles per cell
 crossed (the walk alone measured 1.2-1.4 us per particle-step on a loaded machine, against 12-78
-us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``).
-:attr:`MeshDomain.cell_rank` and :attr:`MeshDomain.cell_local` give the owner of each cell:
-particles live on the rank owning their cell (:meth:`MeshDomain.distribute` for initial data);
-after each walk :meth:`MeshDomain.track` sends those whose end cell another rank owns there
-(:func:`migrate`, one ``Alltoallv`` of just those), so that
-:meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` evaluates the drift
-where the particles are. Particles the walk loses (rounding, at most a few per million
-particle-steps) take the collision-tree path below.
+us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``). Particles the walk
+loses (rounding, at most a few per million particle-steps) take the collision-tree path below.
+The tracker of the whole mesh (:attr:`MeshDomain.tracker`, original cell order, every rank) is
+built only on demand, for the reference paths (:meth:`MeshDomain.locate`,
+:meth:`MeshDomain.contains`, :meth:`MeshDomain.reflect_tracked`) and the tests.
 
 Reflection by the collision tree (:meth:`MeshDomain.reflect_collision`, the reference): the
 exterior facets of the (affine simplex) mesh are gathered on every rank at construction, so that
@@ -194,9 +200,50 @@ class MeshDomain:
         comm.Allreduce(np.ascontiguousarray(xg.min(axis=0)), lo, op=MPI.MIN)
         comm.Allreduce(np.ascontiguousarray(xg.max(axis=0)), hi, op=MPI.MAX)
         self._bounds = (lo, hi)
-        self._build_tracker()
+        self._whole = None  # the whole-mesh tracker, built on first use (collective)
         #: the tracker of the owned cells and its foreign slots (``partition_tracker``)
         self.part_tracker, self.slots = partition_tracker(msh)
+        ncell = self.part_tracker.ncell
+        hmax = comm.allreduce(float(vols.max()) if vols.size else 0.0, op=MPI.MAX)
+        self._owned_tree = geometry.bb_tree(msh, tdim, entities=np.arange(ncell, dtype=np.int32),
+                                            padding=1e-8 * hmax)
+        self._global_tree = (self._owned_tree.create_global_tree(comm) if comm.size > 1
+                             else None)
+
+    @property
+    def whole_mesh_built(self) -> bool:
+        """Whether the whole-mesh tracker (:attr:`tracker`) exists on this rank."""
+        return self._whole is not None
+
+    @property
+    def tracker(self) -> SimplexTracker:
+        """The whole-mesh tracker (original cell order), built on first use (collective).
+
+        For the reference paths and the tests (:meth:`locate`, :meth:`contains`,
+        :meth:`reflect_tracked`); the particle step never needs it (memory per rank
+        ~ cells / P: :attr:`part_tracker`).
+        """
+        if self._whole is None:
+            self._build_tracker()
+        return self._whole
+
+    @property
+    def cell_rank(self) -> np.ndarray:
+        """Owner rank of every cell (original order); builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._cell_rank
+
+    @property
+    def cell_local(self) -> np.ndarray:
+        """Local index on its owner of every cell (original order); builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._cell_local
+
+    @property
+    def local_to_global(self) -> np.ndarray:
+        """Original index of each owned local cell; builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._local_to_global
 
     def _build_tracker(self):
         """The global :class:`SimplexTracker` (cells in the original order, on every rank)."""
@@ -211,18 +258,17 @@ class MeshDomain:
         verts, vid, orig, rank, local = (
             _gather_rows(comm, a) for a in (verts, vid, orig, rank, cells.astype(np.int64)))
         order = np.argsort(orig, kind="stable")
-        self.tracker = SimplexTracker(verts[order], vid[order])
-        #: owner rank and local index of every cell (original order): routes particles.
-        self.cell_rank, self.cell_local = rank[order], local[order]
-        #: original index of each owned local cell.
-        self.local_to_global = np.empty(ncell, dtype=np.int64)
-        mine = np.flatnonzero(self.cell_rank == comm.rank)
-        self.local_to_global[self.cell_local[mine]] = mine
+        self._whole = SimplexTracker(verts[order], vid[order])
+        self._cell_rank, self._cell_local = rank[order], local[order]
+        self._local_to_global = np.empty(ncell, dtype=np.int64)
+        mine = np.flatnonzero(self._cell_rank == comm.rank)
+        self._local_to_global[self._cell_local[mine]] = mine
 
     def locate(self, x: np.ndarray) -> np.ndarray:
         """Cell (original index, partition independent) of each point ``x (P, d)``; -1 outside.
 
-        Not collective: every rank holds the whole tracker.
+        By the whole-mesh :attr:`tracker` (collective the first time: it is built on demand;
+        the particle step uses :meth:`owners` instead).
         """
         return self.tracker.locate(np.asarray(x, dtype=float).reshape(-1, self.dim),
                                    inside=self.contains_collision)
@@ -291,11 +337,11 @@ class MeshDomain:
                 ``positions``).
         """
         x = np.asarray(x, dtype=float).reshape(-1, self.dim)
-        orig = self.locate(x)
-        bad = self.comm.allreduce(int(np.count_nonzero(orig < 0)), op=MPI.SUM)
+        owner, cell = self.owners(x)
+        bad = self.comm.allreduce(int(np.count_nonzero(owner < 0)), op=MPI.SUM)
         if bad:
             raise ValueError(f"positions: {bad} particle(s) lie outside the domain {self!r}")
-        return self._exchange(x, orig, np.asarray(extra, dtype=np.int64))
+        return self._send(owner, x, cell, np.asarray(extra, dtype=np.int64))
 
     def track(self, x_old: np.ndarray, x_new: np.ndarray, cells, extra: np.ndarray):
         """Walk the steps ``x_old -> x_new``, reflecting at the walls, and migrate (collective).
@@ -310,25 +356,21 @@ class MeshDomain:
             ``(x, cells, extra)`` of the particles this rank owns after the step: those whose
             end cell is owned elsewhere went there in one ``Alltoallv`` (only they move).
         """
-        orig = None
-        if cells is not None:
-            c = np.asarray(cells, dtype=np.int64).reshape(-1)
-            orig = np.full(c.size, -1, dtype=np.int64)
-            ok = (c >= 0) & (c < self.local_to_global.size)
-            orig[ok] = self.local_to_global[c[ok]]
         extra = np.asarray(extra, dtype=np.int64)
         p = np.asarray(x_old, dtype=float).reshape(-1, self.dim)
         q = np.asarray(x_new, dtype=float).reshape(-1, self.dim)
         ok = np.zeros(p.shape[0], dtype=bool)
-        if orig is not None:  # cells that hold their particle walk on the partition
-            okc = np.flatnonzero(orig >= 0)
+        c = np.zeros(p.shape[0], dtype=np.int64)
+        if cells is not None:  # cells that hold their particle walk on the partition
+            c = np.asarray(cells, dtype=np.int64).reshape(-1)
+            if c.size != p.shape[0]:
+                raise ValueError(f"cells: need one per point ({p.shape[0]}), got {c.size}")
+            okc = np.flatnonzero((c >= 0) & (c < self.part_tracker.ncell))
             lam = self.part_tracker.barycentric(p[okc], c[okc])
             ok[okc[lam.min(axis=1) >= -1e-9]] = True
-        todo = np.flatnonzero(~ok)  # stale cells: the whole-mesh path
-        qs, os_ = self.reflect_tracked(p[todo], q[todo], None)
-        stale = self._exchange(qs, os_, extra[todo])
-        walked = self.walk_partitioned(p[ok], q[ok], c[ok] if orig is not None else
-                                       np.zeros(0, dtype=np.int64), extra[ok])
+        todo = np.flatnonzero(~ok)  # stale cells (positions set by hand): the reference path
+        stale = self._settle(p[todo], q[todo], extra[todo])
+        walked = self.walk_partitioned(p[ok], q[ok], c[ok], extra[ok])
         return tuple(np.concatenate([a, b]) for a, b in zip(walked, stale, strict=True))
 
     def walk_partitioned(self, p: np.ndarray, q: np.ndarray, cells: np.ndarray,
@@ -339,8 +381,8 @@ class MeshDomain:
         (:meth:`SimplexTracker.walk`, ``exited``) and is sent to that rank with its crossing
         point, its target reflected so far and the foreign cell; the receiver continues the
         walk. Rounds repeat until no rank has particles in flight (one ``allreduce`` each).
-        Particles the walk loses take the whole-mesh path (:meth:`reflect_tracked`).
-        Collective.
+        Particles the walk loses (rounding, a few per million particle-steps) are reflected
+        by the collision tree and sent to their owners (:meth:`_settle`). Collective.
 
         Returns:
             ``(q, cells, extra)`` of the particles that ended in this rank's cells.
@@ -364,19 +406,91 @@ class MeshDomain:
                                    np.concatenate([p1[exited], q1[exited]], axis=1),
                                    self.slots[slot, 1], extra[exited])
             p, q = pq[:, :d], pq[:, d:]
-        lp, lq = np.concatenate(lost_p), np.concatenate(lost_q)
-        qs, os_ = self.reflect_tracked(lp, lq, None)
-        rest = self._exchange(qs, os_, np.concatenate(lost_e))
-        out.append(rest)
+        out.append(self._settle(np.concatenate(lost_p), np.concatenate(lost_q),
+                                np.concatenate(lost_e)))
         return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
 
-    def _exchange(self, x: np.ndarray, orig: np.ndarray, extra: np.ndarray):
-        """Move the points whose cells (original indices) other ranks own to those ranks."""
-        comm = self.comm
-        owner, local = self.cell_rank[orig], self.cell_local[orig]
-        if comm.size == 1:
-            return x, local, extra
-        return migrate(comm, owner, x, local, extra)
+    def _settle(self, p: np.ndarray, q: np.ndarray, extra: np.ndarray):
+        """Reflect ``p -> q`` by the collision tree and send the ends to their owners."""
+        q = self.reflect_collision(p, q)
+        owner, cell = self.owners(q)
+        miss = np.flatnonzero(owner < 0)  # outside by rounding: moved just inside
+        if self.comm.allreduce(int(miss.size), op=MPI.SUM):
+            q[miss] = self._project_inside(q[miss])
+            owner[miss], cell[miss] = self.owners(q[miss])
+        return self._send(owner, q, cell, extra)
+
+    def _send(self, owner, x, cell, extra):
+        if self.comm.size == 1:
+            return x, cell.astype(np.int64), extra
+        return migrate(self.comm, owner, x, cell, extra)
+
+    def owners(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Owner rank and its local cell of each point ``x (P, d)``; ``(-1, -1)`` outside.
+
+        Collective, memory per rank ~ cells / P: each point goes to the ranks whose owned cells'
+        bounding box holds it (DOLFINx's global bounding-box tree), which test their candidate
+        cells exactly (barycentric coordinates, tolerance ``1e-9``) and return the best score;
+        the best owns the point (the lowest rank on ties). Points outside the mesh get -1.
+        """
+        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
+        comm, size = self.comm, self.comm.size
+        x3 = np.zeros((x.shape[0], 3))
+        x3[:, :self.dim] = x
+        if size == 1:
+            score, cell = self._local_best(x3)
+            ok = score >= -1e-9
+            return np.where(ok, 0, -1), np.where(ok, cell, -1)
+        cand = geometry.compute_collisions_points(self._global_tree, x3)
+        off = np.asarray(cand.offsets, dtype=np.int64)
+        ranks = np.asarray(cand.array, dtype=np.int64)
+        pid = np.repeat(np.arange(x.shape[0]), np.diff(off))
+        order = np.lexsort((pid, ranks))
+        send_counts = np.bincount(ranks, minlength=size).astype(np.int64)
+        recv_counts = np.empty(size, dtype=np.int64)
+        comm.Alltoall(send_counts, recv_counts)
+        sdispl = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
+        rdispl = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
+        recv = np.empty((int(recv_counts.sum()), 3))
+        comm.Alltoallv([np.ascontiguousarray(x3[pid[order]]), (send_counts * 3, sdispl * 3),
+                        MPI.DOUBLE], [recv, (recv_counts * 3, rdispl * 3), MPI.DOUBLE])
+        score, cell = self._local_best(recv)
+        res = np.ascontiguousarray(np.stack([score, cell.astype(float)], axis=1))
+        back = np.empty((order.size, 2))
+        comm.Alltoallv([res, (recv_counts * 2, rdispl * 2), MPI.DOUBLE],
+                       [back, (send_counts * 2, sdispl * 2), MPI.DOUBLE])
+        pr, rk = pid[order], ranks[order]
+        best = np.lexsort((rk, -back[:, 0], pr))  # by point, best score, then lowest rank
+        owner = np.full(x.shape[0], -1, dtype=np.int64)
+        cells = np.full(x.shape[0], -1, dtype=np.int64)
+        cnt = np.bincount(pr, minlength=x.shape[0])
+        has = np.flatnonzero(cnt > 0)
+        first = best[np.concatenate(([0], np.cumsum(cnt)[:-1]))[has]]
+        ok = back[first, 0] >= -1e-9
+        owner[has[ok]] = rk[first[ok]]
+        cells[has[ok]] = back[first[ok], 1].astype(np.int64)
+        return owner, cells
+
+    def _local_best(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best owned cell of each point and its score (smallest barycentric coordinate)."""
+        npts = x3.shape[0]
+        score = np.full(npts, -np.inf)
+        cells = np.full(npts, -1, dtype=np.int64)
+        if npts == 0 or self.part_tracker.ncell == 0:
+            return score, cells
+        cand = geometry.compute_collisions_points(self._owned_tree, x3)
+        off = np.asarray(cand.offsets, dtype=np.int64)
+        c = np.asarray(cand.array, dtype=np.int64)
+        if c.size == 0:
+            return score, cells
+        cnt = np.diff(off)
+        pid = np.repeat(np.arange(npts), cnt)
+        sc = self.part_tracker.barycentric(x3[pid, :self.dim], c).min(axis=1)
+        o = np.lexsort((-sc, pid))  # by point, best score first
+        has = cnt > 0
+        first = o[off[:-1][has]]
+        score[has], cells[has] = sc[first], c[first]
+        return score, cells
 
     @staticmethod
     def _local_sizes(msh, ncell):
@@ -407,7 +521,9 @@ class MeshDomain:
         return self._bounds
 
     def contains(self, x: np.ndarray, comm=None) -> np.ndarray:
-        """Mask of the points inside the mesh (not collective: the same answer on any rank).
+        """Mask of the points inside the mesh (the same answer on any rank).
+
+        Collective the first time (builds the whole-mesh :attr:`tracker`).
 
         By location in the global tracker (:meth:`locate`); points that the straight walk from
         the nearest cell centroid cannot reach are decided by :meth:`contains_collision`.

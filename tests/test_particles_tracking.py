@@ -246,7 +246,8 @@ def test_particles_live_on_the_rank_owning_their_cell(domains, name, comm):
     from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
     from fem_crossdiff.particles.state import init_state
 
-    msh, dom = domains(name)
+    msh, _ = domains(name)
+    dom = MeshDomain(msh)  # fresh: its whole-mesh tracker must never be built below
     tdim = msh.topology.dim
     nown = msh.topology.index_map(tdim).size_local
     V = fem.functionspace(msh, ("Lagrange", 1))
@@ -290,6 +291,10 @@ def test_particles_live_on_the_rank_owning_their_cell(domains, name, comm):
         assert state.step_index == it + 1
     if comm.size > 1:
         assert migrated > 0  # the particles really changed ranks
+    # memory per rank ~ cells / P: sampling, location, drift and steps used only the owned
+    # cells' tracker
+    assert not dom.whole_mesh_built
+    assert dom.part_tracker.ncell == nown
 
 
 @pytest.mark.parametrize("name", ["lshape", "ball"])
