@@ -65,7 +65,7 @@
 #
 # Quick mode (`--quick` or the `CI` environment variable; about 12 s serial): disk
 # `h = 0.1`, eps = 0.6, 0.45, 0.3 to `T = 0.05`, particles with `N = 200, 600, 2000`
-# (3 seeds) to `T = 0.01`; measured eps_rate 1.56, w1_slope -0.41, coupling_slope -1.06.
+# (3 seeds) to `T = 0.01`; measured eps_rate 1.56, w1_slope -0.38, coupling_slope -1.03.
 # Full mode (the default; 346 s serial on 2 shared cores): uniform data on `h = 0.05`
 # (20 steps); eps sweep on `h = 0.035` (eps = 0.4, 0.28, 0.2, 0.14, 0.1, `T = 0.05`,
 # `dt = 1e-3`); particles on `h = 0.025`, eps = 0.2, `N = 1e3, 3e3, 1e4, 3e4, 1e5` (6, 4, 3,

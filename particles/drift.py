@@ -690,5 +690,5 @@ class FieldDrift:
         for k in range(params.n_species):
             mine = np.flatnonzero(parts.species == k)
             grad[mine] = np.asarray(self.grad_g(t, parts.pts[mine]), dtype=float).reshape(
-                mine.size, -1)
+                mine.size, parts.pts.shape[1])
         return parts.drift(params, grad)
