@@ -127,8 +127,7 @@ def main(argv=None) -> dict:
         dom = ReplicaBoxes(case.lo, case.hi, copies, spacing)
         params = sc.particle_params(case, copies * n, eps, a=tuple(copies * a for a in case.a))
         state = init_state(params, case.samplers(), 11, Box((case.lo,), (case.hi,)), comm)
-        idx = np.arange(state.start, state.stop)
-        shifted = state.positions + ((idx // n) * spacing)[None, :, None]
+        shifted = state.positions + ((state.ids // n) * spacing)[:, None]
         shifted.setflags(write=False)
         state = replace(state, positions=shifted)
         drift = GridDrift(16.0)

@@ -337,7 +337,7 @@ class ParticlePlotObserver:
         masses = solver.masses()
         hists = []
         for k in range(solver.params.n):
-            h = empirical_dg0_histogram(solver.msh, state.positions[k], outside="drop")
+            h = empirical_dg0_histogram(solver.msh, state.of_species(k), outside="drop")
             h.x.array[:] *= masses[k]  # the histogram has mass 1, rho_k has mass M_k
             hists.append(h)
         density = sampler.sample(fe)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from .drift import FieldDrift
-from .state import brownian_increments, init_state, step
+from .rng import partition
+from .state import gather_positions, init_state, step
 
 __all__ = ["coupled_sup_error", "coupling_error"]
 
@@ -20,7 +21,12 @@ __all__ = ["coupled_sup_error", "coupling_error"]
 def coupled_sup_error(
     params, domain, sampler, seed, grad_g, dt, n_steps, drift, comm=None
 ) -> np.ndarray:
-    """``sup_{t_j <= T} |X_k^i(t_j) - Y_k^i(t_j)|^2`` of the local particles, ``(n, N_local)``.
+    """``sup_{t_j <= T} |X_k^i(t_j) - Y_k^i(t_j)|^2`` of this rank's index block, ``(n, N_local)``.
+
+    On a tracking domain the particles of ``X`` and ``Y`` migrate independently (the same
+    particle may sit on different ranks): the distances are then taken between the gathered
+    positions (a coupling study's ``N`` is small); on the other domains both keep the same
+    index block and the distances are local.
 
     Args:
         params: model parameters.
@@ -36,13 +42,21 @@ def coupled_sup_error(
     x = init_state(params, sampler, seed, domain, comm)
     y = x
     field = FieldDrift(grad_g)
-    sup = np.zeros(x.positions.shape[:2])
+    size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+    start, stop = partition(params.n_particles, size, rank)
+    sup = np.zeros((params.n_species, stop - start))
     for _ in range(int(n_steps)):
-        dw = brownian_increments(x, dt)
-        x = step(x, dt, params, domain, drift, comm, dW=dw)
-        y = step(y, dt, params, domain, field, comm, dW=dw)
-        sup = np.maximum(sup, np.sum((x.positions - y.positions) ** 2, axis=-1))
+        x = step(x, dt, params, domain, drift, comm)
+        # same increments: the noise is keyed by (species, id, step), not by the rank
+        y = step(y, dt, params, domain, field, comm)
+        if x.cells is None:  # same index block on both: local distances
+            d2 = np.sum((x.positions - y.positions) ** 2, axis=-1).reshape(sup.shape)
+        else:
+            gx, gy = gather_positions(x, comm, root=None), gather_positions(y, comm, root=None)
+            d2 = np.sum((gx - gy) ** 2, axis=-1)[:, start:stop]
+        sup = np.maximum(sup, d2)
     return sup
+
 
 
 def coupling_error(

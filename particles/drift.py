@@ -61,6 +61,7 @@ from fem_crossdiff.mollifiers import get_mollifier
 from .params import ParticleParams
 
 __all__ = [
+    "Particles",
     "GridDrift",
     "GridCost",
     "CellListDrift",
@@ -104,19 +105,47 @@ def _global_bbox(positions: np.ndarray, comm) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _weights(params: ParticleParams, positions: np.ndarray) -> np.ndarray:
-    """Weight ``a_l M_l / N`` of every local particle, species by species, shape ``(n N_loc,)``."""
-    nloc = positions.shape[1]
-    return np.repeat(np.asarray(params.weights), nloc)
+class Particles:
+    """The local particles of a drift call in the one flat layout, and the way back.
 
+    Every drift takes either ``positions (M, d)`` with ``species (M,)`` (the layout of
+    :class:`~fem_crossdiff.particles.state.ParticleState`, any number of particles of each
+    species per rank) or, with ``species=None``, a block ``(n, N_local, d)`` (``N_local``
+    particles of each species, the shorthand of the tests and of the free-space studies).
 
-def _check_positions(positions, params):
-    x = np.asarray(positions, dtype=float)
-    if x.ndim != 3 or x.shape[0] != params.n_species:
-        raise ValueError(
-            f"positions must have shape (n_species={params.n_species}, N_local, d), got {x.shape}"
-        )
-    return x
+    Attributes:
+        pts: ``(M, d)`` positions.
+        species: ``(M,)`` species indices.
+        shape: shape of the caller's array (the drift is returned in it).
+    """
+
+    def __init__(self, positions, params: ParticleParams, species=None):
+        x = np.asarray(positions, dtype=float)
+        n = params.n_species
+        if species is None:
+            if x.ndim != 3 or x.shape[0] != n:
+                raise ValueError(f"positions must have shape (n_species={n}, N_local, d) "
+                                 f"(or (M, d) with species), got {x.shape}")
+            self.species = np.repeat(np.arange(n, dtype=np.int64), x.shape[1])
+            self.pts = x.reshape(-1, x.shape[2])
+        else:
+            sp = np.asarray(species)
+            if x.ndim != 2 or sp.shape != (x.shape[0],):
+                raise ValueError(f"positions (M, d) and species (M,) needed, got "
+                                 f"{x.shape} and {sp.shape}")
+            if sp.size and (sp.min() < 0 or sp.max() >= n):
+                raise ValueError(f"species must lie in [0, {n}), got [{sp.min()}, {sp.max()}]")
+            self.species, self.pts = sp.astype(np.int64), x
+        self.shape = x.shape
+
+    def weights(self, params: ParticleParams) -> np.ndarray:
+        """Weight ``a_l M_l / N`` of every particle, ``(M,)``."""
+        return np.asarray(params.weights, dtype=float)[self.species]
+
+    def drift(self, params: ParticleParams, grad: np.ndarray) -> np.ndarray:
+        """``-b_k grad`` in the caller's shape."""
+        b = np.asarray(params.b, dtype=float)[self.species]
+        return (-b[:, None] * grad).reshape(self.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +257,7 @@ def _chunks(bound: np.ndarray, limit: int):
         i0 = i1
 
 
-def _cell_list_drift(positions, params, comm, spec: QuadratureSpec) -> np.ndarray:
+def _cell_list_drift(positions, params, comm, spec: QuadratureSpec, species=None) -> np.ndarray:
     """The quadrature reference, block by block of the node lattice (memory bounded by chunks).
 
     Every particle sees the nodes of a fixed window of ``2 cells_per_eps + 2`` lattice cells per
@@ -238,18 +267,18 @@ def _cell_list_drift(positions, params, comm, spec: QuadratureSpec) -> np.ndarra
     added over the ranks, turned into ``q_w P(S)``, and the gradient sums of the same pairs are
     added to the particles. Nothing of the size of the lattice or of all the pairs is held.
     """
-    x = _check_positions(positions, params)
-    n, nloc, d = x.shape
+    parts = Particles(positions, params, species)
+    pts = np.ascontiguousarray(parts.pts)
+    d = pts.shape[1]
     kern = get_mollifier(params.kernel)
     eps = params.eps
     eps2 = eps * eps
-    lo, hi = _global_bbox(x, comm)
+    lo, hi = _global_bbox(pts, comm)
     axes = _lattice_axes(lo, hi, eps, spec)
     order, hq = spec.order, eps / spec.cells_per_eps
     wcells = 2 * spec.cells_per_eps + 2
     width = order * wcells
-    pts = np.ascontiguousarray(x.reshape(-1, d))
-    w = _weights(params, x)
+    w = parts.weights(params)
     npts = pts.shape[0]
     nnodes = np.array([nc * order for _, nc, _, _ in axes], dtype=np.int64)
     coords = [a[2] for a in axes]
@@ -313,8 +342,7 @@ def _cell_list_drift(positions, params, comm, spec: QuadratureSpec) -> np.ndarra
                 row_coef = np.bincount(par, weights=coef, minlength=pid_r.size)
                 for c in range(d - 1):
                     g[:, c] -= np.bincount(pid_r, weights=row_coef * diffs[c], minlength=npts)
-    b = np.repeat(np.asarray(params.b), nloc)
-    return (-b[:, None] * g_scale * g).reshape(n, nloc, d)
+    return parts.drift(params, g_scale * g)
 
 
 def _all_pairs(a: np.ndarray, b: np.ndarray, r: float):
@@ -340,15 +368,16 @@ def _all_pairs(a: np.ndarray, b: np.ndarray, r: float):
         yield ia + i0, ib
 
 
-def _quadrature_drift(positions, params, comm, spec: QuadratureSpec, pairs) -> np.ndarray:
-    x = _check_positions(positions, params)
-    n, nloc, d = x.shape
+def _quadrature_drift(positions, params, comm, spec: QuadratureSpec, pairs,
+                      species=None) -> np.ndarray:
+    parts = Particles(positions, params, species)
+    pts = parts.pts
+    d = pts.shape[1]
     kern = get_mollifier(params.kernel)
     eps = params.eps
-    lo, hi = _global_bbox(x, comm)
+    lo, hi = _global_bbox(pts, comm)
     nodes, qw = quadrature_nodes(lo, hi, eps, spec)
-    pts = x.reshape(-1, d)
-    w = _weights(params, x)
+    w = parts.weights(params)
     eps2 = eps * eps
     s_loc = np.zeros(nodes.shape[0])
     for iq, ip in pairs(nodes, pts):
@@ -369,8 +398,7 @@ def _quadrature_drift(positions, params, comm, spec: QuadratureSpec, pairs) -> n
         contrib = f_k[iq, None] * kern.gradient(diff, eps)
         for c in range(d):
             g[:, c] += np.bincount(ip, weights=contrib[:, c], minlength=pts.shape[0])
-    b = np.repeat(np.asarray(params.b), nloc)
-    return (-b[:, None] * g).reshape(n, nloc, d)
+    return parts.drift(params, g)
 
 
 def drift_bruteforce(
@@ -378,20 +406,23 @@ def drift_bruteforce(
     params: ParticleParams,
     comm=None,
     quadrature: QuadratureSpec = QuadratureSpec(),
+    species=None,
 ) -> np.ndarray:
     """Reference drift by brute force: every node-particle pair is tested (O(N x nodes)).
 
     Args:
-        positions: local particles, shape ``(n_species, N_local, d)``.
+        positions: local particles, ``(M, d)`` with ``species``, or ``(n_species, N_local, d)``
+            (:class:`Particles`).
         params: model parameters (``N`` is ``params.n_particles``, the global count).
         comm: MPI communicator over which the particles are split (``None``: serial).
         quadrature: the quadrature of the outer integral (module docstring).
+        species: ``(M,)`` species of the particles (``None``: the block layout).
 
     Returns:
-        ``-b_k G(X_k^i)`` for the local particles, shape ``(n_species, N_local, d)``.
+        ``-b_k G(X_k^i)`` for the local particles, in the shape of ``positions``.
     """
     return _quadrature_drift(
-        positions, params, comm, quadrature, lambda a, b: _all_pairs(a, b, params.eps)
+        positions, params, comm, quadrature, lambda a, b: _all_pairs(a, b, params.eps), species
     )
 
 
@@ -410,9 +441,9 @@ class CellListDrift:
 
     quadrature: QuadratureSpec = QuadratureSpec()
 
-    def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``."""
-        return _cell_list_drift(positions, params, comm, self.quadrature)
+    def __call__(self, positions, t, params, comm=None, species=None):
+        """Drift of the local particles at time ``t`` (layouts: :class:`Particles`)."""
+        return _cell_list_drift(positions, params, comm, self.quadrature, species)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,22 +614,22 @@ class GridDrift:
             f"({hint} raise memory_limit_mb to >= {math.ceil(est.memory_mb)}; "
             "or GridDrift(coarsen=True))")
 
-    def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``.
+    def __call__(self, positions, t, params, comm=None, species=None):
+        """Drift of the local particles at time ``t`` (layouts: :class:`Particles`).
 
         Raises:
             ParameterError: (``memory_limit_mb``) the grid would exceed the limit and
                 ``coarsen`` is false; raised on every rank (the estimate uses the global box).
         """
-        x = _check_positions(positions, params)
-        n, nloc, d = x.shape
+        parts = Particles(positions, params, species)
+        pts = parts.pts
+        d = pts.shape[1]
         eps = params.eps
-        lo, hi = _global_bbox(x, comm)
+        lo, hi = _global_bbox(pts, comm)
         cpe = self._checked_resolution(lo, hi, eps, comm)
         lo_idx, shape, shape_fft, r = _grid_layout(lo, hi, eps, cpe)
         h = eps / cpe
-        pts = x.reshape(-1, d)
-        w = _weights(params, x)
+        w = parts.weights(params)
         ncell = int(np.prod(shape))
         mass = np.zeros(ncell)
         # Particles in chunks: the CIC temporaries stay in cache, keeping the cost linear in N.
@@ -625,8 +656,7 @@ class GridDrift:
                 for ic, wc in zip(idx[1:], wts[1:], strict=True):
                     acc += fields[c][ic] * wc
                 g[sl, c] = acc
-        b = np.repeat(np.asarray(params.b), nloc)
-        return (-b[:, None] * g).reshape(n, nloc, d)
+        return parts.drift(params, g)
 
 
 def _grid_layout(lo, hi, eps: float, cells_per_eps: float):
@@ -653,11 +683,12 @@ class FieldDrift:
 
     grad_g: Callable[[float, np.ndarray], np.ndarray]
 
-    def __call__(self, positions, t, params, comm=None):
-        """Drift of the local particles at time ``t``."""
-        x = _check_positions(positions, params)
-        out = np.empty_like(x)
-        for k in range(x.shape[0]):
-            g = np.asarray(self.grad_g(t, x[k]), dtype=float)
-            out[k] = -params.b[k] * g.reshape(x[k].shape)
-        return out
+    def __call__(self, positions, t, params, comm=None, species=None):
+        """Drift of the local particles at time ``t`` (layouts: :class:`Particles`)."""
+        parts = Particles(positions, params, species)
+        grad = np.empty_like(parts.pts)
+        for k in range(params.n_species):
+            mine = np.flatnonzero(parts.species == k)
+            grad[mine] = np.asarray(self.grad_g(t, parts.pts[mine]), dtype=float).reshape(
+                mine.size, parts.pts.shape[1])
+        return parts.drift(params, grad)

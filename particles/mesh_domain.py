@@ -3,19 +3,28 @@
 The only module of :mod:`fem_crossdiff.particles` that needs DOLFINx (through
 :mod:`fem_crossdiff.compat`).
 
-Location and reflection by tracking (:class:`MeshDomain`, :meth:`MeshDomain.track`): every rank
-holds a :class:`~fem_crossdiff.particles.tracking.SimplexTracker` of the whole mesh (barycentric
-maps and facet neighbours of all cells, numbered by the original cell index, so that nothing
-depends on the partition); each particle keeps its cell in the
-:class:`~fem_crossdiff.particles.state.ParticleState`, and a step ``p -> q`` is walked from that
-cell through facet neighbours, reflecting ``q`` at each boundary facet the path meets (the exact
-specular reflection of the straight path). Cost: one numpy pass over the particles per cell
+Location and reflection by tracking (:class:`MeshDomain`, :meth:`MeshDomain.track`): each rank
+holds a :class:`~fem_crossdiff.particles.tracking.SimplexTracker` of its owned cells only
+(:func:`partition_tracker`: barycentric maps and facet neighbours; a facet shared with another
+rank's cell points to a foreign slot, the owner rank and its local cell, found by matching the
+facets' global vertex ids across ranks, whatever the ghost mode). Each particle lives on the rank
+owning its cell and keeps that (local) cell in the
+:class:`~fem_crossdiff.particles.state.ParticleState`; a step ``p -> q`` is walked from that cell
+through facet neighbours, reflecting ``q`` at each boundary facet the path meets (the exact
+specular reflection of the straight path). A particle reaching a foreign cell stops on the facet
+and is handed over to its owner, which continues the walk
+(:meth:`MeshDomain.walk_partitioned`, rounds until no rank has particles in flight): after the
+step every particle is on the rank owning its cell, so that
+:meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` evaluates the drift where
+the particles are. Initial data are sent to their cells' owners by :meth:`MeshDomain.distribute`
+(collective location, :meth:`MeshDomain.owners`: global bounding-box tree, then an exact
+barycentric test on the candidate ranks). Cost: one numpy pass over the particles per cell
 crossed (the walk alone measured 1.2-1.4 us per particle-step on a loaded machine, against 12-78
-us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``).
-:attr:`MeshDomain.cell_rank` and :attr:`MeshDomain.cell_local` give the owner of each cell, so
-that :meth:`~fem_crossdiff.particles.mesh_drift.MeshOperatorDrift.at_cells` sends each particle to
-the rank owning its cell without any search. Particles the walk loses (rounding, at most a few
-per million particle-steps) take the collision-tree path below.
+us per point for the collision tree; ``benchmarks/bench_particles_mesh.py``). Particles the walk
+loses (rounding, at most a few per million particle-steps) take the collision-tree path below.
+The tracker of the whole mesh (:attr:`MeshDomain.tracker`, original cell order, every rank) is
+built only on demand, for the reference paths (:meth:`MeshDomain.locate`,
+:meth:`MeshDomain.contains`, :meth:`MeshDomain.reflect_tracked`) and the tests.
 
 Reflection by the collision tree (:meth:`MeshDomain.reflect_collision`, the reference): the
 exterior facets of the (affine simplex) mesh are gathered on every rank at construction, so that
@@ -52,14 +61,100 @@ import numpy as np
 from fem_crossdiff.compat import MPI, geometry, mesh
 
 from .sampling import check_density_values
-from .tracking import SimplexTracker
+from .tracking import SimplexTracker, facet_neighbours
 
-__all__ = ["MeshDomain", "FEDensitySampler"]
+__all__ = ["MeshDomain", "FEDensitySampler", "migrate", "partition_tracker"]
 
 
 def _gather_rows(comm, arr: np.ndarray) -> np.ndarray:
     parts = comm.allgather(np.ascontiguousarray(arr))
     return np.concatenate(parts, axis=0)
+
+
+def migrate(comm, dest: np.ndarray, x: np.ndarray, cells: np.ndarray, extra: np.ndarray):
+    """Send the rows with ``dest != comm.rank`` to ``dest`` (one ``Alltoallv`` of just those).
+
+    Args:
+        comm: The communicator.
+        dest: ``(M,)`` destination rank of each row.
+        x: ``(M, d)`` floats.
+        cells: ``(M,)`` integers (the cells in the destination's numbering).
+        extra: ``(M, k)`` integers.
+
+    Returns:
+        ``(x, cells, extra)``: the rows kept, then the rows received (by source rank, in the
+        senders' order).
+    """
+    d, k = x.shape[1], extra.shape[1]
+    go = dest != comm.rank
+    keep = ~go
+    idx = np.flatnonzero(go)
+    order = idx[np.argsort(dest[idx], kind="stable")]
+    send_counts = np.bincount(dest[order], minlength=comm.size).astype(np.int64)
+    recv_counts = np.empty(comm.size, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts)
+    w = d + 1 + k  # integers travel as their bit patterns in float64 words: exact
+    send = np.empty((order.size, w))
+    send[:, :d] = x[order]
+    send[:, d] = cells[order].astype(np.int64).view(np.float64)
+    send[:, d + 1:] = np.ascontiguousarray(extra[order], dtype=np.int64).view(np.float64)
+    recv = np.empty((int(recv_counts.sum()), w))
+    sdispl = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
+    rdispl = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
+    comm.Alltoallv([send, (send_counts * w, sdispl * w), MPI.DOUBLE],
+                   [recv, (recv_counts * w, rdispl * w), MPI.DOUBLE])
+    ints = np.ascontiguousarray(recv[:, d:]).view(np.int64)
+    return (np.concatenate([x[keep], recv[:, :d]]),
+            np.concatenate([cells[keep].astype(np.int64), ints[:, 0]]),
+            np.concatenate([extra[keep].astype(np.int64), ints[:, 1:]]))
+
+
+def partition_tracker(msh) -> tuple[SimplexTracker, np.ndarray]:
+    """The tracker of this rank's owned cells, with foreign slots across the partition.
+
+    Facets are matched by their global (input) vertex ids: first among the owned cells, then
+    the unmatched ones across ranks at a rendezvous rank (the one numbered ``smallest vertex id
+    mod P``), so that nothing depends on the ghost mode and no rank holds more than its share
+    of the partition's facets. A facet matched on another rank becomes the neighbour entry
+    ``-2 - s`` of foreign slot ``s``; a facet matched nowhere is a wall (``-1``).
+
+    Returns:
+        ``(tracker, slots)``: the :class:`SimplexTracker` of the owned cells in local order
+        and ``slots (S, 2)``, the owner rank and its local cell index of each foreign slot.
+        Collective.
+    """
+    comm, tdim = msh.comm, msh.topology.dim
+    ncell = msh.topology.index_map(tdim).size_local
+    verts = _cell_vertices(msh, np.arange(ncell, dtype=np.int32)).reshape(ncell, tdim + 1, tdim)
+    vid = np.asarray(msh.geometry.input_global_indices, dtype=np.int64)[
+        msh.geometry.dofmaps[0][:ncell]].reshape(ncell, tdim + 1)
+    nbr = facet_neighbours(vid)
+    slots = np.zeros((0, 2), dtype=np.int64)
+    if comm.size > 1:
+        cc, ff = np.nonzero(nbr == -1)
+        keys = np.sort(np.stack([np.delete(vid[c], f) for c, f in zip(cc, ff, strict=True)])
+                       if cc.size else np.zeros((0, tdim), dtype=np.int64), axis=1)
+        dest = keys[:, 0] % comm.size if cc.size else np.zeros(0, dtype=np.int64)
+        out = [np.concatenate([keys[dest == r], np.stack([cc, ff], axis=1)[dest == r]], axis=1)
+               for r in range(comm.size)]
+        got = comm.alltoall(out)  # rows: facet key, local cell, local facet; once, at setup
+        rows = np.concatenate(got) if got else np.zeros((0, tdim + 2), dtype=np.int64)
+        src = np.concatenate([np.full(len(g), r, dtype=np.int64) for r, g in enumerate(got)])
+        order = np.lexsort(rows[:, :tdim].T[::-1])
+        ks = rows[order, :tdim]
+        same = np.flatnonzero(np.all(ks[1:] == ks[:-1], axis=1))
+        a, b = order[same], order[same + 1]
+        reply = [[] for _ in range(comm.size)]
+        for i, j in ((a, b), (b, a)):  # to the owner of i: its cell, facet, and j's rank, cell
+            for r in range(comm.size):
+                m = src[i] == r
+                reply[r].append(np.stack([rows[i[m], tdim], rows[i[m], tdim + 1], src[j[m]],
+                                          rows[j[m], tdim]], axis=1))
+        back = comm.alltoall([np.concatenate(x) for x in reply])
+        match = np.concatenate(back) if back else np.zeros((0, 4), dtype=np.int64)
+        slots = np.ascontiguousarray(match[:, 2:4], dtype=np.int64)
+        nbr[match[:, 0], match[:, 1]] = -2 - np.arange(match.shape[0], dtype=np.int64)
+    return SimplexTracker(verts, vid, neighbour=nbr), slots
 
 
 def _cell_vertices(msh, cells: np.ndarray) -> np.ndarray:
@@ -81,7 +176,7 @@ class MeshDomain:
         if tdim != gdim:
             raise ValueError(f"msh: need gdim == tdim, got gdim={gdim}, tdim={tdim}")
         self.msh, self.dim, self.max_reflections = msh, gdim, int(max_reflections)
-        comm = msh.comm
+        comm = self.comm = msh.comm
         msh.topology.create_connectivity(tdim - 1, tdim)
         facets = mesh.exterior_facet_indices(msh.topology)
         facets = facets[facets < msh.topology.index_map(tdim - 1).size_local]
@@ -105,7 +200,50 @@ class MeshDomain:
         comm.Allreduce(np.ascontiguousarray(xg.min(axis=0)), lo, op=MPI.MIN)
         comm.Allreduce(np.ascontiguousarray(xg.max(axis=0)), hi, op=MPI.MAX)
         self._bounds = (lo, hi)
-        self._build_tracker()
+        self._whole = None  # the whole-mesh tracker, built on first use (collective)
+        #: the tracker of the owned cells and its foreign slots (``partition_tracker``)
+        self.part_tracker, self.slots = partition_tracker(msh)
+        ncell = self.part_tracker.ncell
+        hmax = comm.allreduce(float(vols.max()) if vols.size else 0.0, op=MPI.MAX)
+        self._owned_tree = geometry.bb_tree(msh, tdim, entities=np.arange(ncell, dtype=np.int32),
+                                            padding=1e-8 * hmax)
+        self._global_tree = (self._owned_tree.create_global_tree(comm) if comm.size > 1
+                             else None)
+
+    @property
+    def whole_mesh_built(self) -> bool:
+        """Whether the whole-mesh tracker (:attr:`tracker`) exists on this rank."""
+        return self._whole is not None
+
+    @property
+    def tracker(self) -> SimplexTracker:
+        """The whole-mesh tracker (original cell order), built on first use (collective).
+
+        For the reference paths and the tests (:meth:`locate`, :meth:`contains`,
+        :meth:`reflect_tracked`); the particle step never needs it (memory per rank
+        ~ cells / P: :attr:`part_tracker`).
+        """
+        if self._whole is None:
+            self._build_tracker()
+        return self._whole
+
+    @property
+    def cell_rank(self) -> np.ndarray:
+        """Owner rank of every cell (original order); builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._cell_rank
+
+    @property
+    def cell_local(self) -> np.ndarray:
+        """Local index on its owner of every cell (original order); builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._cell_local
+
+    @property
+    def local_to_global(self) -> np.ndarray:
+        """Original index of each owned local cell; builds :attr:`tracker`."""
+        self.tracker  # noqa: B018
+        return self._local_to_global
 
     def _build_tracker(self):
         """The global :class:`SimplexTracker` (cells in the original order, on every rank)."""
@@ -120,24 +258,27 @@ class MeshDomain:
         verts, vid, orig, rank, local = (
             _gather_rows(comm, a) for a in (verts, vid, orig, rank, cells.astype(np.int64)))
         order = np.argsort(orig, kind="stable")
-        self.tracker = SimplexTracker(verts[order], vid[order])
-        #: owner rank and local index of every cell (original order): routes particles.
-        self.cell_rank, self.cell_local = rank[order], local[order]
-        #: original index of each owned local cell.
-        self.local_to_global = np.empty(ncell, dtype=np.int64)
-        mine = np.flatnonzero(self.cell_rank == comm.rank)
-        self.local_to_global[self.cell_local[mine]] = mine
+        self._whole = SimplexTracker(verts[order], vid[order])
+        self._cell_rank, self._cell_local = rank[order], local[order]
+        self._local_to_global = np.empty(ncell, dtype=np.int64)
+        mine = np.flatnonzero(self._cell_rank == comm.rank)
+        self._local_to_global[self._cell_local[mine]] = mine
 
     def locate(self, x: np.ndarray) -> np.ndarray:
         """Cell (original index, partition independent) of each point ``x (P, d)``; -1 outside.
 
-        Not collective: every rank holds the whole tracker.
+        By the whole-mesh :attr:`tracker` (collective the first time: it is built on demand;
+        the particle step uses :meth:`owners` instead).
         """
         return self.tracker.locate(np.asarray(x, dtype=float).reshape(-1, self.dim),
                                    inside=self.contains_collision)
 
-    def track(self, x_old: np.ndarray, x_new: np.ndarray, cells: np.ndarray | None = None):
+    def reflect_tracked(self, x_old: np.ndarray, x_new: np.ndarray,
+                        cells: np.ndarray | None = None):
         """Reflect the steps ``x_old -> x_new`` by tracking; returns ``(x, cells)``.
+
+        Not collective, no migration: original cell indices in the whole-mesh tracker (the
+        walk of :meth:`track`).
 
         Args:
             x_old: Start points ``(P, d)`` inside the mesh.
@@ -167,7 +308,7 @@ class MeshDomain:
         if bad.size:  # start points outside by rounding: moved just inside
             p[bad] = self._project_inside(p[bad])
             c[bad] = self.locate(p[bad])
-        q, c, lost = self.tracker.walk(p, q, c)
+        _, q, c, lost, _ = self.tracker.walk(p, q, c)
         if lost.size:
             q[lost] = self.reflect_collision(p[lost], np.array(x_new, dtype=float).reshape(
                 -1, self.dim)[lost])
@@ -178,6 +319,178 @@ class MeshDomain:
                 cl[miss] = self.tracker.locate_brute(q[lost[miss]])
             c[lost] = cl
         return q, c
+
+    # ------------------------------------------------------------------ ownership
+    def distribute(self, x: np.ndarray, extra: np.ndarray):
+        """Send points to the ranks owning their cells (collective).
+
+        Args:
+            x: ``(M, d)`` points held by this rank (any rank may hold any point).
+            extra: ``(M, k)`` integers travelling with the points (species, ids).
+
+        Returns:
+            ``(x, cells, extra)`` of the points this rank owns now, ``cells`` local cell
+            indices.
+
+        Raises:
+            ValueError: on every rank, when points lie outside the mesh (parameter
+                ``positions``).
+        """
+        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
+        owner, cell = self.owners(x)
+        bad = self.comm.allreduce(int(np.count_nonzero(owner < 0)), op=MPI.SUM)
+        if bad:
+            raise ValueError(f"positions: {bad} particle(s) lie outside the domain {self!r}")
+        return self._send(owner, x, cell, np.asarray(extra, dtype=np.int64))
+
+    def track(self, x_old: np.ndarray, x_new: np.ndarray, cells, extra: np.ndarray):
+        """Walk the steps ``x_old -> x_new``, reflecting at the walls, and migrate (collective).
+
+        Args:
+            x_old: ``(M, d)`` start points, owned by this rank.
+            x_new: ``(M, d)`` unreflected end points.
+            cells: ``(M,)`` local cells of ``x_old`` (``None``, or stale entries: located).
+            extra: ``(M, k)`` integers travelling with the particles (species, ids).
+
+        Returns:
+            ``(x, cells, extra)`` of the particles this rank owns after the step: those whose
+            end cell is owned elsewhere went there in one ``Alltoallv`` (only they move).
+        """
+        extra = np.asarray(extra, dtype=np.int64)
+        p = np.asarray(x_old, dtype=float).reshape(-1, self.dim)
+        q = np.asarray(x_new, dtype=float).reshape(-1, self.dim)
+        ok = np.zeros(p.shape[0], dtype=bool)
+        c = np.zeros(p.shape[0], dtype=np.int64)
+        if cells is not None:  # cells that hold their particle walk on the partition
+            c = np.asarray(cells, dtype=np.int64).reshape(-1)
+            if c.size != p.shape[0]:
+                raise ValueError(f"cells: need one per point ({p.shape[0]}), got {c.size}")
+            okc = np.flatnonzero((c >= 0) & (c < self.part_tracker.ncell))
+            lam = self.part_tracker.barycentric(p[okc], c[okc])
+            ok[okc[lam.min(axis=1) >= -1e-9]] = True
+        todo = np.flatnonzero(~ok)  # stale cells (positions set by hand): the reference path
+        stale = self._settle(p[todo], q[todo], extra[todo])
+        walked = self.walk_partitioned(p[ok], q[ok], c[ok], extra[ok])
+        return tuple(np.concatenate([a, b]) for a, b in zip(walked, stale, strict=True))
+
+    def walk_partitioned(self, p: np.ndarray, q: np.ndarray, cells: np.ndarray,
+                         extra: np.ndarray):
+        """Walk ``p -> q`` on this rank's cells, handing particles over across the partition.
+
+        A particle reaching a facet of another rank's cell stops there
+        (:meth:`SimplexTracker.walk`, ``exited``) and is sent to that rank with its crossing
+        point, its target reflected so far and the foreign cell; the receiver continues the
+        walk. Rounds repeat until no rank has particles in flight (one ``allreduce`` each).
+        Particles the walk loses (rounding, a few per million particle-steps) are reflected
+        by the collision tree and sent to their owners (:meth:`_settle`). Collective.
+
+        Returns:
+            ``(q, cells, extra)`` of the particles that ended in this rank's cells.
+        """
+        comm, d, tr = self.comm, self.dim, self.part_tracker
+        out, lost_p, lost_q, lost_e = [], [], [], []
+        c = np.asarray(cells, dtype=np.int64)
+        while True:
+            p1, q1, c1, lost, exited = tr.walk(p, q, c)
+            here = np.ones(p.shape[0], dtype=bool)
+            here[lost] = here[exited] = False
+            out.append((q1[here], c1[here], extra[here]))
+            lost_p.append(p[lost])
+            lost_q.append(q[lost])
+            lost_e.append(extra[lost])
+            flying = comm.allreduce(int(exited.size), op=MPI.SUM) if comm.size > 1 else 0
+            if flying == 0:
+                break
+            slot = -2 - c1[exited]
+            pq, c, extra = migrate(comm, self.slots[slot, 0],
+                                   np.concatenate([p1[exited], q1[exited]], axis=1),
+                                   self.slots[slot, 1], extra[exited])
+            p, q = pq[:, :d], pq[:, d:]
+        out.append(self._settle(np.concatenate(lost_p), np.concatenate(lost_q),
+                                np.concatenate(lost_e)))
+        return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
+
+    def _settle(self, p: np.ndarray, q: np.ndarray, extra: np.ndarray):
+        """Reflect ``p -> q`` by the collision tree and send the ends to their owners."""
+        q = self.reflect_collision(p, q)
+        owner, cell = self.owners(q)
+        miss = np.flatnonzero(owner < 0)  # outside by rounding: moved just inside
+        if self.comm.allreduce(int(miss.size), op=MPI.SUM):
+            q[miss] = self._project_inside(q[miss])
+            owner[miss], cell[miss] = self.owners(q[miss])
+        return self._send(owner, q, cell, extra)
+
+    def _send(self, owner, x, cell, extra):
+        if self.comm.size == 1:
+            return x, cell.astype(np.int64), extra
+        return migrate(self.comm, owner, x, cell, extra)
+
+    def owners(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Owner rank and its local cell of each point ``x (P, d)``; ``(-1, -1)`` outside.
+
+        Collective, memory per rank ~ cells / P: each point goes to the ranks whose owned cells'
+        bounding box holds it (DOLFINx's global bounding-box tree), which test their candidate
+        cells exactly (barycentric coordinates, tolerance ``1e-9``) and return the best score;
+        the best owns the point (the lowest rank on ties). Points outside the mesh get -1.
+        """
+        x = np.asarray(x, dtype=float).reshape(-1, self.dim)
+        comm, size = self.comm, self.comm.size
+        x3 = np.zeros((x.shape[0], 3))
+        x3[:, :self.dim] = x
+        if size == 1:
+            score, cell = self._local_best(x3)
+            ok = score >= -1e-9
+            return np.where(ok, 0, -1), np.where(ok, cell, -1)
+        cand = geometry.compute_collisions_points(self._global_tree, x3)
+        off = np.asarray(cand.offsets, dtype=np.int64)
+        ranks = np.asarray(cand.array, dtype=np.int64)
+        pid = np.repeat(np.arange(x.shape[0]), np.diff(off))
+        order = np.lexsort((pid, ranks))
+        send_counts = np.bincount(ranks, minlength=size).astype(np.int64)
+        recv_counts = np.empty(size, dtype=np.int64)
+        comm.Alltoall(send_counts, recv_counts)
+        sdispl = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
+        rdispl = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
+        recv = np.empty((int(recv_counts.sum()), 3))
+        comm.Alltoallv([np.ascontiguousarray(x3[pid[order]]), (send_counts * 3, sdispl * 3),
+                        MPI.DOUBLE], [recv, (recv_counts * 3, rdispl * 3), MPI.DOUBLE])
+        score, cell = self._local_best(recv)
+        res = np.ascontiguousarray(np.stack([score, cell.astype(float)], axis=1))
+        back = np.empty((order.size, 2))
+        comm.Alltoallv([res, (recv_counts * 2, rdispl * 2), MPI.DOUBLE],
+                       [back, (send_counts * 2, sdispl * 2), MPI.DOUBLE])
+        pr, rk = pid[order], ranks[order]
+        best = np.lexsort((rk, -back[:, 0], pr))  # by point, best score, then lowest rank
+        owner = np.full(x.shape[0], -1, dtype=np.int64)
+        cells = np.full(x.shape[0], -1, dtype=np.int64)
+        cnt = np.bincount(pr, minlength=x.shape[0])
+        has = np.flatnonzero(cnt > 0)
+        first = best[np.concatenate(([0], np.cumsum(cnt)[:-1]))[has]]
+        ok = back[first, 0] >= -1e-9
+        owner[has[ok]] = rk[first[ok]]
+        cells[has[ok]] = back[first[ok], 1].astype(np.int64)
+        return owner, cells
+
+    def _local_best(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best owned cell of each point and its score (smallest barycentric coordinate)."""
+        npts = x3.shape[0]
+        score = np.full(npts, -np.inf)
+        cells = np.full(npts, -1, dtype=np.int64)
+        if npts == 0 or self.part_tracker.ncell == 0:
+            return score, cells
+        cand = geometry.compute_collisions_points(self._owned_tree, x3)
+        off = np.asarray(cand.offsets, dtype=np.int64)
+        c = np.asarray(cand.array, dtype=np.int64)
+        if c.size == 0:
+            return score, cells
+        cnt = np.diff(off)
+        pid = np.repeat(np.arange(npts), cnt)
+        sc = self.part_tracker.barycentric(x3[pid, :self.dim], c).min(axis=1)
+        o = np.lexsort((-sc, pid))  # by point, best score first
+        has = cnt > 0
+        first = o[off[:-1][has]]
+        score[has], cells[has] = sc[first], c[first]
+        return score, cells
 
     @staticmethod
     def _local_sizes(msh, ncell):
@@ -208,7 +521,9 @@ class MeshDomain:
         return self._bounds
 
     def contains(self, x: np.ndarray, comm=None) -> np.ndarray:
-        """Mask of the points inside the mesh (not collective: the same answer on any rank).
+        """Mask of the points inside the mesh (the same answer on any rank).
+
+        Collective the first time (builds the whole-mesh :attr:`tracker`).
 
         By location in the global tracker (:meth:`locate`); points that the straight walk from
         the nearest cell centroid cannot reach are decided by :meth:`contains_collision`.
@@ -330,7 +645,7 @@ class MeshDomain:
         keeps the cells between steps, so :func:`~fem_crossdiff.particles.state.step` calls
         :meth:`track` directly.
         """
-        return self.track(x_old, x_new)[0]
+        return self.reflect_tracked(x_old, x_new)[0]
 
     def reflect_collision(self, x_old: np.ndarray, x_new: np.ndarray, comm=None) -> np.ndarray:
         """The reflection by collision-tree location (the reference, and the lost-walk fallback).

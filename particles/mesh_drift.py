@@ -21,16 +21,20 @@ solver. Each call, collective over the mesh communicator:
    owns it (lowest rank on ties), and one ``Alltoallv`` sends it there, keeping its place in
    the caller's array for the way back. Particles outside the mesh (by more than
    ``tolerance``) raise a ValueError on every rank.
+   Particles already held by the rank owning their cell (the state on a
+   :class:`~fem_crossdiff.particles.mesh_domain.MeshDomain`, :meth:`MeshOperatorDrift.at_cells`)
+   skip the routing: the deposit goes into the local vector and ``scatter_reverse`` alone sums
+   the shared nodes.
 2. **Potential.** ``g = K P(sum_l a_l K rho_l)`` at the nodes
    (:class:`~fem_crossdiff.nonlocal_.NonlocalPotential`: the same matrix, wall normalisation
    and pressure law as the FE solver; ``NonlocalParams.boundary`` chooses the walls).
-3. **Gradient.** ``-b_k grad g`` at every particle, on the rank owning its cell, sent back to
-   the particle's rank. ``gradient="cell"`` (default): the gradient of the P1 function ``g``,
-   constant on each cell (what the FE fluxes see, as
-   :class:`fem_crossdiff.coupling.FEGradientField`); ``gradient="recovered"``: the lumped-L2
-   projection of that piecewise constant gradient on P1 (the cell gradients averaged at each
-   node with weights ``|K| / (d + 1)``), interpolated linearly, which is second-order
-   accurate in the interior on smooth fields.
+3. **Gradient.** ``-b_k grad g`` at every particle, on the rank owning its cell (sent back to
+   the particle's rank by :meth:`MeshOperatorDrift.__call__`). ``gradient="cell"``
+   (default): the gradient of the P1 function ``g``, constant on each cell (what the FE
+   fluxes see, as :class:`fem_crossdiff.coupling.FEGradientField`); ``gradient="recovered"``:
+   the lumped-L2 projection of that piecewise constant gradient on P1 (the cell gradients
+   averaged at each node with weights ``|K| / (d + 1)``), interpolated linearly, which is
+   second-order accurate in the interior on smooth fields.
 
 The result does not depend on the number of ranks nor on how the particles are split over them
 (up to round-off in the summation order, and up to the choice of cell for a particle lying
@@ -78,6 +82,7 @@ from fem_crossdiff.compat import MPI, fem, geometry, la
 from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
+from .drift import Particles
 from .params import ParticleParams
 from .tracking import CHUNK
 
@@ -156,9 +161,10 @@ class MeshOperatorDrift:
     """Drift ``-b_k grad g`` of (1.6) with ``g`` from the nonlocal FE operator (module docstring).
 
     A drift callable for :func:`fem_crossdiff.particles.state.step`:
-    ``drift(positions, t, params, comm)`` with ``positions`` of shape ``(n, N_local, d)``;
-    collective over the mesh communicator (``comm`` must be it, or congruent to it, when the
-    mesh is distributed). The particles may be split over the ranks in any way.
+    ``drift(positions, t, params, comm, species=None)`` (layouts:
+    :class:`~fem_crossdiff.particles.drift.Particles`); collective over the mesh communicator
+    (``comm`` must be it, or congruent to it, when the mesh is distributed). The particles may
+    be split over the ranks in any way.
 
     Args:
         space: The mesh (an affine simplex mesh, ``gdim == tdim``) or its scalar P1 space.
@@ -342,37 +348,6 @@ class MeshOperatorDrift:
         return _Routed(comm, order, send_counts, recv_counts, recv,
                        self._local_best(recv[:, :3])[1])
 
-    def _route_cells(self, pts: np.ndarray, extra: np.ndarray, gcells: np.ndarray,
-                     domain) -> _Routed:
-        """As :meth:`_route`, for points whose cells (original indices) the domain tracked.
-
-        The owner of each cell is known (:attr:`MeshDomain.cell_rank`): one ``Alltoallv``, no
-        bounding-box search and no ownership round.
-        """
-        comm, size, d = self.comm, self.comm.size, self.dim
-        npts = pts.shape[0]
-        x3 = np.zeros((npts, 3))
-        x3[:, :d] = pts
-        if size == 1:
-            payload = np.concatenate([x3, extra], axis=1)
-            return _Routed(comm, np.arange(npts), np.array([npts]), np.array([npts]), payload,
-                           domain.cell_local[gcells].astype(np.int32))
-        owner = domain.cell_rank[gcells]
-        order = np.argsort(owner, kind="stable")
-        send_counts = np.bincount(owner, minlength=size).astype(np.int64)
-        recv_counts = np.empty(size, dtype=np.int64)
-        comm.Alltoall(send_counts, recv_counts)
-        c = 4 + extra.shape[1]
-        loc = domain.cell_local[gcells].astype(float)[:, None]
-        send = np.ascontiguousarray(np.concatenate([x3, extra, loc], axis=1)[order])
-        recv = np.empty((int(recv_counts.sum()), c))
-        sdispl = np.concatenate(([0], np.cumsum(send_counts)[:-1]))
-        rdispl = np.concatenate(([0], np.cumsum(recv_counts)[:-1]))
-        comm.Alltoallv([send, (send_counts * c, sdispl * c), MPI.DOUBLE],
-                       [recv, (recv_counts * c, rdispl * c), MPI.DOUBLE])
-        return _Routed(comm, order, send_counts, recv_counts, recv[:, :-1],
-                       recv[:, -1].astype(np.int32))
-
     def _barycentric(self, cells: np.ndarray, x3: np.ndarray) -> np.ndarray:
         """P1 basis values ``(R, d + 1)`` at points ``x3`` in owned ``cells``."""
         d = self.dim
@@ -429,14 +404,14 @@ class MeshOperatorDrift:
                 out[sl] = np.einsum("rj,rjg->rg", lam[sl], G[self._dofs[c]])
         return out
 
-    def _check_positions(self, positions, params: ParticleParams, comm):
+    def _check_positions(self, positions, params: ParticleParams, comm, species=None):
         if not isinstance(params, ParticleParams):
             raise TypeError(f"params must be a ParticleParams, got {type(params)}")
-        x = np.asarray(positions, dtype=float)
-        if x.ndim != 3 or x.shape[0] != params.n_species or x.shape[2] != self.dim:
-            raise ValueError(f"positions must have shape (n_species={params.n_species}, N_local, "
-                             f"{self.dim}), got {x.shape}")
-        bad = self.comm.allreduce(int(np.count_nonzero(~np.isfinite(x))), op=MPI.SUM)
+        parts = Particles(positions, params, species)
+        if parts.pts.shape[1] != self.dim:
+            raise ValueError(f"positions: dimension {parts.pts.shape[1]} != mesh dimension "
+                             f"{self.dim}")
+        bad = self.comm.allreduce(int(np.count_nonzero(~np.isfinite(parts.pts))), op=MPI.SUM)
         if bad:  # reduced: every rank raises
             raise ValueError(f"positions must be finite ({bad} non-finite coordinates)")
         if comm is None and self.comm.size > 1:
@@ -453,28 +428,31 @@ class MeshOperatorDrift:
                 f"params (a={params.a}, m={params.m}, eps={params.eps}, kernel={params.kernel!r})"
                 f" disagree with the operator (a={pm.a}, m={pm.m}, eps={nl.eps}, "
                 f"kernel={nl.kernel!r})")
-        total = self.comm.allreduce(x.shape[1], op=MPI.SUM)
-        if total != params.n_particles:
-            raise ValueError(f"positions: {total} particles per species over the ranks, but "
-                             f"params.n_particles = {params.n_particles}")
-        return x
+        counts = np.bincount(parts.species, minlength=params.n_species).astype(np.int64)
+        total = np.empty_like(counts)
+        self.comm.Allreduce(counts, total, op=MPI.SUM)
+        if np.any(total != params.n_particles):
+            raise ValueError(f"positions: {total.tolist()} particles per species over the "
+                             f"ranks, but params.n_particles = {params.n_particles}")
+        return parts
 
-    def _routed_species(self, x: np.ndarray, params: ParticleParams) -> _Routed:
-        n, nloc, d = x.shape
-        w = np.repeat(np.asarray(params.mass) / params.n_particles, nloc)
-        k = np.repeat(np.arange(n, dtype=float), nloc)
-        return self._route(x.reshape(-1, d), np.stack([w, k], axis=1))
+    def _routed_species(self, parts: Particles, params: ParticleParams) -> _Routed:
+        w = np.asarray(params.mass, dtype=float)[parts.species] / params.n_particles
+        return self._route(parts.pts, np.stack([w, parts.species.astype(float)], axis=1))
 
     # ------------------------------------------------------------------ public
-    def deposit(self, positions: np.ndarray, params: ParticleParams, comm=None) -> np.ndarray:
+    def deposit(self, positions: np.ndarray, params: ParticleParams, comm=None,
+                species=None) -> np.ndarray:
         """Nodal densities ``rho_l,i = sum_p (M_l / N) phi_i(X_p) / m_i``, shape ``(nloc, n)``.
 
-        Owned + ghost rows of the P1 space (collective).
+        Owned + ghost rows of the P1 space (collective); particles anywhere on any rank
+        (layouts: :class:`~fem_crossdiff.particles.drift.Particles`).
         """
-        x = self._check_positions(positions, params, comm if comm is not None else self.comm)
-        routed = self._routed_species(x, params)
+        parts = self._check_positions(positions, params,
+                                      comm if comm is not None else self.comm, species)
+        routed = self._routed_species(parts, params)
         lam = self._barycentric(routed.cells, routed.payload[:, :3])
-        return self._deposit_routed(routed, x.shape[0], lam)
+        return self._deposit_routed(routed, params.n_species, lam)
 
     def gradient_at(self, g: np.ndarray, points: np.ndarray) -> np.ndarray:
         """``grad g`` (cell or recovered, see ``gradient``) at this rank's ``points (P, d)``.
@@ -494,45 +472,64 @@ class MeshOperatorDrift:
         lam = self._barycentric(routed.cells, routed.payload[:, :3])
         return routed.back(self._gradient_routed(g, routed.cells, lam), pts.shape[0])
 
-    def __call__(self, positions, t, params: ParticleParams, comm=None) -> np.ndarray:
-        """Drift ``-b_k grad g(X_k^i)`` of the local particles, shape ``(n, N_local, d)``."""
-        x = self._check_positions(positions, params, comm)
-        return self._drift(x, params, self._routed_species(x, params))
+    def __call__(self, positions, t, params: ParticleParams, comm=None,
+                 species=None) -> np.ndarray:
+        """Drift ``-b_k grad g(X_k^i)`` of particles held on any rank, shaped as ``positions``.
 
-    def at_cells(self, positions, cells, domain, t, params: ParticleParams,
+        Each particle is routed to its cell's owner and its drift back (layouts:
+        :class:`~fem_crossdiff.particles.drift.Particles`).
+        """
+        parts = self._check_positions(positions, params, comm, species)
+        routed = self._routed_species(parts, params)
+        lam = self._barycentric(routed.cells, routed.payload[:, :3])
+        rho = self._deposit_routed(routed, params.n_species, lam)
+        grad = routed.back(self._gradient_routed(self._potential(rho), routed.cells, lam),
+                           parts.pts.shape[0])
+        return parts.drift(params, grad)
+
+    def at_cells(self, positions, species, cells, params: ParticleParams,
                  comm=None) -> np.ndarray:
-        """The drift of particles whose cells a tracking domain knows (no location step).
+        """The drift of particles held by the rank owning their cells: no routing at all.
+
+        The deposit goes into the local P1 vector (``scatter_reverse`` adds the contributions
+        to shared nodes), the gradient is taken on the owned cells. Collective.
 
         Args:
-            positions: ``(n, N_local, d)``.
-            cells: ``(n, N_local)`` original cell indices, from
-                :meth:`~fem_crossdiff.particles.mesh_domain.MeshDomain.track` on this mesh.
-            domain: That :class:`~fem_crossdiff.particles.mesh_domain.MeshDomain`.
-            t: Time (unused: the drift is autonomous).
+            positions: ``(M, d)`` local particles.
+            species: ``(M,)`` their species.
+            cells: ``(M,)`` local cells (owned by this rank) containing them, as kept by
+                :class:`~fem_crossdiff.particles.mesh_domain.MeshDomain` on this mesh.
             params: Particle parameters.
             comm: Communicator (as for :meth:`__call__`).
-        """
-        if domain.msh is not self.msh:
-            raise ValueError("domain: the tracking domain must be built on the drift's mesh")
-        x = self._check_positions(positions, params, comm)
-        n, nloc, d = x.shape
-        c = np.asarray(cells, dtype=np.int64).reshape(-1)
-        if c.size != n * nloc:
-            raise ValueError(f"cells must have shape {(n, nloc)}, got {np.shape(cells)}")
-        w = np.repeat(np.asarray(params.mass) / params.n_particles, nloc)
-        k = np.repeat(np.arange(n, dtype=float), nloc)
-        routed = self._route_cells(x.reshape(-1, d), np.stack([w, k], axis=1), c, domain)
-        return self._drift(x, params, routed)
 
-    def _drift(self, x: np.ndarray, params: ParticleParams, routed: _Routed) -> np.ndarray:
-        n, nloc, d = x.shape
-        lam = self._barycentric(routed.cells, routed.payload[:, :3])
-        rho = self._deposit_routed(routed, n, lam)
+        Returns:
+            ``(M, d)``.
+        """
+        parts = self._check_positions(positions, params, comm, species)
+        c = np.asarray(cells, dtype=np.int64).reshape(-1)
+        if c.size != parts.pts.shape[0]:
+            raise ValueError(f"cells: need one per particle ({parts.pts.shape[0]}), "
+                             f"got {c.size}")
+        bad = self.comm.allreduce(int(np.count_nonzero((c < 0) | (c >= self.owned.size))),
+                                  op=MPI.SUM)
+        if bad:
+            raise ValueError(f"cells: {bad} cells are not owned by the particle's rank "
+                             f"(allowed: 0 <= cell < owned cells)")
+        x3 = np.zeros((c.size, 3))
+        x3[:, :self.dim] = parts.pts
+        w = np.asarray(params.mass, dtype=float)[parts.species] / params.n_particles
+        local = _Routed(self.comm, np.arange(c.size), np.array([c.size]), np.array([c.size]),
+                        np.concatenate([x3, w[:, None], parts.species[:, None]], axis=1),
+                        c.astype(np.int32))
+        lam = self._barycentric(local.cells, x3)
+        rho = self._deposit_routed(local, params.n_species, lam)
+        grad = self._gradient_routed(self._potential(rho), local.cells, lam)
+        return parts.drift(params, grad)
+
+    def _potential(self, rho: np.ndarray) -> np.ndarray:
         g = self.potential(rho)
         self.last_density, self.last_potential = rho, g
-        grad = routed.back(self._gradient_routed(g, routed.cells, lam), n * nloc)
-        b = np.repeat(np.asarray(params.b), nloc)
-        return (-b[:, None] * grad).reshape(n, nloc, d)
+        return g
 
 
 class SnapshotGradientField:

@@ -22,8 +22,11 @@ __all__ = ["ParticleWriter", "moments"]
 
 def moments(state: ParticleState, comm=None) -> tuple[np.ndarray, np.ndarray]:
     """Global per-species mean ``(n, d)`` and second moment ``E|X|^2`` ``(n,)`` (collective)."""
-    x = state.positions
-    loc = np.concatenate([x.sum(axis=1), np.sum(x * x, axis=(1, 2))[:, None]], axis=1)
+    x, n = state.positions, state.n_species
+    loc = np.zeros((n, x.shape[1] + 1))
+    for c in range(x.shape[1]):
+        loc[:, c] = np.bincount(state.species, weights=x[:, c], minlength=n)
+    loc[:, -1] = np.bincount(state.species, weights=np.sum(x * x, axis=1), minlength=n)
     if comm is not None and comm.size > 1:
         from mpi4py import MPI
 

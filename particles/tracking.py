@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SimplexTracker", "INSIDE_TOL", "CHUNK"]
+__all__ = ["SimplexTracker", "INSIDE_TOL", "CHUNK", "facet_neighbours"]
 
 #: Particles per chunk of the vectorised passes: temporaries stay small and are reused (at 2e6
 #: particles, one pass over all of them was 1.6 times slower per particle than chunks of 2^15:
@@ -39,6 +39,11 @@ CHUNK = 1 << 15
 #: Barycentric tolerance: a point with every ``lambda_i >= -INSIDE_TOL`` is in the cell (points
 #: on a facet belong to either cell; relative to the cell size, far below any physical scale).
 INSIDE_TOL = 1e-12
+
+
+def facet_neighbours(vid: np.ndarray) -> np.ndarray:
+    """Facet neighbours ``(C, d + 1)`` from vertex ids ``(C, d + 1)``; ``-1``: unmatched facet."""
+    return _neighbours(np.asarray(vid, dtype=np.int64))
 
 
 def _neighbours(vid: np.ndarray) -> np.ndarray:
@@ -68,9 +73,12 @@ class SimplexTracker:
         vertex_ids: Global vertex ids ``(C, d + 1)`` (equal ids: shared vertices).
         max_steps: Walk iterations (cells crossed plus reflections) before a particle counts
             as lost.
+        neighbour: A facet neighbour table ``(C, d + 1)`` to use instead of the one matched
+            from ``vertex_ids`` (e.g. with foreign slots ``<= -2``, see :meth:`walk`).
     """
 
-    def __init__(self, verts: np.ndarray, vertex_ids: np.ndarray, max_steps: int = 200):
+    def __init__(self, verts: np.ndarray, vertex_ids: np.ndarray, max_steps: int = 200,
+                 neighbour: np.ndarray | None = None):
         verts = np.asarray(verts, dtype=float)
         ncell, nv, d = verts.shape
         if nv != d + 1:
@@ -82,7 +90,10 @@ class SimplexTracker:
         b = -np.einsum("cjd,cd->cj", A, verts[:, 0])
         b[:, 0] += 1.0
         self.A, self.b = np.ascontiguousarray(A), np.ascontiguousarray(b)
-        self.neighbour = _neighbours(np.asarray(vertex_ids, dtype=np.int64))
+        self.neighbour = (_neighbours(np.asarray(vertex_ids, dtype=np.int64))
+                          if neighbour is None else np.asarray(neighbour, dtype=np.int64))
+        if self.neighbour.shape != (ncell, nv):
+            raise ValueError(f"neighbour: need shape {(ncell, nv)}, got {self.neighbour.shape}")
         self.centroid = verts.mean(axis=1)
         self.verts = verts
         self._kdtree = None
@@ -114,7 +125,8 @@ class SimplexTracker:
 
             self._kdtree = cKDTree(self.centroid)
         start = np.asarray(self._kdtree.query(x)[1], dtype=np.int64)
-        _, cells, bad = self.walk(self.centroid[start], x, start, reflect=False)
+        _, _, cells, bad, out = self.walk(self.centroid[start], x, start, reflect=False)
+        bad = np.sort(np.concatenate([bad, out]))
         cells[bad] = -1
         if bad.size and inside is not None:
             bad = bad[inside(x[bad])]
@@ -146,22 +158,33 @@ class SimplexTracker:
                 stops and is reported lost, as for location).
 
         Returns:
-            ``(q, cells, lost)``: the end points (reflected), their cells, and the indices of
-            the lost particles (their entries of ``q`` and ``cells`` are meaningless).
+            ``(p, q, cells, lost, exited)``: for the particles that arrived, ``q`` is the end
+            point (reflected) and ``cells`` its cell; ``lost`` are the indices of the lost
+            particles (their entries are meaningless); ``exited`` the indices of those that
+            crossed a facet into a foreign slot (``neighbour <= -2``): for them ``p`` is the
+            crossing point, ``q`` the target reflected so far and ``cells`` the neighbour
+            entry ``-2 - slot``, so that the owner of the slot continues the walk from there.
         """
         p = np.array(p, dtype=float, copy=True)
         q = np.array(q, dtype=float, copy=True)
         c = np.array(cells, dtype=np.int64, copy=True)
-        lost = [np.zeros(0, dtype=np.int64)]
+        lost, exited = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
         for i0 in range(0, p.shape[0], CHUNK):
             sl = slice(i0, i0 + CHUNK)
-            lost.append(i0 + self._walk(p[sl], q[sl], c[sl], reflect))
-        return q, c, np.concatenate(lost)
+            lo, ex = self._walk(p[sl], q[sl], c[sl], reflect)
+            lost.append(i0 + lo)
+            exited.append(i0 + ex)
+        return p, q, c, np.concatenate(lost), np.concatenate(exited)
 
-    def _walk(self, p: np.ndarray, q: np.ndarray, c: np.ndarray, reflect: bool) -> np.ndarray:
-        """:meth:`walk` of one chunk, in place on the views ``p``, ``q``, ``c``; lost indices."""
+    def _walk(self, p: np.ndarray, q: np.ndarray, c: np.ndarray, reflect: bool):
+        """:meth:`walk` of one chunk, in place on the views ``p``, ``q``, ``c``.
+
+        Returns:
+            The indices of the lost and of the exited particles.
+        """
         active = np.arange(p.shape[0])
         lost = [np.zeros(0, dtype=np.int64)]
+        exited = [np.zeros(0, dtype=np.int64)]
         for _ in range(self.max_steps):
             if active.size == 0:
                 break
@@ -188,6 +211,14 @@ class SimplexTracker:
             p[active] = y
             inner = nb >= 0
             c[active[inner]] = nb[inner]
+            foreign = nb <= -2
+            if foreign.any():  # into another rank's cell: stop at the facet, hand over
+                c[active[foreign]] = nb[foreign]
+                exited.append(active[foreign])
+                keep = ~foreign
+                active, ca, qa, y, nb, f, Ac = (active[keep], ca[keep], qa[keep], y[keep],
+                                                nb[keep], f[keep], Ac[keep])
+                inner = inner[keep]
             wall = np.flatnonzero(~inner)
             if wall.size:
                 if not reflect:
@@ -202,4 +233,4 @@ class SimplexTracker:
                 dq = np.einsum("pd,pd->p", qa[wall] - y[wall], nrm)
                 q[iw] = qa[wall] - 2.0 * dq[:, None] * nrm
         lost.append(active)
-        return np.concatenate(lost)
+        return np.concatenate(lost), np.concatenate(exited)

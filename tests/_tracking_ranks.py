@@ -1,8 +1,8 @@
-"""Trajectories of a particle run on a disk with the FE-operator drift (for the rank test).
+"""Trajectories of particle runs on a disk and a ball with the FE-operator drift (rank test).
 
-``trajectories(comm)`` returns the gathered positions after each step, ``(steps + 1, n, N, d)``,
-on every rank. Run as a script (``mpiexec -n 3 python _tracking_ranks.py out.npy``), rank 0
-saves them to ``out.npy``.
+``trajectories(comm, shape)`` returns the gathered positions after each step,
+``(steps + 1, n, N, d)``, on every rank. Run as a script (``mpiexec -n 3 python
+_tracking_ranks.py out.npz``), rank 0 saves those of every shape to ``out.npz``.
 """
 
 from __future__ import annotations
@@ -18,18 +18,29 @@ from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
 from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
 from fem_crossdiff.particles.state import gather_positions, init_state, step
 
+#: mesh builder, its arguments, particles per species, eps (>= 2 h), steps, dt
+SHAPES = {
+    "disk": ("disk", {"h": 0.1}, 3000, 0.3, 8, 0.005),
+    "ball": ("ball", {"h": 0.15}, 1000, 0.6, 5, 0.005),
+}
 
-def trajectories(comm, n=3000, steps=8, dt=0.005):
-    """Two species, uniform start, sigma large enough that many particles hit the wall."""
-    msh = meshes.build("disk", comm, h=0.1).mesh
+
+def trajectories(comm, shape="disk", with_drift=True):
+    """Two species, non-uniform start, sigma large enough that many particles hit the wall.
+
+    The drift is strong (masses 40 and 20 times the density's): its part of the motion is
+    comparable with the noise, so a wrong drift of any particle shows.
+    """
+    builder, kw, n, eps, steps, dt = SHAPES[shape]
+    msh = meshes.build(builder, comm, **kw).mesh
     dom = MeshDomain(msh)
     V = fem.functionspace(msh, ("Lagrange", 1))
     u = fem.Function(V)
     u.interpolate(lambda x: 1.0 + 0.5 * x[0])
     sampler = FEDensitySampler(u)
-    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.5, 2.0, 0.3,
-                            masses=(sampler.mass, 0.5 * sampler.mass))
-    drift = MeshOperatorDrift(V, params)
+    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.5, 2.0, eps,
+                            masses=(40.0 * sampler.mass, 20.0 * sampler.mass))
+    drift = MeshOperatorDrift(V, params) if with_drift else None
     state = init_state(params, sampler, 4, dom, comm)
     out = [gather_positions(state, comm, root=None)]
     for _ in range(steps):
@@ -39,6 +50,6 @@ def trajectories(comm, n=3000, steps=8, dt=0.005):
 
 
 if __name__ == "__main__":
-    x = trajectories(MPI.COMM_WORLD)
+    res = {name: trajectories(MPI.COMM_WORLD, name) for name in SHAPES}
     if MPI.COMM_WORLD.rank == 0:
-        np.save(sys.argv[1], x)
+        np.savez(sys.argv[1], **res)

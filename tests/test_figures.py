@@ -169,7 +169,7 @@ def test_particles_figure(comm, mpi_tmp_path):
 
     sampler = plotting.FieldSampler(msh)
     dens = sampler.sample(species)
-    hist = [empirical_dg0_histogram(msh, state.positions[k], outside="drop") for k in range(2)]
+    hist = [empirical_dg0_histogram(msh, state.of_species(k), outside="drop") for k in range(2)]
     cells = sampler.sample_cells(hist)
     pos = gather_positions(state, comm, root=0)
     if comm.rank != 0:

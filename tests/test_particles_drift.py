@@ -13,6 +13,7 @@ from _ranks import max_rel_err, split
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.particles import (
     CellListDrift,
+    FieldDrift,
     GridDrift,
     ParticleParams,
     QuadratureSpec,
@@ -108,3 +109,21 @@ def test_bad_positions_shape():
         GridDrift()(np.zeros((1, 10, 2)), 0.0, params)
     with pytest.raises(ValueError, match="cells_per_eps"):
         GridDrift(1.0)
+
+
+def test_flat_layout_with_a_species_absent_here():
+    """The flat layout with no particle of one species on this rank.
+
+    As happens once particles live with their cells (regression: FieldDrift failed there).
+    """
+    params = ParticleParams(3, (1.0, 0.5), (1.0, 2.0), 0.1, 2.0, 0.3)
+    x = np.array([[0.1, 0.2], [0.3, -0.1], [-0.2, 0.0]])
+    sp = np.zeros(3, dtype=np.int64)
+    field = FieldDrift(lambda t, y: np.stack([y[:, 0] ** 2, y[:, 1]], axis=1))
+    v = field(x, 0.0, params, None, species=sp)
+    assert v.shape == (3, 2)
+    np.testing.assert_allclose(v, -np.stack([x[:, 0] ** 2, x[:, 1]], axis=1), rtol=1e-15)
+    w = field(x[::-1], 0.0, params, None, species=np.array([1, 1, 1]))
+    np.testing.assert_allclose(w, -2.0 * np.stack([x[::-1, 0] ** 2, x[::-1, 1]], axis=1))
+    with pytest.raises(ValueError, match="species"):
+        field(x, 0.0, params, None, species=np.array([0, 2, 0]))

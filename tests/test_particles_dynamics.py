@@ -77,7 +77,7 @@ def test_box_reflection_exact_and_invariant_law(comm):
         s = step(s, 0.3, params, box, None, comm)
         inside = box.contains(s.positions.reshape(-1, 2))
         assert _sum(comm, int(np.count_nonzero(~inside))) == 0
-    mean = np.array([_sum(comm, float(v)) for v in s.positions[0].sum(axis=0)]) / n
+    mean = np.array([_sum(comm, float(v)) for v in s.of_species(0).sum(axis=0)]) / n
     se = np.array([1.0, 2.0]) / np.sqrt(12 * n)
     assert np.all(np.abs(mean - [0.5, 1.0]) < 4 * se), mean
 
@@ -92,10 +92,14 @@ def test_same_seed_any_number_of_ranks(comm):
     dist = init_state(params, samplers, 2024, box, comm)
     serial = init_state(params, samplers, 2024, box, None)
     start, stop = partition(n, comm.size, comm.rank)
-    assert (dist.start, dist.stop) == (start, stop)
-    same_init = np.array_equal(dist.positions, serial.positions[:, start:stop])
+    assert all(np.array_equal(dist.ids_of_species(k), np.arange(start, stop)) for k in (0, 1))
+
+    def block(a):  # this rank's index block of every species of a serial (2 N, d) array
+        return a.reshape(2, n, -1)[:, start:stop].reshape(-1, a.shape[-1])
+
+    same_init = np.array_equal(dist.positions, block(serial.positions))
     same_noise = np.array_equal(brownian_increments(dist, 0.01),
-                                brownian_increments(serial, 0.01)[:, start:stop])
+                                block(brownian_increments(serial, 0.01)))
     assert comm.allreduce(same_init and same_noise, op=MPI.LAND)
     drift = GridDrift(16)
     for _ in range(10):
@@ -104,7 +108,7 @@ def test_same_seed_any_number_of_ranks(comm):
     full = gather_positions(dist, comm, root=None)
     moved = float(np.abs(full - gather_positions(init_state(params, samplers, 2024, box, comm),
                                                  comm, root=None)).max())
-    err = _max(comm, float(np.abs(full - serial.positions).max()))
+    err = _max(comm, float(np.abs(full - gather_positions(serial)).max()))
     if comm.rank == 0:
         print(f"\nranks={comm.size}: max |X_dist - X_serial| after 10 steps = {err:.2e}")
     assert err < 1e-8
@@ -166,7 +170,7 @@ def test_rejection_sampler_moments(comm):
     disk = RejectionSampler(lambda x: 1.0 + x[:, 0], (-1, -1), (1, 1),
                             inside=lambda x: np.sum(x**2, axis=1) <= 1.0)
     s = init_state(params, disk, 4, Box((-1, -1), (1, 1)), comm)
-    x = s.positions[0]
+    x = s.of_species(0)
     mean_x = _sum(comm, float(x[:, 0].sum())) / n
     r_max = _max(comm, float(np.linalg.norm(x, axis=1).max()))
     # density (1 + x)/pi on the unit disk: E x = 1/4, E x^2 = 1/4, Var x = 3/16
@@ -293,14 +297,14 @@ assert isinstance(p.law, fem_crossdiff.laws.PowerLaw) and p.law.m == 3.0
 box = domains.Box((0.0, 0.0), (1.0, 1.0))
 s0 = state.init_state(p, lambda g, n: 0.3 + 0.4 * g.random((n, 2)), 1, box)
 s1 = state.step(s0, 1e-3, p, box, drift.GridDrift(8))
-assert s1.step_index == 1 and s1.positions.shape == (2, 12, 2)
+assert s1.step_index == 1 and s1.positions.shape == (24, 2)
 assert np.all(np.isfinite(s1.positions)) and np.any(s1.positions != s0.positions)
 free = domains.FreeSpace(1)
 q = params.ParticleParams(8, (1.0,), (1.0,), 0.0, 2.0, 0.5)
 t0 = state.state_from_positions(np.linspace(-0.2, 0.2, 8)[None, :, None], 0, free)
 t1 = state.step(t0, 1e-2, q, free, drift.GridDrift(8))
-assert np.all(np.diff(t1.positions[0, :, 0]) > np.diff(t0.positions[0, :, 0]))  # spreads
-assert distances.wasserstein_1d(t0.positions[0], t1.positions[0], 1) > 0.0
+assert np.all(np.diff(t1.positions[:, 0]) > np.diff(t0.positions[:, 0]))  # spreads
+assert distances.wasserstein_1d(t0.of_species(0), t1.of_species(0), 1) > 0.0
 leaked = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
 assert not leaked, f"imported: {leaked}"
 print("OK")

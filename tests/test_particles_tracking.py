@@ -102,7 +102,7 @@ def test_tracking_agrees_with_collision_tree(domains, name, comm):
     n_walls = n_diff = 0
     for _ in range(6):
         q = x + np.sqrt(2.0 * dt) * rng.standard_normal(x.shape)  # rms ~ h: many cells, walls
-        y, c = dom.track(x, q, cells)
+        y, c = dom.reflect_tracked(x, q, cells)
         n_checked, n_bad = _tree_check(msh, dom, y, c, comm)
         assert n_checked >= n and n_bad == 0, (n_checked, n_bad)
         assert np.all(dom.contains_collision(y))
@@ -133,10 +133,11 @@ def test_no_particle_lost_over_a_million_steps(domains, comm):
     lost_total = 0
     for _ in range(50):
         q = x + 0.03 * rng.standard_normal(x.shape)
-        y, c1, lost = tr.walk(x, q, c)
+        _, y, c1, lost, out = tr.walk(x, q, c)
+        assert out.size == 0  # the whole mesh: no foreign cells
         lost_total += lost.size
-        if lost.size:  # the fallback of MeshDomain.track
-            y[lost], c1[lost] = dom.track(x[lost], q[lost], c[lost])
+        if lost.size:  # the fallback of MeshDomain.reflect_tracked
+            y[lost], c1[lost] = dom.reflect_tracked(x[lost], q[lost], c[lost])
         x, c = y, c1
         lam = tr.barycentric(x, c)
         assert lam.min() >= -1e-9
@@ -189,30 +190,172 @@ def test_reflected_brownian_motion_tends_to_uniform(domains, name, comm):
 SCRIPT = Path(__file__).with_name("_tracking_ranks.py")
 
 
-def test_same_trajectories_on_1_2_3_ranks(comm, tmp_path_factory):
-    """FE-operator drift, noise, tracking: the trajectories do not depend on the ranks.
-
-    Each rank count runs :mod:`tests._tracking_ranks` (the script writes the gathered
-    positions); this run's communicator is compared with a serial run of the same function
-    in-process, and serially the script is launched under ``mpiexec -n 3``.
-    """
+def _rank_script():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import _tracking_ranks as tr_ranks
     finally:
         sys.path.pop(0)
-    here = tr_ranks.trajectories(comm)
-    ref = tr_ranks.trajectories(MPI.COMM_SELF)
-    assert here.shape == ref.shape
+    return tr_ranks
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    """The script's trajectories on 3 ranks (launched from a serial run only)."""
+    if MPI.COMM_WORLD.size > 1:
+        return None
+    out = tmp_path_factory.mktemp("ranks") / "x3.npz"
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    res = subprocess.run([str(mpiexec), "-n", "3", sys.executable, str(SCRIPT), str(out)],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return dict(np.load(out))
+
+
+@pytest.mark.parametrize("shape", ["disk", "ball"])
+def test_same_trajectories_on_1_2_3_ranks(comm, shape, three_ranks):
+    """Migration: with the FE-operator drift on, the trajectories do not depend on the ranks.
+
+    To 1e-12. Particles live on the rank owning their cell and migrate every step; their noise
+    is keyed by identity. This run's communicator is compared with a serial run of the same function
+    in-process, and serially with the script under ``mpiexec -n 3``. The drift moves the
+    particles by much more than the tolerance (compared with the run without it), so a
+    particle given another's drift, or a lost or duplicated particle, fails the test.
+    """
+    tr_ranks = _rank_script()
+    here = tr_ranks.trajectories(comm, shape)
+    ref = tr_ranks.trajectories(MPI.COMM_SELF, shape)
+    assert here.shape == ref.shape and np.all(np.isfinite(ref))
     assert np.abs(here - ref).max() < 1e-12, np.abs(here - ref).max()
     assert np.abs(ref[-1] - ref[0]).max() > 0.05  # the particles moved
+    free = tr_ranks.trajectories(MPI.COMM_SELF, shape, with_drift=False)
+    assert np.abs(free[-1] - ref[-1]).max() > 1e-3  # the drift matters
+    if three_ranks is not None:
+        three = three_ranks[shape]
+        assert np.abs(three - ref).max() < 1e-12, np.abs(three - ref).max()
+
+
+@pytest.mark.parametrize("name", ["disk", "ball"])
+def test_particles_live_on_the_rank_owning_their_cell(domains, name, comm):
+    """After each step every particle is in its cell, an owned cell of its rank.
+
+    Also: particle counts, identities and the deposited mass are conserved, and the local
+    drift (no routing) equals the routed one.
+    """
+    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
+    from fem_crossdiff.particles.state import init_state
+
+    msh, _ = domains(name)
+    dom = MeshDomain(msh)  # fresh: its whole-mesh tracker must never be built below
+    tdim = msh.topology.dim
+    nown = msh.topology.index_map(tdim).size_local
+    V = fem.functionspace(msh, ("Lagrange", 1))
+    sampler = _uniform_sampler(msh)
+    n, eps = (2000, 0.3) if name == "disk" else (600, 0.6)
+    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.3, 2.0, eps,
+                            masses=(sampler.mass, 2.0 * sampler.mass))
+    # a coarse ball (h_max 0.49): eps = 0.6 spans fewer than two of its largest cells, which
+    # does not matter to where the particles live
+    if name == "ball":
+        with pytest.warns(RuntimeWarning, match="under-resolved"):
+            drift = MeshOperatorDrift(V, params, NonlocalParams(eps, allow_small_eps=True))
+    else:
+        drift = MeshOperatorDrift(V, params)
+    state = init_state(params, sampler, 21, dom, comm)
+    migrated = 0
+    for it in range(4):
+        c = state.cells
+        assert c is not None and np.all((c >= 0) & (c < nown))
+        verts = msh.geometry.x[msh.geometry.dofmaps[0][c]][..., :tdim]
+        e = np.transpose(verts[:, 1:] - verts[:, :1], (0, 2, 1))
+        xi = np.linalg.solve(e, (state.positions - verts[:, 0])[..., None])[..., 0]
+        lam_min = np.minimum(xi.min(axis=1, initial=np.inf), 1.0 - xi.sum(axis=1))
+        assert comm.allreduce(float(lam_min.min(initial=0.0)), op=MPI.MIN) >= -1e-9
+        ids = comm.allgather((state.species, state.ids))
+        sp = np.concatenate([a for a, _ in ids])
+        ii = np.concatenate([b for _, b in ids])
+        for k in range(2):
+            assert np.array_equal(np.sort(ii[sp == k]), np.arange(n))
+        v_local = drift.at_cells(state.positions, state.species, c, params, comm)
+        mass = comm.allreduce(drift.lumped @ drift.last_density[: drift.nown], op=MPI.SUM)
+        assert np.allclose(mass, params.mass, rtol=1e-12, atol=0), mass
+        v_routed = drift(state.positions, 0.0, params, comm, species=state.species)
+        diff = float(np.abs(v_local - v_routed).max(initial=0.0))
+        scale = comm.allreduce(float(np.abs(v_routed).max(initial=0.0)), op=MPI.MAX)
+        assert scale > 0.01 and comm.allreduce(diff, op=MPI.MAX) < 1e-12 * scale
+        before = {(int(k), int(i)) for k, i in zip(state.species, state.ids, strict=True)}
+        state = step(state, 0.01, params, dom, drift, comm)
+        after = {(int(k), int(i)) for k, i in zip(state.species, state.ids, strict=True)}
+        migrated += comm.allreduce(len(after - before), op=MPI.SUM)
+        assert state.step_index == it + 1
     if comm.size > 1:
-        return
-    out = tmp_path_factory.mktemp("ranks") / "x3.npy"
-    mpiexec = Path(sys.executable).with_name("mpiexec")
-    env = dict(os.environ)
-    res = subprocess.run([str(mpiexec), "-n", "3", sys.executable, str(SCRIPT), str(out)],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    three = np.load(out)
-    assert np.abs(three - ref).max() < 1e-12, np.abs(three - ref).max()
+        assert migrated > 0  # the particles really changed ranks
+    # memory per rank ~ cells / P: sampling, location, drift and steps used only the owned
+    # cells' tracker
+    assert not dom.whole_mesh_built
+    assert dom.part_tracker.ncell == nown
+
+
+@pytest.mark.parametrize("name", ["lshape", "ball"])
+def test_partition_tracker_matches_the_whole_mesh(domains, name, comm):
+    """The owned-cell tracker's facets: the same neighbours as the whole-mesh tracker.
+
+    Local neighbours are the same cells, foreign slots name the owner rank and its local cell,
+    walls are walls; each rank holds only its owned cells (memory per rank falls with ranks).
+    """
+    msh, dom = domains(name)
+    tr, slots = dom.part_tracker, dom.slots
+    nown = msh.topology.index_map(msh.topology.dim).size_local
+    assert tr.ncell == nown and tr.A.shape[0] == nown
+    glob = dom.tracker.neighbour[dom.local_to_global]  # (nown, d + 1), original numbering
+    nb = tr.neighbour
+    wall = glob < 0
+    assert np.array_equal(nb < 0, wall | (nb <= -2)) and np.array_equal(wall, nb == -1)
+    local = nb >= 0
+    assert np.array_equal(dom.local_to_global[nb[local]], glob[local])
+    foreign = nb <= -2
+    s = -2 - nb[foreign]
+    assert np.array_equal(slots[s, 0], dom.cell_rank[glob[foreign]])
+    assert np.array_equal(slots[s, 1], dom.cell_local[glob[foreign]])
+    assert np.all(slots[s, 0] != comm.rank)
+    held = comm.allgather(tr.ncell)
+    assert sum(held) == dom.tracker.ncell
+    if comm.size > 1:
+        assert np.count_nonzero(foreign) > 0  # the partition has an interface
+        assert max(held) < 0.75 * dom.tracker.ncell, held  # ~ cells / P per rank
+
+
+@pytest.mark.parametrize("name", ["holes", "ball"])
+def test_partitioned_walk_equals_the_whole_mesh_walk(domains, name, comm):
+    """Handing particles over across the partition: the same ends as the whole-mesh walk.
+
+    The same end points and cells, each particle ending on the rank owning its cell.
+    """
+    msh, dom = domains(name)
+    rng = np.random.default_rng(11)
+    n = 600 if name == "ball" else 3000
+    x = _uniform_sampler(msh)(rng, n)  # the same points on every rank
+    orig = dom.locate(x)
+    mine = np.flatnonzero(dom.cell_rank[orig] == comm.rank)
+    p, c0 = x[mine], dom.cell_local[orig[mine]]
+    q = p + 0.15 * rng.standard_normal(p.shape)  # several cells per step, walls, ranks
+    ref_q, ref_c = dom.reflect_tracked(p, q, orig[mine])
+    got_q, got_c, got_e = dom.walk_partitioned(p, q, c0, mine[:, None].astype(np.int64))
+    # compare by particle: gather (index, q, original cell) everywhere
+    ref = comm.allgather((mine, ref_q, ref_c))
+    got = comm.allgather((got_e[:, 0], got_q, dom.local_to_global[got_c]))
+    rq, rc = np.zeros((n, dom.dim)), np.full(n, -1)
+    gq, gc = np.full((n, dom.dim), np.nan), np.full(n, -2)
+    for i, a, b in ref:
+        rq[i], rc[i] = a, b
+    for i, a, b in got:
+        assert np.all(gc[i] == -2)  # no particle twice
+        gq[i], gc[i] = a, b
+    assert np.all(gc >= 0)  # none lost
+    assert np.array_equal(gc, rc)
+    assert np.abs(gq - rq).max() < 1e-12
+    handed = comm.allreduce(int(np.count_nonzero(dom.cell_rank[ref_c] != comm.rank)),
+                            op=MPI.SUM)
+    if comm.size > 1:
+        assert handed > 0.05 * n, handed

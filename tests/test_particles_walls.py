@@ -159,7 +159,7 @@ def test_uniform_cloud_on_disk_is_nearly_stationary(comm):
 
     def stats(drift, n):
         p = ParticleParams(n, (1.0,), (1.0,), 0.0, 2.0, eps, masses=(sampler.mass,))
-        x = init_state(p, sampler, 1, dom, comm).positions[0]
+        x = init_state(p, sampler, 1, dom, comm).positions
         v = drift(x[None], 0.0, p, comm)[0]
         r = np.linalg.norm(x, axis=1)
         band = r > 1.0 - eps
