@@ -13,8 +13,8 @@ the repeats: robust on a loaded machine), next to:
   :meth:`~fem_crossdiff.particles.mesh_domain.MeshDomain.reflect_collision` and the drift
   locating the particles by its bounding-box tree), and the new step at the same ``N_old``;
 * the compiled walk against the numpy walk
-  (:meth:`~fem_crossdiff.particles.tracking.SimplexTracker.walk_numpy`) on the same steps at
-  the largest ``N``, side by side, with their largest difference;
+  (:meth:`~fem_crossdiff.particles.tracking.SimplexTracker.walk` with ``kernel=False``) on
+  the same steps at the largest ``N``, side by side, with their largest difference;
 * where the time of one step goes at the largest ``N`` (``cProfile``: noise, drift with its
   potential, tracking with the walk, the rest), and the counter-based noise
   (:func:`~fem_crossdiff.particles.counter_rng.normals`) for the same particles;
@@ -176,10 +176,11 @@ def walk_side_by_side(dom, state, repeats):
     best = {"kernel": np.inf, "numpy": np.inf}
     out = {}
     for _ in range(repeats):
-        for name, fn in (("kernel", tr.walk), ("numpy", tr.walk_numpy)):
+        for name in best:
             t0 = time.perf_counter()
-            out[name] = fn(p, q, c)
+            r = tr.walk(p, q, c, kernel=name == "kernel")
             best[name] = min(best[name], time.perf_counter() - t0)
+            out[name] = r if len(r) == 3 else r[1:4]  # (q, c, lost) of (p, q, c, lost, exited)
     (yk, ck, lk), (yn, cn, ln) = out["kernel"], out["numpy"]
     ok = np.setdiff1d(np.arange(p.shape[0]), np.union1d(lk, ln))
     diff = float(np.abs(yk[ok] - yn[ok]).max(initial=0.0))
