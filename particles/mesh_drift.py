@@ -82,9 +82,14 @@ from fem_crossdiff.compat import MPI, fem, geometry, la
 from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
+from . import kernels
 from .drift import Particles
 from .params import ParticleParams
 from .tracking import CHUNK
+
+#: P1 basis values, deposit and gradients by the compiled kernels of
+#: :mod:`fem_crossdiff.particles.kernels` (``False``: numpy, the reference).
+KERNELS = True
 
 __all__ = ["MeshOperatorDrift", "SnapshotGradientField", "GRADIENTS"]
 
@@ -350,6 +355,8 @@ class MeshOperatorDrift:
 
     def _barycentric(self, cells: np.ndarray, x3: np.ndarray) -> np.ndarray:
         """P1 basis values ``(R, d + 1)`` at points ``x3`` in owned ``cells``."""
+        if KERNELS:
+            return kernels.barycentric(self._pullback, self._x0, x3, cells)
         d = self.dim
         out = np.empty((cells.size, d + 1))
         for i0 in range(0, cells.size, CHUNK):  # chunks: see tracking.CHUNK
@@ -366,11 +373,14 @@ class MeshOperatorDrift:
         k = routed.payload[:, 4].astype(np.int64)
         vec = la.vector(self.index_map, bs=n)
         vec.array[:] = 0.0
-        for i0 in range(0, routed.cells.size, CHUNK):
-            sl = slice(i0, i0 + CHUNK)
-            idx = self._dofs[routed.cells[sl]] * n + k[sl, None]
-            vec.array[:] += np.bincount(idx.ravel(), weights=(lam[sl] * w[sl, None]).ravel(),
-                                        minlength=self.nloc * n)
+        if KERNELS:
+            kernels.deposit(self._dofs, routed.cells, lam, w, k, n, vec.array)
+        else:
+            for i0 in range(0, routed.cells.size, CHUNK):
+                sl = slice(i0, i0 + CHUNK)
+                idx = self._dofs[routed.cells[sl]] * n + k[sl, None]
+                vec.array[:] += np.bincount(idx.ravel(), weights=(lam[sl] * w[sl, None]).ravel(),
+                                            minlength=self.nloc * n)
         vec.scatter_reverse(la.InsertMode.add)
         rho = vec.array.reshape(self.nloc, n)
         rho[: self.nown] /= self.lumped[:, None]
@@ -393,8 +403,11 @@ class MeshOperatorDrift:
         return G.copy()
 
     def _gradient_routed(self, g: np.ndarray, cells: np.ndarray, lam: np.ndarray):
-        out = np.empty((cells.size, self.dim))
         G = self._nodal_gradient(g) if self.gradient == "recovered" else None
+        if KERNELS:
+            return (kernels.cell_gradient(self._cell_grad, self._dofs, g, cells) if G is None
+                    else kernels.recovered_gradient(G, self._dofs, lam, cells))
+        out = np.empty((cells.size, self.dim))
         for i0 in range(0, cells.size, CHUNK):
             sl = slice(i0, i0 + CHUNK)
             c = cells[sl]
