@@ -183,8 +183,8 @@ class ExactJacobian:
         Ev[ar, 0, :, up, kstar, :] = val
         Ev[ar, 1, :, up, kstar, :] = -val
         self.E.setValuesCOO(Ev.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
-        dcr = f.c_reg_derivative()[self._dofs]  # (cell, p, k, l)
-        Mv = self._mw[:, :, None, :, :, None] * np.transpose(dcr, (0, 2, 1, 3))[:, None, :, None, :, :]
+        dcr = np.transpose(f.c_reg_derivative()[self._dofs], (0, 2, 1, 3))  # (cell, k, p, l)
+        Mv = self._mw[:, :, None, :, :, None] * dcr[:, None, :, None, :, :]
         self.M.setValuesCOO(Mv.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
         if self.C is None:
             self.C = self.E.matMult(self.M)
