@@ -715,13 +715,24 @@ class MusclFlux(UpwindFlux):
         use_clamp = x["clamp"][ar, kstar] < x["phi_lim"][ar, kstar]
         # limiter branch: phi(r), r = du / dd
         slope = slope_limiter_slope(self.limiter, du, dd)
-        safe_dd = np.where(dd == 0.0, 1.0, dd)
-        A_up = np.where(use_clamp, 0.0, slope / safe_dd)
-        A_dn = np.where(use_clamp, 0.0, -slope * du / (safe_dd * safe_dd))
+        tiny = np.abs(dd) < 1e-150  # no 1/dd^2 overflow (the term is held there, see below)
+        safe_dd = np.where(tiny, 1.0, dd)
+        inv_dd = 1.0 / safe_dd
+        r = du * inv_dd
+        A_up = np.where(use_clamp, 0.0, slope * inv_dd)
+        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd)
         # clamp branch: 2 |c_up| / |dd| (at c_up = 0 the derivative towards c_up > 0)
         sg = np.where(cu >= 0.0, 1.0, -1.0)
-        A_dn = np.where(use_clamp, -2.0 * np.abs(cu) * np.sign(dd) / (safe_dd * safe_dd), A_dn)
-        A_c = np.where(use_clamp, 2.0 * sg / np.abs(safe_dd), 0.0)
+        A_dn = np.where(use_clamp, -np.where(tiny, 0.0, x["clamp"][ar, kstar]) * inv_dd, A_dn)
+        A_c = np.where(use_clamp, 2.0 * sg * np.abs(inv_dd), 0.0)
+        act &= ~tiny
+        # phi's derivative reaches species k through d_dn,k dphi ~ d_dn,k / d_dn,k*; with
+        # sum_k a_k d_dn,k = 0 the ratio is O(1) (for two species exactly a_k* / a_k), unless
+        # d_dn,k* is at round-off level (a fraction equal to 1 or 0 up to 1e-16), where it
+        # is noise and reached 1e80 (measured: Newton diverged). There phi is held, as in the
+        # frozen Jacobian: the residual is unchanged, the neglected term moves G by round-off.
+        ad = np.abs(x["d_dn"] * a)
+        act &= ad[ar, kstar] >= 1e-6 * ad.max(axis=1)
         A_up, A_dn, A_c = (np.where(act, v, 0.0) for v in (A_up, A_dn, A_c))
         # dPhi = 2 A_up d_vec . dg + (A_dn - A_up) dc_dn,k* + (A_up - A_dn + A_c) dc_up,k*
         coef_dn = A_dn - A_up
@@ -729,12 +740,18 @@ class MusclFlux(UpwindFlux):
         coef_i = np.where(up_i, coef_up, coef_dn)
         coef_j = np.where(up_i, coef_dn, coef_up)
         # kappa = 2 Si Sj / (Si^2 + Sj^2), Si = max(S_i, 0)
-        s2 = x["s2"]
-        safe_s2 = np.where(s2 > 0.0, s2, 1.0)
-        dk_i = np.where((s2 > 0.0) & (Si > 0.0), 2.0 * Sj * (Sj * Sj - Si * Si) / safe_s2 ** 2,
-                        0.0)
-        dk_j = np.where((s2 > 0.0) & (Sj > 0.0), 2.0 * Si * (Si * Si - Sj * Sj) / safe_s2 ** 2,
-                        0.0)
+        # (scaled by max(Si, Sj) against underflow). Below 1e-9 vacuum_scale (a node that
+        # starts to fill in a Newton iterate) kappa is held: its true derivative ~ 1 / S
+        # reached 1e160 and broke the factorisation, for round-off amounts of mass
+        Smax = np.maximum(Si, Sj)
+        hold = Smax <= max(1e-9 * self.vacuum_scale, 1e-300)
+        inv_m = 1.0 / np.where(hold, 1.0, Smax)
+        xi, xj = Si * inv_m, Sj * inv_m
+        q2 = 1.0 / np.where(hold, 1.0, xi * xi + xj * xj) ** 2
+        # at S = 0 the derivative from S > 0 (a node that fills), 0 below (S is clipped)
+        q2 = q2 * inv_m
+        dk_i = np.where(hold | (x["S"][self.I] < 0.0), 0.0, 2.0 * xj * (xj * xj - xi * xi) * q2)
+        dk_j = np.where(hold | (x["S"][self.J] < 0.0), 0.0, 2.0 * xi * (xi * xi - xj * xj) * q2)
         dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
         alpha_i = 0.5 * dP + Sm * dPi
         alpha_j = 0.5 * dP - Sm * dPj
