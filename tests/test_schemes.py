@@ -115,18 +115,22 @@ def _segregation_overlap(scheme: str, n: int) -> float:
                              scheme=scheme)
     s.set_initial([lambda x: np.where(x[0] < x0, _barenblatt(x, 0.5, m), 0.0),
                    lambda x: np.where(x[0] >= x0, _barenblatt(x, 0.5, m), 0.0)])
-    s.run(TimeParams(T=0.5, dt=0.4 / n), progress=False)
+    rows = s.run(TimeParams(T=0.5, dt=0.4 / n), progress=False)
+    newton = float(np.mean([r["newton_its"] for r in rows[1:]]))
     return COMM.allreduce(fem.assemble_scalar(fem.form(s.rho[0] * s.rho[1] * ufl.dx)),
-                          op=MPI.SUM)
+                          op=MPI.SUM), newton
 
 
 def test_sharper_segregation_front():
-    """The reconstruction thins the mixing layer of the first-order upwinding.
+    """The reconstruction thins the mixing layer of the first-order upwinding, and Newton
+    with the exact Jacobian needs no more iterations than the first-order scheme.
 
-    Measured: the overlap is 0.77 times the upwind one at n = 150, 0.58 at n = 600.
+    Measured: the overlap is 0.77 times the upwind one at n = 150, 0.58 at n = 600; Newton
+    2.0 iterations per step for both (the frozen-limiter Jacobian needed 4.1).
     """
-    up, mu = (_segregation_overlap(sch, 150) for sch in ("upwind", "muscl"))
+    (up, n_up), (mu, n_mu) = (_segregation_overlap(sch, 150) for sch in ("upwind", "muscl"))
     assert mu < 0.85 * up, (up, mu)
+    assert n_mu <= n_up + 0.25, (n_up, n_mu)
 
 
 @pytest.fixture(scope="module")
