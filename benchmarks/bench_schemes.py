@@ -4,10 +4,10 @@ For every scheme in ``--schemes`` (default: every positive scheme of ``params.SC
 all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.g.
 ``muscl:superbee``):
 
-* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h`` on ``[-6, 6]``; 2D on
-  ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the profile at ``tau = kappa =
-  (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its rate, for ``--m`` in 1D
-  and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
+* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h`` (``--cfl``) on
+  ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the profile at
+  ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its rate,
+  for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
 * segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
   mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
   ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
@@ -73,8 +73,8 @@ def _rate(hs, errs) -> float:
     return float(np.polyfit(np.log(hs), np.log(errs), 1)[0])
 
 
-def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2"):
-    """Relative L1 error at ``t = 1`` (``dt = 0.033 h``, profile time ``tau = kappa (1 + t)``)."""
+def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033):
+    """Relative L1 error at ``t = 1`` (``dt = cfl h``, profile time ``tau = kappa (1 + t)``)."""
     C = 1.0 if dim == 1 else (0.25 if m == 2 else 0.2)
     if dim == 1:
         msh, h = mesh.create_interval(COMM, n, [-6.0, 6.0]), 12.0 / n
@@ -86,7 +86,7 @@ def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2"):
     s = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0), scheme=name,
                              **opts)
     s.set_initial([lambda x: barenblatt(x, kappa, m, dim, C)])
-    s.run(TimeParams(T=1.0, dt=0.033 * h, method=method), progress=False,
+    s.run(TimeParams(T=1.0, dt=cfl * h, method=method), progress=False,
           callback=lambda sv, row: min_rel.append(row["min_1"] / row["max_1"]))
     ex = fem.Function(s.V0)
     ex.interpolate(lambda x: barenblatt(x, 2 * kappa, m, dim, C))
@@ -239,6 +239,7 @@ def main() -> None:
     parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
     parser.add_argument("--linear-solver", default="iterative", help="of the cost steps")
     parser.add_argument("--method", default="bdf2", help="time integrator of the Barenblatt runs")
+    parser.add_argument("--cfl", type=float, default=0.033, help="dt / h, Barenblatt runs")
     for key, what in (("n1d", "cells of the 1D Barenblatt meshes"),
                       ("n2d", "cells per side of the 2D Barenblatt meshes"),
                       ("nseg", "cells of the segregation meshes"),
@@ -286,7 +287,8 @@ def main() -> None:
         for m in ms:
             key = f"barenblatt_rate_1d_m{m:g}"
             for sch in schemes:
-                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method) for n in ns1]
+                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method, args.cfl)
+                      for n in ns1]
                 errs = [e for e, _ in eh]
                 out[key][sch], out[key + "_fine"][sch] = _rates([h for _, h in eh], errs)
                 out[f"barenblatt_error_1d_m{m:g}"][sch] = errs
@@ -294,7 +296,8 @@ def main() -> None:
                     f"{fmt(errs)} rate {out[key][sch]:.2f} (finest pair "
                     f"{out[key + '_fine'][sch]:.2f})")
         for sch in schemes:
-            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method) for n in ns2]
+            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method, args.cfl)
+                  for n in ns2]
             errs = [e for e, _ in eh]
             r, rf = _rates([h for _, h in eh], errs)
             out["barenblatt_rate_2d"][sch], out["barenblatt_rate_2d_fine"][sch] = r, rf
