@@ -16,7 +16,7 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
 * a smooth steady manufactured solution in 2D (``tests``' coefficients), L2 rate;
 * cost: the fastest of ``--steps`` implicit-Euler steps on ``bench_local``'s state and
   coefficients (GMRES + GAMG, or ``--linear-solver direct``), each scheme timed alternately in
-  one run, at 252k and 1.0M unknowns (``--quick``: 33k), as a ratio to the first scheme, with
+  one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first scheme, with
   Newton iterations per step.
 
 Rates are least-squares fits over all meshes, and the rate between the two finest
@@ -219,8 +219,8 @@ def _rates(hs, errs) -> tuple[float, float]:
 
 #: Meshes of every figure: quick (about two minutes in all) and full (``docs/schemes.md``).
 MESHES = {
-    "quick": {"n1d": "100,200", "n2d": "16,32", "nseg": "150,300", "h3d": "0.3,0.2",
-              "nmms": "8,16", "sizes": "128", "m": "2,3"},
+    "quick": {"n1d": "50,100", "n2d": "12,24", "nseg": "75,150", "h3d": "0.3,0.2",
+              "nmms": "8,16", "sizes": "64", "m": "2,3"},
     "full": {"n1d": "200,400,800,1600", "n2d": "24,48,96", "nseg": "150,300,600,1200",
              "h3d": "0.2,0.14,0.1", "nmms": "16,32,64", "sizes": "354,708", "m": "2,3"},
 }
@@ -233,7 +233,8 @@ def main() -> None:
                         help="comma-separated schemes, name or name:limiter")
     parser.add_argument("--figures", default=",".join(FIGURES),
                         help=f"comma-separated subset of {','.join(FIGURES)}")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per scheme and size")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per scheme and size (default 2, --quick 1)")
     parser.add_argument("--no-3d", action="store_true", help="skip the gmsh ball")
     parser.add_argument("--cost-only", action="store_true", help="only the cost per step")
     parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
@@ -339,7 +340,8 @@ def main() -> None:
     out["cost_dt"] = args.dt
     out["cost_linear_solver"] = args.linear_solver
     for n in sizes if "cost" in figures else []:
-        unknowns, secs, newton, failed = step_costs(schemes, n, args.steps, args.dt,
+        steps = args.steps or (1 if args.quick else 2)
+        unknowns, secs, newton, failed = step_costs(schemes, n, steps, args.dt,
                                                     args.linear_solver)
         key = str(unknowns)
         out["unknowns"][key] = unknowns
