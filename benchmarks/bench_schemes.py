@@ -16,8 +16,8 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
 * a smooth steady manufactured solution in 2D (``tests``' coefficients), L2 rate;
 * cost: the fastest of ``--steps`` implicit-Euler steps on ``bench_local``'s state and
   coefficients (GMRES + GAMG, or ``--linear-solver direct``), each scheme timed alternately in
-  one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first scheme, with
-  Newton iterations per step.
+  one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first
+  scheme, with Newton iterations per step.
 
 Rates are least-squares fits over all meshes, and the rate between the two finest
 (``*_rate_fine``): on the coarse meshes the figures are pre-asymptotic.
