@@ -566,8 +566,10 @@ class MusclFlux(UpwindFlux):
     positivity proof of implicit Euler needs (``docs/schemes.md``), and the face value is
     continuous where a species vanishes. Where ``c_k,up >> h |grad c_k|`` it is inactive.
 
-    The Jacobian (:meth:`add_jacobian`) freezes ``phi`` and the gradients (the edge pattern
-    of the first-order scheme is kept); :meth:`residual` is exact.
+    :meth:`add_jacobian` assembles the frozen-limiter Jacobian (``phi`` and the gradients
+    held, the edge pattern of the first-order scheme); :meth:`exact_derivatives` gives the
+    exact one (assembled with the distance-2 pattern by
+    :class:`fem_crossdiff.models.muscl.ExactJacobian`); :meth:`residual` is exact.
 
     Args:
         V: Blocked P1 space with one component per species.
