@@ -203,6 +203,19 @@ def step_costs(schemes, n, steps, dt, linear_solver="iterative"):
     return unknowns, best, its, failed
 
 
+class _Clock:
+    """Wall seconds of each figure (``tick(name)`` starts ``name`` and stops the last one)."""
+
+    def __init__(self):
+        self.seconds, self._name, self._t = {}, None, time.perf_counter()
+
+    def tick(self, name):
+        now = time.perf_counter()
+        if self._name is not None:
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + now - self._t
+        self._name, self._t = name, now
+
+
 def _ints(text):
     return [int(v) for v in text.split(",")]
 
@@ -283,7 +296,9 @@ def main() -> None:
         return "[" + ", ".join(f"{e:{p}}" for e in errs) + "]"
 
     mins = {sch: [] for sch in schemes}
+    clock = _Clock()
     # one figure at a time for all schemes, so that they are printed side by side
+    clock.tick("barenblatt")
     if "barenblatt" in figures:
         for m in ms:
             key = f"barenblatt_rate_1d_m{m:g}"
@@ -305,6 +320,7 @@ def main() -> None:
             out["barenblatt_error_2d"][sch] = errs
             say(f"{sch}: Barenblatt 2D m=2 {args.method} n={ns2} L1 errors {fmt(errs)} rate "
                 f"{r:.2f} (finest pair {rf:.2f})")
+    clock.tick("segregation")
     if "segregation" in figures:
         for sch in schemes:
             seg = [segregation(sch, n, mins[sch]) for n in nseg]
@@ -317,6 +333,7 @@ def main() -> None:
             say(f"{sch}: segregation n={nseg} overlap {fmt(ov)} rate {r:.2f} (finest pair "
                 f"{rf:.2f}), |interface - exact| <= {out['interface_offset_h'][sch]:.2f} h, "
                 f"Newton {out['newton_segregation'][sch]:.2f}")
+    clock.tick("ball")
     if "ball" in figures:
         for sch in schemes:
             e3 = [barenblatt_3d(sch, h, mins[sch]) for h in hs3]
@@ -324,6 +341,7 @@ def main() -> None:
             out["barenblatt_rate_3d"][sch] = _rate(hs3, e3)
             say(f"{sch}: Barenblatt 3D ball h={hs3} L1 errors {fmt(e3, '.3f')} rate "
                 f"{out['barenblatt_rate_3d'][sch]:.2f}")
+    clock.tick("mms")
     if "mms" in figures:
         for sch in schemes:
             em = [mms_error(sch, n) for n in nmms]
@@ -332,6 +350,7 @@ def main() -> None:
             out["mms_error_2d"][sch] = em
             say(f"{sch}: MMS 2D n={nmms} L2 errors {fmt(em)} rate {r:.2f} (finest pair "
                 f"{rf:.2f})")
+    clock.tick("cost")
     for sch in schemes:
         if mins[sch]:
             out["min_rel"][sch] = float(min(mins[sch]))
@@ -359,6 +378,9 @@ def main() -> None:
             + ", ".join(f"{s} {secs[s]:.2f} s (Newton {newton[s]:.1f}, cost x"
                         f"{out['step_cost_ratio'][key][s]:.2f})" for s in schemes
                         if secs[s] is not None))
+    clock.tick(None)
+    out["seconds"] = clock.seconds
+    say("wall seconds per figure: " + ", ".join(f"{k} {v:.0f}" for k, v in clock.seconds.items()))
     say(json.dumps(out))
 
 
