@@ -4,10 +4,10 @@ For every scheme in ``--schemes`` (default: every positive scheme of ``params.SC
 all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.g.
 ``muscl:superbee``):
 
-* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h`` (``--cfl``) on
-  ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the profile at
-  ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its rate,
-  for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
+* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h``, ``--cfl``, quick
+  0.066 h, on ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the
+  profile at ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its
+  rate, for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
 * segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
   mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
   ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
@@ -93,7 +93,7 @@ def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033):
     return _integral(abs(s.rho[0] - ex)) / _integral(abs(ex)), h
 
 
-def segregation(scheme, n, min_rel):
+def segregation(scheme, n, min_rel, cfl=0.033):
     """Overlap and interface offset / h at t = 1."""
     m, x0, beta = 2.0, -0.5, 1.0 / 3.0
     kappa = (m - 1) / m
@@ -115,7 +115,7 @@ def segregation(scheme, n, min_rel):
 
     h = 12.0 / n
     xi0 = interface()
-    rows = s.run(TimeParams(T=1.0, dt=0.033 * h), progress=False)
+    rows = s.run(TimeParams(T=1.0, dt=cfl * h), progress=False)
     for r in rows:
         min_rel.append(min(r["min_1"] / r["max_1"], r["min_2"] / r["max_2"]))
     newton = float(np.mean([r["newton_its"] for r in rows[1:]]))
@@ -233,9 +233,10 @@ def _rates(hs, errs) -> tuple[float, float]:
 #: Meshes of every figure: quick (about two minutes in all) and full (``docs/schemes.md``).
 MESHES = {
     "quick": {"n1d": "50,100", "n2d": "12,24", "nseg": "75,150", "h3d": "0.3,0.2",
-              "nmms": "8,16", "sizes": "64", "m": "2,3"},
+              "nmms": "8,16", "sizes": "64", "m": "2,3", "cfl": "0.066"},
     "full": {"n1d": "200,400,800,1600", "n2d": "24,48,96", "nseg": "150,300,600,1200",
-             "h3d": "0.2,0.14,0.1", "nmms": "16,32,64", "sizes": "354,708", "m": "2,3"},
+             "h3d": "0.2,0.14,0.1", "nmms": "16,32,64", "sizes": "354,708", "m": "2,3",
+             "cfl": "0.033"},
 }
 
 
@@ -253,7 +254,8 @@ def main() -> None:
     parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
     parser.add_argument("--linear-solver", default="iterative", help="of the cost steps")
     parser.add_argument("--method", default="bdf2", help="time integrator of the Barenblatt runs")
-    parser.add_argument("--cfl", type=float, default=0.033, help="dt / h, Barenblatt runs")
+    parser.add_argument("--cfl", type=float, default=None,
+                        help="dt / h of the Barenblatt and segregation runs (0.033, quick 0.066)")
     for key, what in (("n1d", "cells of the 1D Barenblatt meshes"),
                       ("n2d", "cells per side of the 2D Barenblatt meshes"),
                       ("nseg", "cells of the segregation meshes"),
@@ -269,6 +271,7 @@ def main() -> None:
     ns1, ns2, nseg = _ints(mesh_of["n1d"]), _ints(mesh_of["n2d"]), _ints(mesh_of["nseg"])
     hs3, nmms, sizes = _floats(mesh_of["h3d"]), _ints(mesh_of["nmms"]), _ints(mesh_of["sizes"])
     ms = _floats(mesh_of["m"])
+    cfl = args.cfl or float(mesh_of["cfl"])
     figures = {"cost"} if args.cost_only else set(args.figures.split(","))
     if args.no_3d:
         figures.discard("ball")
@@ -303,7 +306,7 @@ def main() -> None:
         for m in ms:
             key = f"barenblatt_rate_1d_m{m:g}"
             for sch in schemes:
-                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method, args.cfl)
+                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method, cfl)
                       for n in ns1]
                 errs = [e for e, _ in eh]
                 out[key][sch], out[key + "_fine"][sch] = _rates([h for _, h in eh], errs)
@@ -312,7 +315,7 @@ def main() -> None:
                     f"{fmt(errs)} rate {out[key][sch]:.2f} (finest pair "
                     f"{out[key + '_fine'][sch]:.2f})")
         for sch in schemes:
-            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method, args.cfl)
+            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method, cfl)
                   for n in ns2]
             errs = [e for e, _ in eh]
             r, rf = _rates([h for _, h in eh], errs)
@@ -323,7 +326,7 @@ def main() -> None:
     clock.tick("segregation")
     if "segregation" in figures:
         for sch in schemes:
-            seg = [segregation(sch, n, mins[sch]) for n in nseg]
+            seg = [segregation(sch, n, mins[sch], cfl) for n in nseg]
             ov = [v[0] for v in seg]
             r, rf = _rates([v[2] for v in seg], ov)
             out["overlap"][sch], out["overlap_rate"][sch], out["overlap_rate_fine"][sch] = (
