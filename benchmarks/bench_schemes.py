@@ -1,25 +1,32 @@
 """The spatial schemes side by side: rates, positivity, front sharpness and cost per step.
 
-For every scheme in ``--schemes`` (default ``upwind`` and ``muscl``):
+For every scheme in ``--schemes`` (default: every positive scheme of ``params.SCHEMES``, i.e.
+all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.g.
+``muscl:superbee``):
 
-* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.4 / n`` on ``[-6, 6]``; 2D on
-  ``[-3, 3]^2``): relative L1 error at ``t = 1`` from ``tau = kappa`` and its rate, for
-  ``m = 2, 3`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
-* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D): a Barenblatt mixture split at
-  ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at ``t = 1`` and its
-  rate, and the interface (where ``rho_1 = rho_2``) against the exact path
+* Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h``, ``--cfl``, quick
+  0.066 h, on ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the
+  profile at ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its
+  rate, for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
+* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
+  mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
+  ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
   ``x(t) = x_h(0) (tau / tau_0)^(1/(m+1))`` of the discrete initial interface, in units of h;
 * 3D Barenblatt (``m = 2``) in a gmsh ball, IE with ``dt = h / 4`` (the test's set-up);
 * a smooth steady manufactured solution in 2D (``tests``' coefficients), L2 rate;
 * cost: the fastest of ``--steps`` implicit-Euler steps on ``bench_local``'s state and
-  coefficients (GMRES + GAMG), each scheme timed alternately in one run, at 252k and 1.0M
-  unknowns (``--quick``: 33k), as a ratio to the first-order scheme, with Newton iterations.
+  coefficients (GMRES + GAMG, or ``--linear-solver direct``), each scheme timed alternately in
+  one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first
+  scheme, with Newton iterations per step.
+
+Rates are least-squares fits over all meshes, and the rate between the two finest
+(``*_rate_fine``): on the coarse meshes the figures are pre-asymptotic.
 
 Only rank 0 prints. The last line is one JSON object. Timings on a shared machine are noisy:
-the ratios are measured side by side.
-
-Usage: ``python benchmarks/bench_schemes.py [--quick] [--schemes upwind,muscl] [--steps K]
-[--no-3d] [--sizes 354,708] [--cost-only]``.
+the ratios are measured side by side. ``--quick`` runs the cheapest meshes of every figure
+(about two minutes); the default runs the meshes of ``docs/schemes.md``; ``--figures`` and the
+mesh options run one study, e.g. ``--figures segregation --nseg 150,300,600,1200
+--schemes upwind,muscl,muscl:superbee``.
 """
 
 from __future__ import annotations
@@ -33,10 +40,20 @@ import ufl
 from bench_local import DT, PARAMS, initial_state
 
 from fem_crossdiff.compat import MPI, fem, mesh
-from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.params import SCHEMES, ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
+#: The schemes compared by default: every registered positive scheme (Galerkin is not: it
+#: fails on compactly supported data). A new scheme is one entry of ``params.SCHEMES``.
+COMPARED = tuple(s for s in SCHEMES if s != "galerkin")
+FIGURES = ("barenblatt", "segregation", "ball", "mms", "cost")
+
+
+def scheme_options(spec: str) -> tuple[str, dict]:
+    """``"muscl:superbee"`` -> ``("muscl", {"limiter": "superbee"})``."""
+    name, _, lim = spec.partition(":")
+    return name, ({"limiter": lim} if lim else {})
 
 
 def barenblatt(x, tau, m, d=1, C=1.0):
@@ -56,8 +73,8 @@ def _rate(hs, errs) -> float:
     return float(np.polyfit(np.log(hs), np.log(errs), 1)[0])
 
 
-def barenblatt_error(scheme, dim, m, n, min_rel):
-    """Relative L1 error at t = 1 (BDF2, dt = 0.4 / n in 1D, 0.1 / n in 2D)."""
+def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033):
+    """Relative L1 error at ``t = 1`` (``dt = cfl h``, profile time ``tau = kappa (1 + t)``)."""
     C = 1.0 if dim == 1 else (0.25 if m == 2 else 0.2)
     if dim == 1:
         msh, h = mesh.create_interval(COMM, n, [-6.0, 6.0]), 12.0 / n
@@ -65,22 +82,25 @@ def barenblatt_error(scheme, dim, m, n, min_rel):
         msh = mesh.create_rectangle(COMM, [[-3.0, -3.0], [3.0, 3.0]], [n, n])
         h = 6.0 / n
     kappa = (m - 1) / m
-    s = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0), scheme=scheme)
+    name, opts = scheme_options(scheme)
+    s = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0), scheme=name,
+                             **opts)
     s.set_initial([lambda x: barenblatt(x, kappa, m, dim, C)])
-    s.run(TimeParams(T=1.0, dt=0.033 * h, method="bdf2"), progress=False,
+    s.run(TimeParams(T=1.0, dt=cfl * h, method=method), progress=False,
           callback=lambda sv, row: min_rel.append(row["min_1"] / row["max_1"]))
     ex = fem.Function(s.V0)
     ex.interpolate(lambda x: barenblatt(x, 2 * kappa, m, dim, C))
     return _integral(abs(s.rho[0] - ex)) / _integral(abs(ex)), h
 
 
-def segregation(scheme, n, min_rel):
+def segregation(scheme, n, min_rel, cfl=0.033):
     """Overlap and interface offset / h at t = 1."""
     m, x0, beta = 2.0, -0.5, 1.0 / 3.0
     kappa = (m - 1) / m
     msh = mesh.create_interval(COMM, n, [-6.0, 6.0])
+    name, opts = scheme_options(scheme)
     s = CrossDiffusionSolver(msh, ModelParams(a=(1.0, 1.0), b=(1.0, 1.0), m=m, sigma=0.0),
-                             scheme=scheme)
+                             scheme=name, **opts)
     s.set_initial([lambda x: np.where(x[0] < x0, barenblatt(x, kappa, m), 0.0),
                    lambda x: np.where(x[0] >= x0, barenblatt(x, kappa, m), 0.0)])
 
@@ -95,7 +115,7 @@ def segregation(scheme, n, min_rel):
 
     h = 12.0 / n
     xi0 = interface()
-    rows = s.run(TimeParams(T=1.0, dt=0.033 * h), progress=False)
+    rows = s.run(TimeParams(T=1.0, dt=cfl * h), progress=False)
     for r in rows:
         min_rel.append(min(r["min_1"] / r["max_1"], r["min_2"] / r["max_2"]))
     newton = float(np.mean([r["newton_its"] for r in rows[1:]]))
@@ -108,8 +128,9 @@ def barenblatt_3d(scheme, h, min_rel):
 
     m, C = 2.0, 0.0185
     geo = meshes.ball(COMM, h=h)
+    name, opts = scheme_options(scheme)
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0),
-                             scheme=scheme)
+                             scheme=name, **opts)
     kappa = (m - 1) / m
     s.set_initial([lambda x: barenblatt(x, kappa, m, 3, C)])
     s.run(TimeParams(T=1.0, dt=h / 4), progress=False,
@@ -135,15 +156,15 @@ def mms_error(scheme, n):
         return [-ufl.div(MMS.b[k] * r * ufl.grad(P) + MMS.sigma * ufl.grad(r))
                 for k, r in enumerate(exact)]
 
-    opts = {"jacobian": "mf"} if scheme == "muscl" else {}
-    s = CrossDiffusionSolver(msh, MMS, scheme=scheme, linear_solver="direct", source=source,
+    name, opts = scheme_options(scheme)
+    s = CrossDiffusionSolver(msh, MMS, scheme=name, linear_solver="direct", source=source,
                              positivity_tol=None, **opts)
     s.set_initial(exact)
     s.run(TimeParams(T=2e3, dt=1e3, adaptive=True), progress=False)
     return max(np.sqrt(_integral((s.rho[k] - exact[k]) ** 2)) for k in range(2))
 
 
-def step_costs(schemes, n, steps, dt):
+def step_costs(schemes, n, steps, dt, linear_solver="iterative"):
     """Fastest IE step per scheme (alternating), Newton iterations, unknowns.
 
     A scheme whose step fails (Newton or the linear solve) gets ``None`` and is not timed
@@ -152,7 +173,8 @@ def step_costs(schemes, n, steps, dt):
     msh = mesh.create_unit_square(COMM, n, n)
     solvers, failed = {}, {}
     for sch in schemes:
-        s = CrossDiffusionSolver(msh, PARAMS, scheme=sch, linear_solver="iterative")
+        name, opts = scheme_options(sch)
+        s = CrossDiffusionSolver(msh, PARAMS, scheme=name, linear_solver=linear_solver, **opts)
         s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
         info = s.step(dt, "ie")  # warm-up
         if info.accepted:
@@ -181,71 +203,168 @@ def step_costs(schemes, n, steps, dt):
     return unknowns, best, its, failed
 
 
+class _Clock:
+    """Wall seconds of each figure (``tick(name)`` starts ``name`` and stops the last one)."""
+
+    def __init__(self):
+        self.seconds, self._name, self._t = {}, None, time.perf_counter()
+
+    def tick(self, name):
+        now = time.perf_counter()
+        if self._name is not None:
+            self.seconds[self._name] = self.seconds.get(self._name, 0.0) + now - self._t
+        self._name, self._t = name, now
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",")]
+
+
+def _floats(text):
+    return [float(v) for v in text.split(",")]
+
+
+def _rates(hs, errs) -> tuple[float, float]:
+    """Least-squares rate over all meshes and the rate between the two finest."""
+    fine = float(np.log(errs[-1] / errs[-2]) / np.log(hs[-1] / hs[-2]))
+    return _rate(hs, errs), fine
+
+
+#: Meshes of every figure: quick (about two minutes in all) and full (``docs/schemes.md``).
+MESHES = {
+    "quick": {"n1d": "50,100", "n2d": "12,24", "nseg": "75,150", "h3d": "0.3,0.2",
+              "nmms": "8,16", "sizes": "64", "m": "2,3", "cfl": "0.066"},
+    "full": {"n1d": "200,400,800,1600", "n2d": "24,48,96", "nseg": "150,300,600,1200",
+             "h3d": "0.2,0.14,0.1", "nmms": "16,32,64", "sizes": "354,708", "m": "2,3",
+             "cfl": "0.033"},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small meshes (< 3 minutes)")
-    parser.add_argument("--schemes", default="upwind,muscl")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per scheme and size")
+    parser.add_argument("--schemes", default=",".join(COMPARED),
+                        help="comma-separated schemes, name or name:limiter")
+    parser.add_argument("--figures", default=",".join(FIGURES),
+                        help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per scheme and size (default 2, --quick 1)")
     parser.add_argument("--no-3d", action="store_true", help="skip the gmsh ball")
-    parser.add_argument("--sizes", default=None, help="cells per side of the cost meshes")
     parser.add_argument("--cost-only", action="store_true", help="only the cost per step")
     parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
+    parser.add_argument("--linear-solver", default="iterative", help="of the cost steps")
+    parser.add_argument("--method", default="bdf2", help="time integrator of the Barenblatt runs")
+    parser.add_argument("--cfl", type=float, default=None,
+                        help="dt / h of the Barenblatt and segregation runs (0.033, quick 0.066)")
+    for key, what in (("n1d", "cells of the 1D Barenblatt meshes"),
+                      ("n2d", "cells per side of the 2D Barenblatt meshes"),
+                      ("nseg", "cells of the segregation meshes"),
+                      ("h3d", "mesh sizes of the gmsh ball"),
+                      ("nmms", "cells per side of the MMS meshes"),
+                      ("sizes", "cells per side of the cost meshes"),
+                      ("m", "exponents of the 1D Barenblatt runs")):
+        parser.add_argument(f"--{key}", default=None, help=f"{what} (comma-separated)")
     args = parser.parse_args()
     schemes = args.schemes.split(",")
-    q = args.quick
-    ns1 = (50, 100, 200) if q else (100, 200, 400)
-    ns2 = (16, 32) if q else (24, 48, 96)
-    nseg = (75, 150) if q else (150, 300, 600)
-    hs3 = (0.3, 0.2) if q else (0.2, 0.14, 0.1)
-    nmms = (8, 16) if q else (16, 32, 64)
-    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else (
-        [128] if q else [354, 708])
-    out = {"bench": "schemes", "schemes": schemes, "quick": q, "ranks": COMM.size}
-    for key in ("barenblatt_rate_1d_m2", "barenblatt_rate_1d_m3", "barenblatt_rate_2d",
-                "overlap_rate", "overlap", "interface_offset_h", "newton_segregation",
-                "barenblatt_rate_3d", "barenblatt_error_3d", "mms_rate_2d", "min_rel",
-                "step_cost_ratio", "step_seconds", "newton_step", "unknowns"):
+    mode = "quick" if args.quick else "full"
+    mesh_of = {k: getattr(args, k) or v for k, v in MESHES[mode].items()}
+    ns1, ns2, nseg = _ints(mesh_of["n1d"]), _ints(mesh_of["n2d"]), _ints(mesh_of["nseg"])
+    hs3, nmms, sizes = _floats(mesh_of["h3d"]), _ints(mesh_of["nmms"]), _ints(mesh_of["sizes"])
+    ms = _floats(mesh_of["m"])
+    cfl = args.cfl or float(mesh_of["cfl"])
+    figures = {"cost"} if args.cost_only else set(args.figures.split(","))
+    if args.no_3d:
+        figures.discard("ball")
+    bad = figures - set(FIGURES)
+    if bad:
+        parser.error(f"--figures: unknown {sorted(bad)}, allowed {','.join(FIGURES)}")
+    out = {"bench": "schemes", "schemes": schemes, "quick": args.quick, "ranks": COMM.size,
+           "meshes": mesh_of, "figures": sorted(figures)}
+    keys = ["barenblatt_rate_2d", "barenblatt_rate_2d_fine", "barenblatt_error_2d",
+            "overlap_rate", "overlap_rate_fine", "overlap", "interface_offset_h",
+            "newton_segregation", "barenblatt_rate_3d", "barenblatt_error_3d", "mms_rate_2d",
+            "mms_rate_2d_fine", "mms_error_2d", "min_rel", "step_cost_ratio", "step_seconds",
+            "newton_step", "newton_ratio", "unknowns"]
+    for m in ms:
+        keys += [f"barenblatt_rate_1d_m{m:g}", f"barenblatt_rate_1d_m{m:g}_fine",
+                 f"barenblatt_error_1d_m{m:g}"]
+    for key in keys:
         out[key] = {}
 
     def say(*a):
         if COMM.rank == 0:
             print(*a, flush=True)
 
-    for sch in [] if args.cost_only else schemes:
-        mins: list = []
-        for m, key in ((2.0, "barenblatt_rate_1d_m2"), (3.0, "barenblatt_rate_1d_m3")):
-            eh = [barenblatt_error(sch, 1, m, n, mins) for n in ns1]
-            out[key][sch] = _rate([h for _, h in eh], [e for e, _ in eh])
-            say(f"{sch}: Barenblatt 1D m={m:g} errors {[f'{e:.2e}' for e, _ in eh]} "
-                f"rate {out[key][sch]:.2f}")
-        eh = [barenblatt_error(sch, 2, 2.0, n, mins) for n in ns2]
-        out["barenblatt_rate_2d"][sch] = _rate([h for _, h in eh], [e for e, _ in eh])
-        say(f"{sch}: Barenblatt 2D m=2 errors {[f'{e:.2e}' for e, _ in eh]} "
-            f"rate {out['barenblatt_rate_2d'][sch]:.2f}")
-        seg = [segregation(sch, n, mins) for n in nseg]
-        out["overlap"][sch] = [v[0] for v in seg]
-        out["overlap_rate"][sch] = _rate([v[2] for v in seg], [v[0] for v in seg])
-        out["interface_offset_h"][sch] = max(abs(v[1]) for v in seg)
-        out["newton_segregation"][sch] = float(np.mean([v[3] for v in seg]))
-        say(f"{sch}: segregation overlap {[f'{v[0]:.2e}' for v in seg]} rate "
-            f"{out['overlap_rate'][sch]:.2f}, |interface - exact| <= "
-            f"{out['interface_offset_h'][sch]:.2f} h, Newton {out['newton_segregation'][sch]:.2f}")
-        if not args.no_3d:
-            e3 = [barenblatt_3d(sch, h, mins) for h in hs3]
+    def fmt(errs, p=".2e"):
+        return "[" + ", ".join(f"{e:{p}}" for e in errs) + "]"
+
+    mins = {sch: [] for sch in schemes}
+    clock = _Clock()
+    # one figure at a time for all schemes, so that they are printed side by side
+    clock.tick("barenblatt")
+    if "barenblatt" in figures:
+        for m in ms:
+            key = f"barenblatt_rate_1d_m{m:g}"
+            for sch in schemes:
+                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method, cfl)
+                      for n in ns1]
+                errs = [e for e, _ in eh]
+                out[key][sch], out[key + "_fine"][sch] = _rates([h for _, h in eh], errs)
+                out[f"barenblatt_error_1d_m{m:g}"][sch] = errs
+                say(f"{sch}: Barenblatt 1D m={m:g} {args.method} n={ns1} L1 errors "
+                    f"{fmt(errs)} rate {out[key][sch]:.2f} (finest pair "
+                    f"{out[key + '_fine'][sch]:.2f})")
+        for sch in schemes:
+            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method, cfl)
+                  for n in ns2]
+            errs = [e for e, _ in eh]
+            r, rf = _rates([h for _, h in eh], errs)
+            out["barenblatt_rate_2d"][sch], out["barenblatt_rate_2d_fine"][sch] = r, rf
+            out["barenblatt_error_2d"][sch] = errs
+            say(f"{sch}: Barenblatt 2D m=2 {args.method} n={ns2} L1 errors {fmt(errs)} rate "
+                f"{r:.2f} (finest pair {rf:.2f})")
+    clock.tick("segregation")
+    if "segregation" in figures:
+        for sch in schemes:
+            seg = [segregation(sch, n, mins[sch], cfl) for n in nseg]
+            ov = [v[0] for v in seg]
+            r, rf = _rates([v[2] for v in seg], ov)
+            out["overlap"][sch], out["overlap_rate"][sch], out["overlap_rate_fine"][sch] = (
+                ov, r, rf)
+            out["interface_offset_h"][sch] = max(abs(v[1]) for v in seg)
+            out["newton_segregation"][sch] = float(np.mean([v[3] for v in seg]))
+            say(f"{sch}: segregation n={nseg} overlap {fmt(ov)} rate {r:.2f} (finest pair "
+                f"{rf:.2f}), |interface - exact| <= {out['interface_offset_h'][sch]:.2f} h, "
+                f"Newton {out['newton_segregation'][sch]:.2f}")
+    clock.tick("ball")
+    if "ball" in figures:
+        for sch in schemes:
+            e3 = [barenblatt_3d(sch, h, mins[sch]) for h in hs3]
             out["barenblatt_error_3d"][sch] = e3
             out["barenblatt_rate_3d"][sch] = _rate(hs3, e3)
-            say(f"{sch}: Barenblatt 3D ball errors {[f'{e:.3f}' for e in e3]} rate "
+            say(f"{sch}: Barenblatt 3D ball h={hs3} L1 errors {fmt(e3, '.3f')} rate "
                 f"{out['barenblatt_rate_3d'][sch]:.2f}")
-        em = [mms_error(sch, n) for n in nmms]
-        out["mms_rate_2d"][sch] = _rate([1.0 / n for n in nmms], em)
-        say(f"{sch}: MMS 2D L2 errors {[f'{e:.2e}' for e in em]} rate "
-            f"{out['mms_rate_2d'][sch]:.2f}")
-        out["min_rel"][sch] = float(min(mins))
-        say(f"{sch}: min rho / max rho over all runs {out['min_rel'][sch]:.2e}")
+    clock.tick("mms")
+    if "mms" in figures:
+        for sch in schemes:
+            em = [mms_error(sch, n) for n in nmms]
+            r, rf = _rates([1.0 / n for n in nmms], em)
+            out["mms_rate_2d"][sch], out["mms_rate_2d_fine"][sch] = r, rf
+            out["mms_error_2d"][sch] = em
+            say(f"{sch}: MMS 2D n={nmms} L2 errors {fmt(em)} rate {r:.2f} (finest pair "
+                f"{rf:.2f})")
+    clock.tick("cost")
+    for sch in schemes:
+        if mins[sch]:
+            out["min_rel"][sch] = float(min(mins[sch]))
+            say(f"{sch}: min rho / max rho over all runs {out['min_rel'][sch]:.2e}")
     base = schemes[0]
     out["cost_dt"] = args.dt
-    for n in sizes:
-        unknowns, secs, newton, failed = step_costs(schemes, n, args.steps, args.dt)
+    out["cost_linear_solver"] = args.linear_solver
+    for n in sizes if "cost" in figures else []:
+        steps = args.steps or (1 if args.quick else 2)
+        unknowns, secs, newton, failed = step_costs(schemes, n, steps, args.dt,
+                                                    args.linear_solver)
         key = str(unknowns)
         out["unknowns"][key] = unknowns
         out["step_seconds"][key] = secs
@@ -253,11 +372,18 @@ def main() -> None:
         out["step_cost_ratio"][key] = {
             s: (secs[s] / secs[base] if secs[s] is not None and secs[base] else None)
             for s in schemes}
+        out["newton_ratio"][key] = {
+            s: (newton[s] / newton[base] if newton[s] is not None and newton[base] else None)
+            for s in schemes}
         for sch, msg in failed.items():
             say(f"{sch}: step failed at {unknowns} unknowns, dt={args.dt:g}: {msg}")
-        say(f"step at {unknowns} unknowns, dt={args.dt:g}: " + ", ".join(
-            f"{s} {secs[s]:.2f} s (Newton {newton[s]:.1f})" for s in schemes
-            if secs[s] is not None))
+        say(f"IE step at {unknowns} unknowns, dt={args.dt:g}, {args.linear_solver}: "
+            + ", ".join(f"{s} {secs[s]:.2f} s (Newton {newton[s]:.1f}, cost x"
+                        f"{out['step_cost_ratio'][key][s]:.2f})" for s in schemes
+                        if secs[s] is not None))
+    clock.tick(None)
+    out["seconds"] = clock.seconds
+    say("wall seconds per figure: " + ", ".join(f"{k} {v:.0f}" for k, v in clock.seconds.items()))
     say(json.dumps(out))
 
 

@@ -579,6 +579,32 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray:
     return np.where(free, 2.0, phi)
 
 
+def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray:
+    """``phi_lim'(r)`` at ``r = up / dn`` (0 where ``dn = 0``: there ``phi = 2`` is constant).
+
+    At the kinks (``r = 0`` for all, ``r = 1`` for minmod/compressive, ``r = 1/2, 1, 2`` for
+    superbee) this is the one-sided derivative from the right (``r > kink``), except at
+    ``r = 0`` where the right derivative is taken too: a derivative of 0 there would make the
+    Newton linearisation blind to a slope that starts to open.
+    """
+    free = dn == 0.0
+    r = up / np.where(free, 1.0, dn)
+    pos = r >= 0.0
+    if name == "vanleer":
+        d = np.where(pos, 2.0 / (1.0 + np.abs(r)) ** 2, 0.0)
+    elif name == "minmod":
+        d = np.where(pos & (r < 1.0), 1.0, 0.0)
+    elif name == "vanalbada":
+        d = np.where(pos, (1.0 + 2.0 * r - r * r) / (r * r + 1.0) ** 2, 0.0)
+    elif name == "superbee":
+        d = np.where(pos & (r < 0.5), 2.0, np.where((r >= 1.0) & (r < 2.0), 1.0, 0.0))
+    elif name == "compressive":
+        d = np.where(pos & (r < 1.0), 2.0, 0.0)
+    else:
+        raise ValueError(f"limiter must be one of {LIMITERS}, got {name!r}")
+    return np.where(free, 0.0, d)
+
+
 class NodalGradient:
     """Recovered nodal gradients of P1 data: volume-weighted averages of the cell gradients.
 
@@ -654,8 +680,10 @@ class MusclFlux(UpwindFlux):
     positivity proof of implicit Euler needs (``docs/schemes.md``), and the face value is
     continuous where a species vanishes. Where ``c_k,up >> h |grad c_k|`` it is inactive.
 
-    The Jacobian (:meth:`add_jacobian`) freezes ``phi`` and the gradients (the edge pattern
-    of the first-order scheme is kept); :meth:`residual` is exact.
+    :meth:`add_jacobian` assembles the frozen-limiter Jacobian (``phi`` and the gradients
+    held, the edge pattern of the first-order scheme); :meth:`exact_derivatives` gives the
+    exact one (assembled with the distance-2 pattern by
+    :class:`fem_crossdiff.models.muscl.ExactJacobian`); :meth:`residual` is exact.
 
     Args:
         V: Blocked P1 space with one component per species.
@@ -716,18 +744,19 @@ class MusclFlux(UpwindFlux):
         d_vec = np.where(upc, self._d, -self._d)  # up -> dn
         g_up = np.where(upc[:, :, None], grad[self.I], grad[self.J])
         d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
-        phi_k = slope_limiter(self.limiter, d_up, d_dn)
+        phi_lim = slope_limiter(self.limiter, d_up, d_dn)
         # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0 with
         # it from both sides (a clamp on one side only jumps at c_up = 0 and Newton cycles)
         big = np.abs(d_dn) > 0.0
-        phi_k = np.where(big, np.minimum(phi_k, 2.0 * np.abs(c_up)
-                                         / np.where(big, np.abs(d_dn), 1.0)), phi_k)
+        clamp = np.where(big, 2.0 * np.abs(c_up) / np.where(big, np.abs(d_dn), 1.0), np.inf)
+        phi_k = np.minimum(phi_lim, clamp)
         # kappa = 2 S_i S_j / (S_i^2 + S_j^2) = 1 - O(h^2) where S is smooth, 0 in vacuum:
         # the correction fades continuously where c is undefined (a switch at S = 0 makes
         # the residual discontinuous while a node fills, and Newton cycles)
         s2 = Si * Si + Sj * Sj
         kappa = np.where(s2 > 0.0, 2.0 * Si * Sj / np.where(s2 > 0.0, s2, 1.0), 0.0)
-        phi = np.minimum(phi_k.min(axis=1), 2.0) * kappa
+        Phi = np.minimum(phi_k.min(axis=1), 2.0)
+        phi = Phi * kappa
         cf = c_up + (0.5 * phi)[:, None] * d_dn
         dP = Pi - Pj
         Sm = 0.5 * (Si + Sj)
@@ -736,6 +765,10 @@ class MusclFlux(UpwindFlux):
         G = self.W[:, None] * q
         lim = limit_fluxes(G, q, ri, rj, self._lim, self._beta)
         out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, lim)
+        # what the exact Jacobian needs besides (kept by reference: no extra work)
+        self._aux = dict(S=S, inv_node=inv_node, c_up=c_up, d_dn=d_dn, d_up=d_up,
+                         d_vec=d_vec, phi_lim=phi_lim, clamp=clamp, phi_k=phi_k, Phi=Phi,
+                         kappa=kappa, s2=s2, d2=d2)
         self._cache_key = rho.copy()
         self._cache = out
         return out
@@ -767,3 +800,118 @@ class MusclFlux(UpwindFlux):
             di[e] = theta * di[e] + g_dth_i
             dj[e] = theta * dj[e] + g_dth_j
         self._write_blocks(ui, uj, di, dj, out)
+
+    def exact_derivatives(self, rho: np.ndarray):
+        """The exact derivatives of the edge fluxes ``G`` (E, n), limiter included.
+
+        ``G_e`` depends on the values at its ends directly (fractions, pressure, ``kappa``,
+        the limiter's arguments ``c_dn - c_up`` and ``c_up``) and, through ``D_up``, on the
+        recovered gradient of the fraction of the limiting species ``k*`` (the argmin of
+        ``phi_k``) at the upstream node. ``phi`` is piecewise smooth (min over species, the
+        limiter's and the clamp's kinks, the switch of the upstream node): on each piece the
+        derivative is the classical one, at a kink the one-sided derivative of the branch
+        taken by the residual.
+
+        Returns:
+            ``(Ji, Jj, Y, kstar, up_i)``: ``Ji[e, k, l] = dG_e,k / drho_l`` at the first end,
+            ``Jj`` at the second, ``Y`` (E, n) with ``dG_e,k / d grad(c_reg,k*)_up = Y[e, k]
+            d_vec[e]`` (``d_vec`` from the upstream to the downstream node), ``kstar`` (E,)
+            and the upstream flag (E,).
+        """
+        p, a, b, w = self.params, self.a, self.b, self.W
+        n = self.n
+        _, (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, lim) = self._edge_terms(rho)
+        x = self._aux
+        nE = ci.shape[0]
+        ar = np.arange(nE)
+        kstar = np.argmin(x["phi_k"], axis=1)
+        Phi, kappa = x["Phi"], x["kappa"]
+        act = x["phi_k"][ar, kstar] < 2.0  # else phi = 2 kappa, no limiter derivative
+        du, dd, cu = x["d_up"][ar, kstar], x["d_dn"][ar, kstar], x["c_up"][ar, kstar]
+        use_clamp = x["clamp"][ar, kstar] < x["phi_lim"][ar, kstar]
+        # limiter branch: phi(r), r = du / dd
+        slope = slope_limiter_slope(self.limiter, du, dd)
+        tiny = np.abs(dd) < 1e-150  # no 1/dd^2 overflow (the term is held there, see below)
+        safe_dd = np.where(tiny, 1.0, dd)
+        inv_dd = 1.0 / safe_dd
+        r = du * inv_dd
+        A_up = np.where(use_clamp, 0.0, slope * inv_dd)
+        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd)
+        # clamp branch: 2 |c_up| / |dd| (at c_up = 0 the derivative towards c_up > 0)
+        sg = np.where(cu >= 0.0, 1.0, -1.0)
+        A_dn = np.where(use_clamp, -np.where(tiny, 0.0, x["clamp"][ar, kstar]) * inv_dd, A_dn)
+        A_c = np.where(use_clamp, 2.0 * sg * np.abs(inv_dd), 0.0)
+        act &= ~tiny
+        # phi's derivative reaches species k through d_dn,k dphi ~ d_dn,k / d_dn,k*; with
+        # sum_k a_k d_dn,k = 0 the ratio is O(1) (for two species exactly a_k* / a_k), unless
+        # d_dn,k* is at round-off level (a fraction equal to 1 or 0 up to 1e-16), where it
+        # is noise and reached 1e80 (measured: Newton diverged). There phi is held, as in the
+        # frozen Jacobian: the residual is unchanged, the neglected term moves G by round-off.
+        ad = np.abs(x["d_dn"] * a)
+        act &= ad[ar, kstar] >= 1e-6 * ad.max(axis=1)
+        A_up, A_dn, A_c = (np.where(act, v, 0.0) for v in (A_up, A_dn, A_c))
+        # dPhi = 2 A_up d_vec . dg + (A_dn - A_up) dc_dn,k* + (A_up - A_dn + A_c) dc_up,k*
+        coef_dn = A_dn - A_up
+        coef_up = A_up - A_dn + A_c
+        coef_i = np.where(up_i, coef_up, coef_dn)
+        coef_j = np.where(up_i, coef_dn, coef_up)
+        # kappa = 2 Si Sj / (Si^2 + Sj^2), Si = max(S_i, 0)
+        # (scaled by max(Si, Sj) against underflow). Below 1e-9 vacuum_scale (a node that
+        # starts to fill in a Newton iterate) kappa is held: its true derivative ~ 1 / S
+        # reached 1e160 and broke the factorisation, for round-off amounts of mass
+        Smax = np.maximum(Si, Sj)
+        hold = Smax <= max(1e-9 * self.vacuum_scale, 1e-300)
+        inv_m = 1.0 / np.where(hold, 1.0, Smax)
+        xi, xj = Si * inv_m, Sj * inv_m
+        q2 = 1.0 / np.where(hold, 1.0, xi * xi + xj * xj) ** 2
+        # at S = 0 the derivative from S > 0 (a node that fills), 0 below (S is clipped)
+        q2 = q2 * inv_m
+        dk_i = np.where(hold | (x["S"][self.I] < 0.0), 0.0, 2.0 * xj * (xj * xj - xi * xi) * q2)
+        dk_j = np.where(hold | (x["S"][self.J] < 0.0), 0.0, 2.0 * xi * (xi * xi - xj * xj) * q2)
+        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
+        alpha_i = 0.5 * dP + Sm * dPi
+        alpha_j = 0.5 * dP - Sm * dPj
+        lam_i = np.where(up_i, 1.0 - 0.5 * phi, 0.5 * phi)
+        lam_j = 1.0 - lam_i
+        eye = np.eye(n)
+        d_dn = x["d_dn"]
+        blocks = []
+        for c_e, inv_e, coef_e, dk_e, lam_e, alpha_e, sgn in (
+                (ci, inv_i, coef_i, dk_i, lam_i, alpha_i, 1.0),
+                (cj, inv_j, coef_j, dk_j, lam_j, alpha_j, -1.0)):
+            # dc_e[k, l] = (delta_kl - c_k a_l) / S_e
+            dc = (eye[None] - c_e[:, :, None] * a[None, None, :]) * inv_e[:, None, None]
+            # v[l] = d phi / d rho_e,l = kappa coef dc[k*, l] + Phi dkappa a_l
+            v = (kappa * coef_e)[:, None] * dc[ar, kstar] + (Phi * dk_e)[:, None] * a
+            dcf = lam_e[:, None, None] * dc + 0.5 * d_dn[:, :, None] * v[:, None, :]
+            Jb = b[None, :, None] * (F[:, None, None] * dcf
+                                     + cf[:, :, None] * alpha_e[:, None, None] * a)
+            Jb += sgn * p.sigma * eye[None]
+            blocks.append(Jb * w[:, None, None])
+        Ji, Jj = blocks
+        Y = (w * F * kappa * A_up)[:, None] * b * d_dn  # 2 A_up kappa * d_dn/2 * b F w
+        if lim is not None:
+            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
+            Ji[e] *= theta[:, :, None]
+            Jj[e] *= theta[:, :, None]
+            Ji[e] += g_dth_i[:, :, None] * eye
+            Jj[e] += g_dth_j[:, :, None] * eye
+            Y[e] *= theta
+        return Ji, Jj, Y, kstar, up_i
+
+    def c_reg_derivative(self) -> np.ndarray:
+        """``d c_reg,k / d rho_l`` (nloc, n, n) at every local node, at the last state.
+
+        ``c_reg = rho / sqrt(S^2 + d^2)`` (``rho / S`` without the regularisation).
+        """
+        x, a = self._aux, self.a
+        S, d2 = x["S"], x["d2"]
+        rho = self._cache_key
+        eye = np.eye(self.n)[None]
+        if d2 > 0.0:
+            inv = 1.0 / np.sqrt(S * S + d2)
+            return (eye * inv[:, None, None]
+                    - (rho * (S * inv ** 3)[:, None])[:, :, None] * a[None, None, :])
+        inv = x["inv_node"]
+        c = rho * inv[:, None]
+        return (eye - c[:, :, None] * a[None, None, :]) * inv[:, None, None]
