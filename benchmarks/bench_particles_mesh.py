@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import resource
 import subprocess
@@ -167,7 +168,7 @@ def walk_side_by_side(dom, state, repeats):
 
     Returns ``(us_kernel, us_numpy, max_position_difference, cells_differing)``.
     """
-    tr = dom.tracker
+    tr = dom.part_tracker  # the particles' cells are its (rank-local) cells
     d = state.dim
     p = np.asarray(state.positions).reshape(-1, d)
     c = np.asarray(state.cells).reshape(-1)
@@ -223,16 +224,15 @@ def profile_step(state, params, dom, drift, comm):
 
 def counter_noise_us(state, repeats):
     """Microseconds per particle for the counter-based normals of all species (same ids)."""
-    n, nloc, d = state.positions.shape
-    ids = np.arange(state.start, state.start + nloc)
-    counter_rng.normals(1, 1, 0, 0, ids[:4], d)  # first call: numba's cache or a compilation
+    d = state.dim
+    counter_rng.normals(1, 1, 0, 0, state.ids[:4], d)  # first call: numba's cache or compiling
     best = np.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for k in range(n):
-            counter_rng.normals(state.seed, 1, k, state.step_index, ids, d)
+        for k in range(state.n_species):
+            counter_rng.normals(state.seed, 1, k, state.step_index, state.ids_of_species(k), d)
         best = min(best, time.perf_counter() - t0)
-    return 1e6 * best / (n * nloc)
+    return 1e6 * best / max(1, state.positions.shape[0])
 
 
 def walk_first_call():
@@ -304,7 +304,7 @@ def main(argv=None):
     n_3d = [10_000, 100_000]
     n_old = 2000 if args.quick else 10_000
     res = {"bench": "particles_mesh", "species": 2, "n_2d": n_2d, "n_3d": n_3d,
-           "n_old": n_old, "measured_under_load": True,
+           "n_old": n_old, "load_average_1min": os.getloadavg()[0],
            "walk_first_call_s": first, "walk_first_call_compiled": compiled}
     _say(f"compiled walk, first call in this process: {first:.2f} s "
           f"({'compiled' if compiled else 'loaded from numba cache'})")
@@ -352,7 +352,7 @@ def main(argv=None):
         res[f"counter_rng_us_per_particle_{dim}d"] = cn
         _say(f"{dim}D one step at N={ns[-1]} (us per particle-step, cProfile): "
               + ", ".join(f"{k} {v:.3f}" for k, v in per.items())
-              + f"; counter-based noise {cn:.3f} (block streams: noise above)")
+              + f"; counter-based normals alone {cn:.3f}")
         del state
     fs = [free_space_us(n, repeats, i == 0) for i, n in enumerate(n_2d)]
     res["free_space_us_per_particle_step_2d"] = fs
@@ -382,7 +382,8 @@ def main(argv=None):
     _say(f"compiled walk, compilation from scratch: {res['walk_compile_s']:.2f} s (once per "
           f"installation: numba caches it)")
     res["wall_s"] = time.perf_counter() - wall0
-    _say(f"benchmark wall time {res['wall_s']:.0f} s (measured under load)")
+    _say(f"benchmark wall time {res['wall_s']:.0f} s; load average {os.getloadavg()[0]:.2f} "
+         f"(at the start: {res['load_average_1min']:.2f}) on {os.cpu_count()} cores")
     print(json.dumps(res), flush=True)
     return res
 

@@ -174,6 +174,33 @@ def affine(A, b, x, cells):
 
 
 @njit(cache=True)
+def in_cell(A, b, x, cells, tol):
+    """Whether each point ``x (P, d)`` lies in its cell (all coordinates ``>= -tol``).
+
+    Cells outside ``[0, C)`` count as not holding their point. The check of
+    :meth:`~fem_crossdiff.particles.mesh_domain.MeshDomain.track` before each walk, fused so
+    that no ``(P, d + 1)`` temporary is formed.
+    """
+    npts = cells.shape[0]
+    nv, d, ncell = A.shape[1], A.shape[2], A.shape[0]
+    out = np.zeros(npts, dtype=np.bool_)
+    for i in range(npts):
+        ci = cells[i]
+        if ci < 0 or ci >= ncell:
+            continue
+        ok = True
+        for j in range(nv):
+            s = 0.0
+            for k in range(d):
+                s += A[ci, j, k] * x[i, k]
+            if s + b[ci, j] < -tol:
+                ok = False
+                break
+        out[i] = ok
+    return out
+
+
+@njit(cache=True)
 def barycentric(pullback, x0, x, cells):
     """P1 basis values ``(P, d + 1)`` at ``x (P, >= d)`` in ``cells`` (affine simplices).
 

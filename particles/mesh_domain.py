@@ -60,6 +60,7 @@ import numpy as np
 
 from fem_crossdiff.compat import MPI, geometry, mesh
 
+from . import kernels
 from .sampling import check_density_values
 from .tracking import SimplexTracker, facet_neighbours
 
@@ -365,9 +366,13 @@ class MeshDomain:
             c = np.asarray(cells, dtype=np.int64).reshape(-1)
             if c.size != p.shape[0]:
                 raise ValueError(f"cells: need one per point ({p.shape[0]}), got {c.size}")
-            okc = np.flatnonzero((c >= 0) & (c < self.part_tracker.ncell))
-            lam = self.part_tracker.barycentric(p[okc], c[okc])
-            ok[okc[lam.min(axis=1) >= -1e-9]] = True
+            tr = self.part_tracker
+            ok = kernels.in_cell(tr.A, tr.b, np.ascontiguousarray(p), c, 1e-9)
+        any_stale = not ok.all()
+        if self.comm.size > 1:  # _settle is collective: every rank takes it, or none
+            any_stale = self.comm.allreduce(any_stale, op=MPI.LOR)
+        if not any_stale:  # the usual case (cells kept by the previous step): no copies
+            return self.walk_partitioned(p, q, c, extra)
         todo = np.flatnonzero(~ok)  # stale cells (positions set by hand): the reference path
         stale = self._settle(p[todo], q[todo], extra[todo])
         walked = self.walk_partitioned(p[ok], q[ok], c[ok], extra[ok])
@@ -392,9 +397,12 @@ class MeshDomain:
         c = np.asarray(cells, dtype=np.int64)
         while True:
             p1, q1, c1, lost, exited = tr.walk(p, q, c)
-            here = np.ones(p.shape[0], dtype=bool)
-            here[lost] = here[exited] = False
-            out.append((q1[here], c1[here], extra[here]))
+            if lost.size or exited.size:
+                here = np.ones(p.shape[0], dtype=bool)
+                here[lost] = here[exited] = False
+                out.append((q1[here], c1[here], extra[here]))
+            else:  # all arrived (most rounds of most steps): no copies
+                out.append((q1, c1, extra))
             lost_p.append(p[lost])
             lost_q.append(q[lost])
             lost_e.append(extra[lost])
@@ -406,8 +414,13 @@ class MeshDomain:
                                    np.concatenate([p1[exited], q1[exited]], axis=1),
                                    self.slots[slot, 1], extra[exited])
             p, q = pq[:, :d], pq[:, d:]
-        out.append(self._settle(np.concatenate(lost_p), np.concatenate(lost_q),
-                                np.concatenate(lost_e)))
+        n_lost = sum(a.shape[0] for a in lost_p)
+        if comm.size > 1 or n_lost:  # _settle is collective
+            out.append(self._settle(np.concatenate(lost_p), np.concatenate(lost_q),
+                                    np.concatenate(lost_e)))
+        out = [o for o in out if o[0].shape[0]] or out[:1]
+        if len(out) == 1:
+            return out[0]
         return tuple(np.concatenate([o[i] for o in out]) for i in range(3))
 
     def _settle(self, p: np.ndarray, q: np.ndarray, extra: np.ndarray):
