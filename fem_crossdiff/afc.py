@@ -354,33 +354,10 @@ class AfcFlux(UpwindFlux):
 
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Edge Jacobian: exact but for the Zalesak factors' neighbourhood dependence."""
-        p, w = self.params, self.W
         terms = self._edge_terms(rho)[1]
-        ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim = terms[:13]
-        d_dn = terms[13][4]
-        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
-        alpha_i = 0.5 * dP + Sm * dPi  # dF / dS at either end
-        alpha_j = 0.5 * dP - Sm * dPj
-        # c_f = lam_i c_i + lam_j c_j (lam = 1 - alpha/2 upstream, alpha/2 downstream) and
-        # d c_end / d rho_end = (I - c_end a^T) / S_end, so each block is rank one plus
-        # diagonal: J_end = b w (c_f dF_end - lam_end g_end c_end) a^T + diag(b w lam_end g_end),
-        # g_end = F / S_end
-        lam_i = np.where(up_i, 1.0 - 0.5 * alpha, 0.5 * alpha)
-        lam_j = 1.0 - lam_i
-        gi = lam_i * F * inv_i
-        gj = lam_j * F * inv_j
-        bw = w[:, None] * self.b
-        ui = bw * (cf * alpha_i[:, None] - gi[:, None] * ci)
-        uj = bw * (cf * alpha_j[:, None] - gj[:, None] * cj)
-        sw = (p.sigma * w)[:, None]
-        di = bw * gi[:, None] + sw
-        dj = bw * gj[:, None] - sw
-        if lim is not None:
-            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
-            ui[e] *= theta
-            uj[e] *= theta
-            di[e] = theta * di[e] + g_dth_i
-            dj[e] = theta * dj[e] + g_dth_j
+        F, d_dn = terms[9], terms[13][4]
+        # alpha held (as muscl's phi in its frozen Jacobian), then its own derivatives
+        ui, uj, di, dj, bw = self._held_factor_blocks(terms)
         # d G_k = b_k w F d_k / 2 d alpha: a rank-one term with its own row vector
         ext = bw * (0.5 * F)[:, None] * d_dn
         da_i, da_j = self._alpha_derivatives(terms)

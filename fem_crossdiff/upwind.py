@@ -476,6 +476,43 @@ class UpwindFlux(BlockPattern):
         self._fill_blocks(rho, out)
         return out.reshape(-1, self.n, self.n)
 
+    def _held_factor_blocks(self, terms):
+        """Edge blocks of a face fraction ``c_f = c_up + phi/2 (c_dn - c_up)``, ``phi`` held.
+
+        Shared by the reconstructed schemes (:class:`MusclFlux`, ``afc.AfcFlux``), whose
+        ``_edge_terms`` give ``terms = (c_i, c_j, S_i, S_j, 1/S_i, 1/S_j, up_i, phi, c_f, F,
+        S_m, dP, lim, ...)``.
+
+        Returns:
+            ``(u_i, u_j, d_i, d_j, b w)``: ``J_end = u_end a^T + diag(d_end)`` for the layout of
+            :meth:`_write_blocks`, and the per-edge mobility weights ``b_k w_e``.
+        """
+        p, w = self.params, self.W
+        ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, lim = terms[:13]
+        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
+        alpha_i = 0.5 * dP + Sm * dPi  # dF / dS at either end
+        alpha_j = 0.5 * dP - Sm * dPj
+        # d c_f / d rho_end = lam_end (I - c_end a^T) / S_end, lam = 1 - phi/2 upstream,
+        # phi/2 downstream; so J_end = b w (c_f alpha_end - lam_end g_end c_end) a^T
+        # + diag(b w lam_end g_end) with g_end = F / S_end.
+        lam_i = np.where(up_i, 1.0 - 0.5 * phi, 0.5 * phi)
+        lam_j = 1.0 - lam_i
+        gi = lam_i * F * inv_i
+        gj = lam_j * F * inv_j
+        bw = w[:, None] * self.b
+        ui = bw * (cf * alpha_i[:, None] - gi[:, None] * ci)
+        uj = bw * (cf * alpha_j[:, None] - gj[:, None] * cj)
+        sw = (p.sigma * w)[:, None]
+        di = bw * gi[:, None] + sw
+        dj = bw * gj[:, None] - sw
+        if lim is not None:
+            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
+            ui[e] *= theta
+            uj[e] *= theta
+            di[e] = theta * di[e] + g_dth_i
+            dj[e] = theta * dj[e] + g_dth_j
+        return ui, uj, di, dj, bw
+
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Write the block-CSR values into ``out`` (nnzb, n * n); work arrays are reused."""
         p, w = self.params, self.W
@@ -775,30 +812,7 @@ class MusclFlux(UpwindFlux):
 
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Frozen-limiter Jacobian: ``phi`` and the gradients held, ``c_i, c_j, S, P`` exact."""
-        p, w = self.params, self.W
-        _, (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, lim) = self._edge_terms(rho)
-        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
-        alpha_i = 0.5 * dP + Sm * dPi
-        alpha_j = 0.5 * dP - Sm * dPj
-        # d c_f / d rho_end = lam_end (I - c_end a^T) / S_end, lam = 1 - phi/2 upstream,
-        # phi/2 downstream; so J_end = b w (c_f alpha_end - lam_end g_end c_end) a^T
-        # + diag(b w lam_end g_end) with g_end = F / S_end.
-        lam_i = np.where(up_i, 1.0 - 0.5 * phi, 0.5 * phi)
-        lam_j = 1.0 - lam_i
-        gi = lam_i * F * inv_i
-        gj = lam_j * F * inv_j
-        bw = w[:, None] * self.b
-        ui = bw * (cf * alpha_i[:, None] - gi[:, None] * ci)
-        uj = bw * (cf * alpha_j[:, None] - gj[:, None] * cj)
-        sw = (p.sigma * w)[:, None]
-        di = bw * gi[:, None] + sw
-        dj = bw * gj[:, None] - sw
-        if lim is not None:
-            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
-            ui[e] *= theta
-            uj[e] *= theta
-            di[e] = theta * di[e] + g_dth_i
-            dj[e] = theta * dj[e] + g_dth_j
+        ui, uj, di, dj, _ = self._held_factor_blocks(self._edge_terms(rho)[1])
         self._write_blocks(ui, uj, di, dj, out)
 
     def exact_derivatives(self, rho: np.ndarray):

@@ -9,10 +9,9 @@ Euler, conservative, and reducing exactly to the one-species scheme for equal mo
 
 from __future__ import annotations
 
-from fem_crossdiff.compat import PETSc
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.models.muscl import MusclJacobian
+from fem_crossdiff.models.muscl import MatrixFreeJacobian
 from fem_crossdiff.params import ModelParams
 
 #: Jacobians of :class:`LocalAfc`.
@@ -20,7 +19,7 @@ JACOBIANS = ("edge", "mf")
 
 
 @register("afc")
-class LocalAfc(Model):
+class LocalAfc(MatrixFreeJacobian, Model):
     """``R_k,i = sum_j b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)``, AFC face fractions.
 
     Args:
@@ -55,25 +54,6 @@ class LocalAfc(Model):
     def add_jacobian(self, A, rho):
         """Edge Jacobian blocks (Zalesak factors held)."""
         self.flux.add_jacobian(A, rho)
-
-    @property
-    def matrix_free(self) -> bool:
-        """The exact Jacobian is applied matrix-free (``jacobian="mf"``)."""
-        return self.jacobian == "mf"
-
-    def jacobian_operator(self, A):
-        """The matrix-free Jacobian, preconditioned by ``A`` (``None`` for ``"edge"``)."""
-        if self.jacobian != "mf":
-            return None
-        self._ctx = MusclJacobian(A, self.flux, self.V)
-        shell = PETSc.Mat().createPython(A.getSizes(), self._ctx, comm=A.comm)
-        shell.setUp()
-        return shell
-
-    def update_operator(self, rho):
-        """Linearise the matrix-free Jacobian at ``rho``."""
-        if self._ctx is not None:
-            self._ctx.update(rho)
 
     def describe(self):
         """Non-Delaunay meshes: how many edges, and what is done with them."""

@@ -202,8 +202,36 @@ class ExactJacobian:
                        addv=PETSc.InsertMode.INSERT_VALUES)
 
 
+class MatrixFreeJacobian:
+    """``jacobian="mf"`` for a model with an edge ``flux``: the exact Jacobian matrix-free.
+
+    A mixin of the models with a reconstructed face fraction (``LocalMuscl``, ``LocalAfc``):
+    the model sets ``jacobian``, ``flux`` and ``_ctx = None``; the shell applies
+    :class:`MusclJacobian` and is preconditioned by the assembled matrix ``A``.
+    """
+
+    @property
+    def matrix_free(self) -> bool:
+        """The exact Jacobian is applied matrix-free (``jacobian="mf"``)."""
+        return self.jacobian == "mf"
+
+    def jacobian_operator(self, A):
+        """The matrix-free Jacobian, preconditioned by ``A`` (``None`` unless ``"mf"``)."""
+        if self.jacobian != "mf":
+            return None
+        self._ctx = MusclJacobian(A, self.flux, self.V)
+        shell = PETSc.Mat().createPython(A.getSizes(), self._ctx, comm=A.comm)
+        shell.setUp()
+        return shell
+
+    def update_operator(self, rho):
+        """Linearise the matrix-free Jacobian at ``rho``."""
+        if self._ctx is not None:
+            self._ctx.update(rho)
+
+
 @register("muscl")
-class LocalMuscl(Model):
+class LocalMuscl(MatrixFreeJacobian, Model):
     """``R_k,i = sum_j b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)`` on P1 simplices.
 
     Args:
@@ -252,25 +280,6 @@ class LocalMuscl(Model):
             self._exact.assemble(A, rho)
         else:
             self.flux.add_jacobian(A, rho)
-
-    @property
-    def matrix_free(self) -> bool:
-        """The exact Jacobian is applied matrix-free (``jacobian="mf"``)."""
-        return self.jacobian == "mf"
-
-    def jacobian_operator(self, A):
-        """The matrix-free Jacobian, preconditioned by ``A`` (``None`` when frozen)."""
-        if self.jacobian != "mf":
-            return None
-        self._ctx = MusclJacobian(A, self.flux, self.V)
-        shell = PETSc.Mat().createPython(A.getSizes(), self._ctx, comm=A.comm)
-        shell.setUp()
-        return shell
-
-    def update_operator(self, rho):
-        """Linearise the matrix-free Jacobian at ``rho``."""
-        if self._ctx is not None:
-            self._ctx.update(rho)
 
     def describe(self):
         """Non-Delaunay meshes: how many edges, and what is done with them."""
