@@ -64,7 +64,7 @@ from . import kernels
 from .sampling import check_density_values
 from .tracking import SimplexTracker, facet_neighbours
 
-__all__ = ["MeshDomain", "FEDensitySampler", "migrate", "partition_tracker"]
+__all__ = ["MeshDomain", "FEDensitySampler", "best_candidates", "migrate", "partition_tracker"]
 
 
 def _gather_rows(comm, arr: np.ndarray) -> np.ndarray:
@@ -162,6 +162,38 @@ def _cell_vertices(msh, cells: np.ndarray) -> np.ndarray:
     gdim = msh.geometry.dim
     dofs = msh.geometry.dofmaps[0][cells]
     return msh.geometry.x[dofs][..., :gdim]
+
+
+def best_candidates(tree, x3: np.ndarray, score) -> tuple[np.ndarray, np.ndarray]:
+    """Best bounding-box candidate cell of each point ``x3 (P, 3)`` and its score.
+
+    Args:
+        tree: DOLFINx bounding-box tree of the cells to search.
+        x3: Points, padded to three coordinates.
+        score: ``score(pid, cells) -> (K,)`` of the candidate pairs (point index, cell); the
+            smallest barycentric coordinate: ``>= 0`` inside.
+
+    Returns:
+        ``(score, cell)`` per point: the best candidate (``-inf`` and ``-1`` without one).
+    """
+    npts = x3.shape[0]
+    best = np.full(npts, -np.inf)
+    cells = np.full(npts, -1, dtype=np.int64)
+    if npts == 0:
+        return best, cells
+    cand = geometry.compute_collisions_points(tree, x3)
+    off = np.asarray(cand.offsets, dtype=np.int64)
+    c = np.asarray(cand.array, dtype=np.int64)
+    if c.size == 0:
+        return best, cells
+    cnt = np.diff(off)
+    pid = np.repeat(np.arange(npts), cnt)
+    sc = score(pid, c)
+    o = np.lexsort((-sc, pid))  # by point, best score first
+    has = cnt > 0
+    first = o[off[:-1][has]]
+    best[has], cells[has] = sc[first], c[first]
+    return best, cells
 
 
 class MeshDomain:
@@ -486,24 +518,10 @@ class MeshDomain:
 
     def _local_best(self, x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best owned cell of each point and its score (smallest barycentric coordinate)."""
-        npts = x3.shape[0]
-        score = np.full(npts, -np.inf)
-        cells = np.full(npts, -1, dtype=np.int64)
-        if npts == 0 or self.part_tracker.ncell == 0:
-            return score, cells
-        cand = geometry.compute_collisions_points(self._owned_tree, x3)
-        off = np.asarray(cand.offsets, dtype=np.int64)
-        c = np.asarray(cand.array, dtype=np.int64)
-        if c.size == 0:
-            return score, cells
-        cnt = np.diff(off)
-        pid = np.repeat(np.arange(npts), cnt)
-        sc = self.part_tracker.barycentric(x3[pid, :self.dim], c).min(axis=1)
-        o = np.lexsort((-sc, pid))  # by point, best score first
-        has = cnt > 0
-        first = o[off[:-1][has]]
-        score[has], cells[has] = sc[first], c[first]
-        return score, cells
+        if self.part_tracker.ncell == 0:
+            return np.full(x3.shape[0], -np.inf), np.full(x3.shape[0], -1, dtype=np.int64)
+        return best_candidates(self._owned_tree, x3, lambda pid, c: self.part_tracker.barycentric(
+            x3[pid, :self.dim], c).min(axis=1))
 
     @staticmethod
     def _local_sizes(msh, ncell):

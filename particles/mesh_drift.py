@@ -84,6 +84,7 @@ from fem_crossdiff.params import ModelParams
 
 from . import kernels
 from .drift import Particles
+from .mesh_domain import best_candidates
 from .params import ParticleParams
 from .tracking import CHUNK
 
@@ -263,25 +264,15 @@ class MeshOperatorDrift:
         Candidates from the bounding-box tree, then an exact barycentric test (affine
         simplices): the score is ``>= 0`` inside a cell, ``-inf`` without candidates.
         """
-        npts = x3.shape[0]
-        score = np.full(npts, -np.inf)
-        cells = np.full(npts, -1, dtype=np.int32)
-        if npts == 0 or self.owned.size == 0:
-            return score, cells
-        cand = geometry.compute_collisions_points(self._tree, x3)
-        off = np.asarray(cand.offsets, dtype=np.int64)
-        c = np.asarray(cand.array, dtype=np.int64)
-        if c.size == 0:
-            return score, cells
-        cnt = np.diff(off)
-        pid = np.repeat(np.arange(npts), cnt)
-        xi = np.einsum("rkg,rg->rk", self._pullback[c], x3[pid, : self.dim] - self._x0[c])
-        sc = np.minimum(1.0 - xi.sum(axis=1), xi.min(axis=1))
-        o = np.lexsort((-sc, pid))  # by point, best score first
-        has = cnt > 0
-        first = o[off[:-1][has]]
-        score[has], cells[has] = sc[first], c[first]
-        return score, cells
+        if self.owned.size == 0:
+            return np.full(x3.shape[0], -np.inf), np.full(x3.shape[0], -1, dtype=np.int32)
+
+        def score(pid, c):
+            xi = np.einsum("rkg,rg->rk", self._pullback[c], x3[pid, : self.dim] - self._x0[c])
+            return np.minimum(1.0 - xi.sum(axis=1), xi.min(axis=1))
+
+        best, cells = best_candidates(self._tree, x3, score)
+        return best, cells.astype(np.int32)
 
     def _owners(self, x3: np.ndarray) -> np.ndarray:
         """Rank owning the cell of each point (collective); -1 for points outside the mesh.
