@@ -181,7 +181,7 @@ def walk_side_by_side(dom, state, repeats):
             t0 = time.perf_counter()
             r = tr.walk(p, q, c, kernel=name == "kernel")
             best[name] = min(best[name], time.perf_counter() - t0)
-            out[name] = r if len(r) == 3 else r[1:4]  # (q, c, lost) of (p, q, c, lost, exited)
+            out[name] = r[1:4]  # (q, c, lost) of (p, q, c, lost, exited)
     (yk, ck, lk), (yn, cn, ln) = out["kernel"], out["numpy"]
     ok = np.setdiff1d(np.arange(p.shape[0]), np.union1d(lk, ln))
     diff = float(np.abs(yk[ok] - yn[ok]).max(initial=0.0))

@@ -15,31 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_particles_tracking as _tracking
 from test_particles_tracking import SHAPES, _uniform_sampler
 
-from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.particles import ParticleParams, kernels, mesh_drift
-from fem_crossdiff.particles.mesh_domain import MeshDomain
 from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
 from fem_crossdiff.particles.tracking import INSIDE_TOL
 
 pytest.importorskip("gmsh")
 
-
-@pytest.fixture(scope="module")
-def domains():
-    """Meshes and domains built once per module (reused: MPI communicators are finite)."""
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            builder, kw = SHAPES[name]
-            msh = meshes.build(builder, MPI.COMM_WORLD, **kw).mesh
-            cache[name] = (msh, MeshDomain(msh))
-        return cache[name]
-
-    return get
+#: the meshes and domains of the tracking tests, built once per module
+domains = _tracking.domains
 
 
 def _kwalk(tr, p, q, c, reflect=True, cells=None, nbr=None):
@@ -50,13 +37,8 @@ def _kwalk(tr, p, q, c, reflect=True, cells=None, nbr=None):
 
 
 def _walk3(tr, p, q, c, reflect=True, kernel=None):
-    """``(q, cells, lost)`` of :meth:`SimplexTracker.walk` (``kernel=False``: numpy).
-
-    Its return is ``(p, q, cells, lost, exited)`` where the walk knows foreign slots (as the
-    kernel's): both forms are taken.
-    """
-    out = tr.walk(p, q, c, reflect, kernel=kernel)
-    return out if len(out) == 3 else out[1:4]
+    """``(q, cells, lost)`` of :meth:`SimplexTracker.walk` (``kernel=False``: numpy)."""
+    return tr.walk(p, q, c, reflect, kernel=kernel)[1:4]
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
