@@ -39,7 +39,7 @@ import numpy as np
 import ufl
 from bench_local import DT, PARAMS, initial_state
 
-from fem_crossdiff.compat import MPI, fem, mesh
+from fem_crossdiff.compat import MPI, fem, la, mesh
 from fem_crossdiff.params import SCHEMES, ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -73,8 +73,72 @@ def _rate(hs, errs) -> float:
     return float(np.polyfit(np.log(hs), np.log(errs), 1)[0])
 
 
-def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033):
-    """Relative L1 error at ``t = 1`` (``dt = cfl h``, profile time ``tau = kappa (1 + t)``)."""
+#: Error measures of the Barenblatt figures (relative, at t = 1), see :func:`barenblatt_errors`.
+MEASURES = ("interp", "exact", "lumped", "pressure", "interior")
+
+
+def barenblatt_errors(u, exact, m) -> dict:
+    """Relative L1 errors of the P1 solution ``u`` against the Barenblatt profile ``exact``.
+
+    * ``interp``: ``int |u - I_h exact|`` with UFL's default (one-point) quadrature, divided
+      by ``int |I_h exact|`` (the figure before issue 16r);
+    * ``exact``: ``int |u - exact|`` against the profile itself, composite quadrature at the
+      front (:func:`fem_crossdiff.measures.exact_lp_error`): includes P1's best-approximation
+      error;
+    * ``lumped``: the nodal error ``sum_i m_i |u_i - exact(x_i)|`` in the lumped mass;
+    * ``pressure``: ``int |P_h - P|`` with ``P = exact^(m-1)`` (Lipschitz at the front for every
+      ``m``) and ``P_h`` the P1 function of the nodal pressures ``u_i^(m-1)``;
+    * ``interior``: ``exact`` restricted to where the profile exceeds 0.6 of its maximum
+      (``r < 0.8 R`` for ``m = 2`` and ``3``, ``R`` the front), away from the front.
+
+    Each also for the nodal interpolant of the profile in place of ``u`` (key
+    ``interpolant_<measure>``; for ``interp`` and ``lumped`` it is 0 by definition and left out).
+    """
+    from fem_crossdiff.measures import exact_lp_error
+
+    V = u.function_space
+    ex = fem.Function(V)
+    ex.interpolate(exact)
+    dxv = ufl.dx(metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+    lump = fem.assemble_vector(fem.form(ufl.TestFunction(V) * dxv))
+    lump.scatter_reverse(la.InsertMode.add)
+    own = V.dofmap.index_map.size_local
+    mass = lump.array[:own]
+
+    def lsum(v):
+        return COMM.allreduce(float(np.sum(mass * v[:own])), op=MPI.SUM)
+
+    def pressure_of(f):
+        g = fem.Function(V)
+        g.x.array[:] = np.maximum(f.x.array, 0.0) ** (m - 1)
+        return g
+
+    def pressure(x):
+        return exact(x) ** (m - 1)
+
+    top = COMM.allreduce(float(np.max(ex.x.array, initial=0.0)), op=MPI.MAX)
+
+    def inside(x):
+        return exact(x) > 0.6 * top
+
+    norm = exact_lp_error(fem.Function(V), exact)
+    pnorm = exact_lp_error(fem.Function(V), pressure)
+    inorm = exact_lp_error(fem.Function(V), exact, where=inside)
+    out = {"interp": _integral(abs(u - ex)) / _integral(abs(ex)),
+           "lumped": lsum(np.abs(u.x.array - ex.x.array)) / lsum(np.abs(ex.x.array))}
+    for key, f in (("", u), ("interpolant_", ex)):
+        out[key + "exact"] = exact_lp_error(f, exact) / norm
+        out[key + "pressure"] = exact_lp_error(pressure_of(f), pressure) / pnorm
+        out[key + "interior"] = exact_lp_error(f, exact, where=inside) / inorm
+    return out
+
+
+def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033, measures=False):
+    """Relative L1 error at ``t = 1`` (``dt = cfl h``, profile time ``tau = kappa (1 + t)``).
+
+    Returns ``(error, h)``, the error in the measure ``interp`` of :func:`barenblatt_errors`;
+    with ``measures`` the dict of every measure of :func:`barenblatt_errors` in its place.
+    """
     C = 1.0 if dim == 1 else (0.25 if m == 2 else 0.2)
     if dim == 1:
         msh, h = mesh.create_interval(COMM, n, [-6.0, 6.0]), 12.0 / n
@@ -88,9 +152,8 @@ def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033):
     s.set_initial([lambda x: barenblatt(x, kappa, m, dim, C)])
     s.run(TimeParams(T=1.0, dt=cfl * h, method=method), progress=False,
           callback=lambda sv, row: min_rel.append(row["min_1"] / row["max_1"]))
-    ex = fem.Function(s.V0)
-    ex.interpolate(lambda x: barenblatt(x, 2 * kappa, m, dim, C))
-    return _integral(abs(s.rho[0] - ex)) / _integral(abs(ex)), h
+    errs = barenblatt_errors(s.species(0), lambda x: barenblatt(x, 2 * kappa, m, dim, C), m)
+    return (errs if measures else errs["interp"]), h
 
 
 def segregation(scheme, n, min_rel, cfl=0.033):
@@ -235,10 +298,11 @@ def _rates(hs, errs) -> tuple[float, float]:
 #: Meshes of every figure: quick (about two minutes in all) and full (``docs/schemes.md``).
 MESHES = {
     "quick": {"n1d": "50,100", "n2d": "12,24", "nseg": "75,150", "h3d": "0.3,0.2",
-              "nmms": "8,16", "sizes": "64", "m": "2,3", "cfl": "0.066"},
+              "nmms": "8,16", "sizes": "64", "m": "2,3", "m2d": "2,3",
+              "cfl": "0.066"},
     "full": {"n1d": "200,400,800,1600", "n2d": "24,48,96", "nseg": "150,300,600,1200",
              "h3d": "0.2,0.14,0.1", "nmms": "16,32,64", "sizes": "354,708", "m": "2,3",
-             "cfl": "0.033"},
+             "m2d": "2,3", "cfl": "0.033"},
 }
 
 
@@ -264,7 +328,8 @@ def main() -> None:
                       ("h3d", "mesh sizes of the gmsh ball"),
                       ("nmms", "cells per side of the MMS meshes"),
                       ("sizes", "cells per side of the cost meshes"),
-                      ("m", "exponents of the 1D Barenblatt runs")):
+                      ("m", "exponents of the 1D Barenblatt runs"),
+                      ("m2d", "exponents of the 2D Barenblatt runs")):
         parser.add_argument(f"--{key}", default=None, help=f"{what} (comma-separated)")
     args = parser.parse_args()
     schemes = args.schemes.split(",")
@@ -272,7 +337,7 @@ def main() -> None:
     mesh_of = {k: getattr(args, k) or v for k, v in MESHES[mode].items()}
     ns1, ns2, nseg = _ints(mesh_of["n1d"]), _ints(mesh_of["n2d"]), _ints(mesh_of["nseg"])
     hs3, nmms, sizes = _floats(mesh_of["h3d"]), _ints(mesh_of["nmms"]), _ints(mesh_of["sizes"])
-    ms = _floats(mesh_of["m"])
+    ms, m2d = _floats(mesh_of["m"]), _floats(mesh_of["m2d"])
     cfl = args.cfl or float(mesh_of["cfl"])
     figures = {"cost"} if args.cost_only else set(args.figures.split(","))
     if args.no_3d:
@@ -290,6 +355,10 @@ def main() -> None:
     for m in ms:
         keys += [f"barenblatt_rate_1d_m{m:g}", f"barenblatt_rate_1d_m{m:g}_fine",
                  f"barenblatt_error_1d_m{m:g}"]
+    for m in m2d:
+        keys += [f"barenblatt_rate_2d_m{m:g}", f"barenblatt_rate_2d_m{m:g}_fine",
+                 f"barenblatt_error_2d_m{m:g}"]
+    keys.append("barenblatt_measures")
     for key in keys:
         out[key] = {}
 
@@ -305,26 +374,40 @@ def main() -> None:
     # one figure at a time for all schemes, so that they are printed side by side
     clock.tick("barenblatt")
     if "barenblatt" in figures:
-        for m in ms:
-            key = f"barenblatt_rate_1d_m{m:g}"
+        for dim, m in [(1, m) for m in ms] + [(2, m) for m in m2d]:
+            series, tag = f"{dim}d_m{m:g}", f"{dim}D m={m:g}"
+            meas = out["barenblatt_measures"].setdefault(series, {})
             for sch in schemes:
-                eh = [barenblatt_error(sch, 1, m, n, mins[sch], args.method, cfl)
-                      for n in ns1]
-                errs = [e for e, _ in eh]
-                out[key][sch], out[key + "_fine"][sch] = _rates([h for _, h in eh], errs)
-                out[f"barenblatt_error_1d_m{m:g}"][sch] = errs
-                say(f"{sch}: Barenblatt 1D m={m:g} {args.method} n={ns1} L1 errors "
-                    f"{fmt(errs)} rate {out[key][sch]:.2f} (finest pair "
-                    f"{out[key + '_fine'][sch]:.2f})")
-        for sch in schemes:
-            eh = [barenblatt_error(sch, 2, 2.0, n, mins[sch], args.method, cfl)
-                  for n in ns2]
-            errs = [e for e, _ in eh]
-            r, rf = _rates([h for _, h in eh], errs)
-            out["barenblatt_rate_2d"][sch], out["barenblatt_rate_2d_fine"][sch] = r, rf
-            out["barenblatt_error_2d"][sch] = errs
-            say(f"{sch}: Barenblatt 2D m=2 {args.method} n={ns2} L1 errors {fmt(errs)} rate "
-                f"{r:.2f} (finest pair {rf:.2f})")
+                eh = [barenblatt_error(sch, dim, m, n, mins[sch], args.method, cfl,
+                                       measures=True) for n in (ns1 if dim == 1 else ns2)]
+                hs = [h for _, h in eh]
+                table = {k: [e[k] for e, _ in eh] for k in eh[0][0]}
+                meas[sch] = {k: dict(zip(("rate", "rate_fine"), _rates(hs, v)), errors=v)
+                             for k, v in table.items() if not k.startswith("interpolant_")}
+                if "interpolant" not in meas:  # the same for every scheme
+                    meas["interpolant"] = {
+                        k[len("interpolant_"):]: dict(zip(("rate", "rate_fine"), _rates(hs, v)),
+                                                      errors=v)
+                        for k, v in table.items() if k.startswith("interpolant_")}
+                errs = table["interp"]
+                r, rf = meas[sch]["interp"]["rate"], meas[sch]["interp"]["rate_fine"]
+                keys = ([f"barenblatt_rate_1d_m{m:g}"] if dim == 1 else
+                        [f"barenblatt_rate_2d_m{m:g}"] + (["barenblatt_rate_2d"] if m == 2
+                                                          else []))
+                for key in keys:
+                    out[key][sch], out[key + "_fine"][sch] = r, rf
+                    out[key.replace("rate", "error")][sch] = errs
+                ns = ns1 if dim == 1 else ns2
+                say(f"{sch}: Barenblatt {tag} {args.method} n={ns} L1 errors {fmt(errs)} rate "
+                    f"{r:.2f} (finest pair {rf:.2f})")
+                for k in MEASURES[1:]:
+                    v = meas[sch][k]
+                    say(f"    {k:9s} scheme {fmt(v['errors'])} rate {v['rate']:.2f} (finest "
+                        f"{v['rate_fine']:.2f})" + (
+                            "" if k not in meas["interpolant"] else
+                            f" | interpolant {fmt(meas['interpolant'][k]['errors'])} rate "
+                            f"{meas['interpolant'][k]['rate']:.2f} (finest "
+                            f"{meas['interpolant'][k]['rate_fine']:.2f})"))
     clock.tick("segregation")
     if "segregation" in figures:
         for sch in schemes:
