@@ -6,8 +6,11 @@ For every treatment in ``--modes`` (``negative_edges`` of the upwind scheme; def
 balls of radius 1 with mesh sizes ``--hs``:
 
 * the relative L1 error at ``t = 1`` of the Barenblatt solution (``m = 2``, ``sigma = 0``,
-  from ``tau = 1/2``, implicit Euler with ``dt = h / 4``: the set-up of the tests) and its
-  rate (least-squares slope in log-log);
+  from ``tau = 1/2``, implicit Euler with ``dt = h / 4``: the set-up of the tests; ``--method
+  bdf2``) and its rate (least-squares slope in log-log), against the interpolant of the
+  profile (the figure of the issue), against the profile itself, and the interpolant's own
+  error against the profile (P1's best-approximation floor); mode suffix ``@dualmass``: the
+  dual volumes as masses (see :func:`run_mode`);
 * the smallest ``min rho / max rho`` over all steps;
 * the cost per step on the finest mesh: wall seconds per step and Newton iterations, and
   its ratio to ``"limit"`` (today's limiter before issue 16), measured in the same run;
@@ -21,7 +24,7 @@ Only rank 0 prints. The last line is one JSON object. Timings on a shared machin
 the cost ratios are measured side by side in one run.
 
 Usage: ``python benchmarks/bench_tets.py [--quick] [--modes front,limit] [--hs 0.2,0.14,0.1]
-[--mesh-h 0.15] [--no-mesh-options]``.
+[--mesh-h 0.15] [--no-mesh-options] [--method bdf2]``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,15 @@ import ufl
 
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.measures import exact_lp_error
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
-from fem_crossdiff.upwind import circumcentric_weights, p1_edge_weights, total_edge_weights
+from fem_crossdiff.upwind import (
+    circumcentric_weights,
+    dual_volumes,
+    p1_edge_weights,
+    total_edge_weights,
+)
 
 COMM = MPI.COMM_WORLD
 M, C = 2.0, 0.0185  # support radius 0.53 at tau = 1/2, 0.61 at tau = 1 (ball radius 1)
@@ -84,24 +93,49 @@ def negative_fraction(msh, dual: bool = False) -> float:
     return COMM.bcast(frac, root=0)
 
 
-def run_mode(mode: str, geo, h: float):
-    """Relative L1 error at t = 1, smallest min/max, seconds per step and Newton per step."""
+def run_mode(mode: str, geo, h: float, method: str = "ie"):
+    """Errors at t = 1, smallest min/max, seconds and Newton per step, mass drift.
+
+    ``mode`` is a ``negative_edges`` mode with optional suffixes ``@delaunay`` (the mesh: the
+    caller passes the Delaunay ball) and ``@dualmass``: the time term's masses are the
+    circumcentric dual volumes (:func:`fem_crossdiff.upwind.dual_volumes`) instead of P1's
+    lumped masses, the finite-volume scheme on the dual mesh (an experiment: the errors change
+    by <= 3%, docs/tets.md). The errors are the relative L1 errors ``interp`` (against the
+    interpolant, one-point quadrature), ``exact`` (against the profile,
+    :func:`fem_crossdiff.measures.exact_lp_error`) and the interpolant's own ``exact`` error.
+    The mass drift is ``|sum_i m_i rho_i - initial| / initial`` with the masses in use.
+    """
+    name, *tags = mode.split("@")
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=M, sigma=0.0),
-                             negative_edges=mode.split("@")[0], positivity_tol=None)
+                             negative_edges=name, positivity_tol=None)
+    if "dualmass" in tags:
+        # the time term's masses (the solver's lumped-mass vector, shared with its time term)
+        s.problem.time_term.mass[:] = dual_volumes(s.V0)
     s.set_initial([lambda x: barenblatt(x, 0.5)])
+    mass = s.problem.time_term.mass
+
+    def total():
+        return COMM.allreduce(float(np.sum(mass * s.rho.x.array[: mass.size])), op=MPI.SUM)
+
+    m0 = total()
     mins = []
     COMM.Barrier()
     t0 = time.perf_counter()
-    rows = s.run(TimeParams(T=1.0, dt=h / 4), progress=False,
+    rows = s.run(TimeParams(T=1.0, dt=h / 4, method=method), progress=False,
                  callback=lambda sv, row: mins.append(row["min_1"] / row["max_1"]))
     wall = COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX)
     ex = fem.Function(s.V0)
     ex.interpolate(lambda x: barenblatt(x, 1.0))
+    u = s.species(0)
     err, ref = (COMM.allreduce(fem.assemble_scalar(fem.form(f * ufl.dx)), op=MPI.SUM)
-                for f in (abs(s.rho[0] - ex), abs(ex)))
+                for f in (abs(u - ex), abs(ex)))
+    norm = exact_lp_error(fem.Function(s.V0), lambda x: barenblatt(x, 1.0))
+    errors = {"interp": err / ref,
+              "exact": exact_lp_error(u, lambda x: barenblatt(x, 1.0)) / norm,
+              "interpolant": exact_lp_error(ex, lambda x: barenblatt(x, 1.0)) / norm}
     steps = len(rows) - 1
     newton = float(np.mean([r["newton_its"] for r in rows[1:]]))
-    return err / ref, float(min(mins)), wall / steps, newton
+    return errors, float(min(mins)), wall / steps, newton, abs(total() - m0) / m0
 
 
 def mesh_option_fractions(h: float) -> dict:
@@ -169,6 +203,7 @@ def main() -> None:
     parser.add_argument("--hs", default=None, help="mesh sizes (default 0.2,0.14,0.1,0.07)")
     parser.add_argument("--mesh-h", type=float, default=0.15, help="h of the mesh-option study")
     parser.add_argument("--no-mesh-options", action="store_true")
+    parser.add_argument("--method", default="ie", help="time integrator (ie, bdf2)")
     args = parser.parse_args()
     modes = args.modes.split(",")
     hs = ([float(v) for v in args.hs.split(",")] if args.hs
@@ -176,7 +211,10 @@ def main() -> None:
     out = {"bench": "tets", "modes": modes, "hs": hs, "quick": args.quick, "ranks": COMM.size,
            "errors": {m: [] for m in modes}, "rate": {}, "min_rel": {}, "negative_fraction": [],
            "negative_fraction_dual": [], "negative_fraction_dual_delaunay": [],
-           "step_seconds": {}, "newton_step": {}, "step_cost_ratio": {}}
+           "step_seconds": {}, "newton_step": {}, "step_cost_ratio": {}, "method": args.method,
+           "errors_exact": {m: [] for m in modes}, "rate_exact": {},
+           "errors_interpolant": {m: [] for m in modes}, "rate_interpolant": {},
+           "mass_drift": {m: 0.0 for m in modes}}
 
     def say(*a):
         if COMM.rank == 0:
@@ -194,22 +232,34 @@ def main() -> None:
         say(f"h = {h:g}: {nv} vertices; negative edges: P1 {100 * fracs[0]:.1f}%, circumcentric "
             f"dual {100 * fracs[1]:.2f}% (Delaunay ball {100 * fracs[2]:.2f}%)")
         for mode in modes:
-            err, mn, sec, newton = run_mode(mode, dgeo if mode.endswith("@delaunay") else geo, h)
-            out["errors"][mode].append(err)
+            err, mn, sec, newton, drift = run_mode(
+                mode, dgeo if "@delaunay" in mode else geo, h, args.method)
+            out["errors"][mode].append(err["interp"])
+            out["errors_exact"][mode].append(err["exact"])
+            out["errors_interpolant"][mode].append(err["interpolant"])
+            out["mass_drift"][mode] = max(out["mass_drift"][mode], drift)
             mins[mode].append(mn)
             out["step_seconds"][mode], out["newton_step"][mode] = sec, newton
-            say(f"  {mode:16s} L1 error {err:.4f}  min/max {mn:.1e}  {sec:.3f} s/step  "
-                f"Newton {newton:.2f}")
+            say(f"  {mode:24s} L1 error {err['interp']:.4f} (against the profile "
+                f"{err['exact']:.4f}, interpolant {err['interpolant']:.4f})  min/max {mn:.1e}  "
+                f"mass drift {drift:.1e}  {sec:.3f} s/step  Newton {newton:.2f}")
     base = "limit" if "limit" in modes else modes[0]
     for mode in modes:
         out["min_rel"][mode] = float(min(mins[mode]))
-        out["rate"][mode] = _rate(hs, out["errors"][mode]) if len(hs) > 1 else None
+        for key in ("", "_exact", "_interpolant"):
+            out["rate" + key][mode] = (_rate(hs, out["errors" + key][mode]) if len(hs) > 1
+                                       else None)
         out["step_cost_ratio"][mode] = out["step_seconds"][mode] / out["step_seconds"][base]
-    say(f"{'mode':16s} {'rate':>5s} {'min/max':>9s} {'s/step':>7s} {'Newton':>6s} "
-        f"cost/{base} (h = {hs[-1]:g})")
+    say(f"{'mode':24s} {'rate':>5s} {'exact':>5s} {'interpolant':>11s} {'min/max':>9s} "
+        f"{'s/step':>7s} {'Newton':>6s} cost/{base} (h = {hs[-1]:g})")
+
+    def rate_of(mode, key):
+        r = out["rate" + key][mode]
+        return "  n/a" if r is None else f"{r:5.2f}"
+
     for mode in modes:
-        rate = out["rate"][mode]
-        say(f"{mode:16s} {rate if rate is None else f'{rate:5.2f}'} "
+        say(f"{mode:24s} {rate_of(mode, '')} {rate_of(mode, '_exact')} "
+            f"{rate_of(mode, '_interpolant'):>11s} "
             f"{out['min_rel'][mode]:9.1e} {out['step_seconds'][mode]:7.3f} "
             f"{out['newton_step'][mode]:6.2f} {out['step_cost_ratio'][mode]:.2f}")
     if not args.no_mesh_options:

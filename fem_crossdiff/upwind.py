@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fem_crossdiff.compat import MPI, PETSc, fem
+from fem_crossdiff.compat import MPI, PETSc, fem, la
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.params import NEGATIVE_EDGE_MODES, ModelParams
 
@@ -180,6 +180,29 @@ def circumcentric_weights(V: fem.FunctionSpace):
     piece = w * le * le / 6.0  # each end of the edge gets this part of its dual cell
     vol = np.bincount(I, piece, nloc) + np.bincount(J, piece, nloc)
     return (keys // nloc).astype(np.int32), (keys % nloc).astype(np.int32), W, vol
+
+
+def dual_volumes(V: fem.FunctionSpace) -> np.ndarray:
+    """Volumes of the circumcentric dual cells of the owned vertices (collective).
+
+    The partial volumes of :func:`circumcentric_weights` (this rank's owned cells) summed over
+    the ranks by a reverse scatter, so the result does not depend on the partition. They sum
+    to the volume of the mesh; a vertex whose dual cell is not star-shaped (boundary
+    tetrahedra with their circumcentre outside, non-Delaunay edges) can get a small or
+    negative volume (none on gmsh's balls: at least 0.6 of P1's lumped mass, measured).
+
+    Args:
+        V: Scalar P1 space on tetrahedra.
+
+    Returns:
+        ``(size_local,)`` volumes of the owned vertices.
+    """
+    vol = circumcentric_weights(V)[3]
+    imap = V.dofmap.index_map
+    vec = la.vector(imap, 1)
+    vec.array[:] = vol
+    vec.scatter_reverse(la.InsertMode.add)
+    return vec.array[: imap.size_local].copy()
 
 
 def total_edge_weights(V: fem.FunctionSpace, I: np.ndarray, J: np.ndarray,

@@ -15,7 +15,7 @@ import ufl
 from _fields import functionals
 
 from fem_crossdiff import meshes
-from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.compat import MPI, fem, la
 from fem_crossdiff.config import ConfigError, parse_config
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -24,6 +24,7 @@ from fem_crossdiff.upwind import (
     LIMITER_RATIO,
     UpwindFlux,
     circumcentric_weights,
+    dual_volumes,
     limiter_ratio,
     p1_edge_weights,
     positivity_limiter,
@@ -133,6 +134,38 @@ def test_circumcentric_weights_on_a_delaunay_ball(delaunay_ball):
             np.add.at(lin[:, g], J, W * (X[I, g] - X[J, g]))
         inner = _interior(V)
         assert np.abs(lin[inner]).max() < 1e-12 * np.abs(W).max()
+
+
+def test_dual_volumes_partition_and_rank_invariance(ball):
+    """Dual volumes summed over ranks: positive, a partition of the ball, partition independent.
+
+    On all ranks and on one rank (matched by vertex coordinates) they agree to round-off;
+    every one lies within a factor 3 of P1's lumped mass (measured: 0.6 to 2.8 on gmsh balls).
+    """
+    V = fem.functionspace(ball.mesh, ("Lagrange", 1))
+    vol = dual_volumes(V)
+    lumped = fem.assemble_vector(fem.form(ufl.TestFunction(V) * ufl.dx(
+        metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})))
+    lumped.scatter_reverse(la.InsertMode.add)
+    nown = V.dofmap.index_map.size_local
+    ratio = vol / lumped.array[:nown]
+    assert COMM.allreduce(float(ratio.min(initial=np.inf)), op=MPI.MIN) > 1.0 / 3.0
+    assert COMM.allreduce(float(ratio.max(initial=0.0)), op=MPI.MAX) < 3.0
+    volume = COMM.allreduce(float(lumped.array[:nown].sum()), op=MPI.SUM)
+    np.testing.assert_allclose(COMM.allreduce(float(vol.sum()), op=MPI.SUM), volume,
+                               rtol=1e-12)
+    out = []
+    for comm in (COMM, MPI.COMM_SELF):
+        Vc = fem.functionspace(meshes.ball(comm, radius=1.0, h=0.3).mesh, ("Lagrange", 1))
+        own = Vc.dofmap.index_map.size_local
+        X = np.concatenate(COMM.allgather(Vc.tabulate_dof_coordinates()[:own]))
+        v = np.concatenate(COMM.allgather(dual_volumes(Vc)))
+        if comm is MPI.COMM_SELF:  # every rank holds the whole serial mesh: take rank 0's
+            X, v = X[: X.shape[0] // COMM.size], v[: v.size // COMM.size]
+        order = np.lexsort(np.round(X, 10).T)
+        out.append((X[order], v[order]))
+    np.testing.assert_allclose(out[0][0], out[1][0], atol=1e-12)
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-10)
 
 
 def test_front_is_the_consistent_scheme_where_data_vary_slowly(ball):
