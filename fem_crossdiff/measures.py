@@ -513,6 +513,10 @@ def exact_lp_error(u, exact, p: float = 1.0, subdivisions: int | None = None,
     tdim = msh.topology.dim
     if V.element.basix_element.degree != 1 or V.dofmap.index_map_bs != 1:
         raise ValueError("exact_lp_error needs a scalar P1 function")
+    if msh.geometry.dim != tdim or msh.topology.cell_name() not in (
+            "interval", "triangle", "tetrahedron"):
+        raise ValueError("exact_lp_error needs affine simplices with gdim == tdim, got "
+                         f"{msh.topology.cell_name()} in {msh.geometry.dim}D")
     s = subdivisions or {1: 64, 2: 16, 3: 4}[tdim]
     ncells = msh.topology.index_map(tdim).size_local
     dofs = V.dofmap.list[:ncells]

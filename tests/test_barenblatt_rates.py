@@ -50,6 +50,28 @@ def test_exact_lp_error_resolves_the_front(d, m, C, mass):
     assert abs(plain - mass) > 10 * abs(got - mass), (plain, got, mass)
 
 
+def test_exact_lp_error_where_and_l2():
+    """``where`` restricts the integral (away from the front); p = 2 against a closed form."""
+    V = fem.functionspace(_mesh(1, 101), ("Lagrange", 1))
+    zero = fem.Function(V)
+    R = np.sqrt(12.0)
+
+    def profile(x):
+        return _barenblatt(x, 1.0, 2.0)
+
+    a, h = 0.8 * R, 12.0 / 101  # int_{-a}^{a} (1 - x^2 / 12) = 2a - a^3 / 18
+    got = exact_lp_error(zero, profile, where=lambda x: np.abs(x[0]) < a)
+    # the two cells cut by |x| = a get the plain rule: each misses at most h/2 * u(a)
+    assert abs(got - (2 * a - a ** 3 / 18)) < h * profile(np.array([[a]])), got
+    # ||u||_2^2 = int (1 - x^2/12)^2 = 16 R / 15
+    l2 = exact_lp_error(zero, profile, p=2.0)
+    assert abs(l2 ** 2 - 16.0 * R / 15.0) < 1e-6 * R, l2
+    one = fem.Function(V)
+    one.interpolate(profile)  # the interpolant of a parabola errs by h^2 / 12 |u''| (L1)
+    err = exact_lp_error(one, profile, where=lambda x: np.abs(x[0]) < a)
+    assert abs(err - 2 * a * h ** 2 / 72.0) < 0.05 * err, err  # u'' = 1/6
+
+
 def _interpolant_errors(d, m, ns, C):
     """Relative L1 errors of the interpolant of u and of the pressure u^(m-1), at tau = 1."""
     eu, ep = [], []
