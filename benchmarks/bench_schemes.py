@@ -7,7 +7,11 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
 * Barenblatt (``sigma = 0``, one species, BDF2 with ``dt = 0.033 h``, ``--cfl``, quick
   0.066 h, on ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the
   profile at ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its
-  rate, for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
+  rate, for ``--m`` in 1D and ``--m2d`` in 2D (default 2 and 3), in the measures of
+  :func:`barenblatt_errors` (against the interpolant, the figure of the issue; against the
+  profile; nodal; pressure; away from the front) next to the interpolant's own error, P1's
+  floor (``docs/barenblatt.md``); ``--shifts``: 1D errors averaged over shifted meshes,
+  ``--initial mass``: initial data of exact mass; the smallest ``min rho / max rho`` seen;
 * segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
   mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
   ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
@@ -40,6 +44,8 @@ import ufl
 from bench_local import DT, PARAMS, initial_state
 
 from fem_crossdiff.compat import MPI, fem, la, mesh
+from fem_crossdiff.forms import VERTEX
+from fem_crossdiff.measures import exact_lp_error
 from fem_crossdiff.params import SCHEMES, ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -81,7 +87,7 @@ def barenblatt_errors(u, exact, m) -> dict:
     """Relative L1 errors of the P1 solution ``u`` against the Barenblatt profile ``exact``.
 
     * ``interp``: ``int |u - I_h exact|`` with UFL's default (one-point) quadrature, divided
-      by ``int |I_h exact|`` (the figure before issue 16r);
+      by ``int |I_h exact|`` (the figure used before these measures);
     * ``exact``: ``int |u - exact|`` against the profile itself, composite quadrature at the
       front (:func:`fem_crossdiff.measures.exact_lp_error`): includes P1's best-approximation
       error;
@@ -94,12 +100,10 @@ def barenblatt_errors(u, exact, m) -> dict:
     Each also for the nodal interpolant of the profile in place of ``u`` (key
     ``interpolant_<measure>``; for ``interp`` and ``lumped`` it is 0 by definition and left out).
     """
-    from fem_crossdiff.measures import exact_lp_error
-
     V = u.function_space
     ex = fem.Function(V)
     ex.interpolate(exact)
-    dxv = ufl.dx(metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+    dxv = ufl.dx(metadata=VERTEX)
     lump = fem.assemble_vector(fem.form(ufl.TestFunction(V) * dxv))
     lump.scatter_reverse(la.InsertMode.add)
     own = V.dofmap.index_map.size_local
@@ -157,8 +161,6 @@ def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033, measu
                              **opts)
     s.set_initial([lambda x: barenblatt(x, kappa, m, dim, C)])
     if initial == "mass":
-        from fem_crossdiff.measures import exact_lp_error
-
         scale = (exact_lp_error(fem.Function(s.V0), lambda x: barenblatt(x, kappa, m, dim, C))
                  / s.masses()[0])
         s.set_initial([lambda x: scale * barenblatt(x, kappa, m, dim, C)])

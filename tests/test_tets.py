@@ -18,6 +18,7 @@ from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem, la
 from fem_crossdiff.config import ConfigError, parse_config
 from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.forms import VERTEX
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 from fem_crossdiff.upwind import (
@@ -144,8 +145,7 @@ def test_dual_volumes_partition_and_rank_invariance(ball):
     """
     V = fem.functionspace(ball.mesh, ("Lagrange", 1))
     vol = dual_volumes(V)
-    lumped = fem.assemble_vector(fem.form(ufl.TestFunction(V) * ufl.dx(
-        metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})))
+    lumped = fem.assemble_vector(fem.form(ufl.TestFunction(V) * ufl.dx(metadata=VERTEX)))
     lumped.scatter_reverse(la.InsertMode.add)
     nown = V.dofmap.index_map.size_local
     ratio = vol / lumped.array[:nown]
