@@ -166,16 +166,30 @@ def mms_error(scheme, n):
     return max(np.sqrt(_integral((s.rho[k] - exact[k]) ** 2)) for k in range(2))
 
 
+def cost_options(spec: str) -> tuple[str, dict]:
+    """``"muscl+preconditioner=exact"`` -> ``("muscl", {"preconditioner": "exact"})``.
+
+    The cost figure's scheme spec: :func:`scheme_options`' spec, then ``+key=value`` model
+    options (strings), so that solver variants of one scheme are timed side by side.
+    """
+    base, *extra = spec.split("+")
+    name, opts = scheme_options(base)
+    for item in extra:
+        key, _, value = item.partition("=")
+        opts[key] = value
+    return name, opts
+
+
 def step_costs(schemes, n, steps, dt, linear_solver="iterative"):
     """Fastest IE step per scheme (alternating), Newton iterations, unknowns.
 
     A scheme whose step fails (Newton or the linear solve) gets ``None`` and is not timed
-    further; the failure is reported.
+    further; the failure is reported. Schemes are specs of :func:`cost_options`.
     """
     msh = mesh.create_unit_square(COMM, n, n)
     solvers, failed = {}, {}
     for sch in schemes:
-        name, opts = scheme_options(sch)
+        name, opts = cost_options(sch)
         s = CrossDiffusionSolver(msh, PARAMS, scheme=name, linear_solver=linear_solver, **opts)
         s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
         info = s.step(dt, "ie")  # warm-up

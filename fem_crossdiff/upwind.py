@@ -359,18 +359,21 @@ class BlockPattern:
     #: Handle of the matrix that has the pattern (callbacks get a new Python wrapper per call).
     coo_handle = None
 
+    def coo_local_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Local row and column indices of every entry of the pattern, in value order."""
+        n = self.n
+        brow = np.repeat(np.arange(self.nloc, dtype=np.int64), np.diff(self._indptr))
+        bcol = np.asarray(self._indices, dtype=np.int64)
+        r = np.arange(n)
+        shape = (brow.size, n, n)
+        rows = np.broadcast_to(brow[:, None, None] * n + r[None, :, None], shape)
+        cols = np.broadcast_to(bcol[:, None, None] * n + r[None, None, :], shape)
+        return rows.ravel().astype(PETSc.IntType), cols.ravel().astype(PETSc.IntType)
+
     def set_matrix(self, A: PETSc.Mat, data: np.ndarray) -> None:
         """Set ``A`` to the block values ``data`` (``nnzb`` blocks in pattern order)."""
         if self.coo_handle != A.handle:
-            n = self.n
-            brow = np.repeat(np.arange(self.nloc, dtype=np.int64), np.diff(self._indptr))
-            bcol = np.asarray(self._indices, dtype=np.int64)
-            r = np.arange(n)
-            shape = (brow.size, n, n)
-            rows = np.broadcast_to(brow[:, None, None] * n + r[None, :, None], shape)
-            cols = np.broadcast_to(bcol[:, None, None] * n + r[None, None, :], shape)
-            A.setPreallocationCOOLocal(rows.ravel().astype(PETSc.IntType),
-                                       cols.ravel().astype(PETSc.IntType))
+            A.setPreallocationCOOLocal(*self.coo_local_indices())
             self.coo_handle = A.handle
         A.setValuesCOO(data.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
 
@@ -576,6 +579,21 @@ class UpwindFlux(BlockPattern):
         np.multiply(U[self._diag_node][:, :, None], a, out=diag)
         flat[2 * nE:, :: n + 1] += D[self._diag_node]
         np.take(flat, self._gather, axis=0, out=out)
+
+    def _write_dense(self, Ji: np.ndarray, Jj: np.ndarray, out: np.ndarray) -> None:
+        """Block-CSR values from full per-edge blocks ``J_i``, ``J_j`` ``(E, n, n)``.
+
+        The layout of :meth:`_write_blocks`: ``(i, j)`` gets ``J_j``, ``(j, i)``
+        gets ``-J_i``, the diagonal block of a node the sum of ``J_i`` over the edges it
+        starts and of ``-J_j`` over those it ends.
+        """
+        nE, nn, nloc = Ji.shape[0], self.n * self.n, self.nloc
+        both = np.concatenate([Ji, -Jj]).reshape(2 * nE, nn)
+        D = np.empty((nloc, nn))
+        for k in range(nn):
+            D[:, k] = np.bincount(self._IJ, both[:, k], nloc)
+        src = np.concatenate([Jj.reshape(nE, nn), -Ji.reshape(nE, nn), D[self._diag_node]])
+        np.take(src, self._gather, axis=0, out=out)
 
     def add_jacobian(self, A: PETSc.Mat, rho: np.ndarray):
         """Set ``A`` to the edge Jacobian (COO assembly: it replaces every entry of ``A``)."""
