@@ -215,17 +215,18 @@ class ExactOperator:
 
     A petsc4py Python matrix context. ``A`` is the solver's matrix, an edge-pattern matrix
     (the preconditioner: ``J_direct``, the frozen-limiter or the first-order scheme's
-    Jacobian, with the time term), the difference ``J_direct - A`` a second matrix of the
-    edge pattern (none when ``A = J_direct``), and ``E M x`` is applied as what it is: the
+    Jacobian, with the time term), the difference ``J_direct - A`` is applied edge by edge
+    from its per-edge blocks (none when ``A = J_direct``), and ``E M x`` as what it is: the
     recovered gradient of ``d c_reg / d rho . x`` (:class:`fem_crossdiff.upwind.NodalGradient`,
     collective) taken at the upstream node of each edge, along the edge, for the limiting
     species ``k*``, times ``Y`` (:meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`).
 
     Why not the assembled product of :class:`ExactJacobian`: forming ``E M`` (``MatMatMult``),
     its values and the union pattern's COO transfer cost more per Newton step than this
-    product per Krylov iteration, and the distance-2 pattern makes the multigrid set-up
-    dearer; why the first-order Jacobian as preconditioner: GAMG on ``J_direct`` or on the
-    frozen matrix broke down on data with exact zeros (``docs/schemes.md``, "Cost").
+    product per Krylov iteration (compiled edge loops, :mod:`.muscl_kernels`), and the
+    distance-2 pattern makes the multigrid set-up dearer; why the first-order Jacobian as
+    preconditioner: GAMG on ``J_direct`` or on the frozen matrix broke down on data with
+    exact zeros (``docs/schemes.md``, "Cost").
 
     Args:
         P: The solver's matrix (filled by :meth:`assemble`).
@@ -238,13 +239,11 @@ class ExactOperator:
         self.n = flux.n
         self.work = fem.Function(V)
         self.nown = V.dofmap.index_map.size_local
-        self.Dm = None
-        self._edge = self._pdata = None
-        self._point = None
+        self._pdata = self._diff = self._point = None
 
     def release(self) -> None:
         """Drop the references to the model's data (the operator is being freed)."""
-        self.P = self.flux = self.work = self.Dm = self._point = None
+        self.P = self.flux = self.work = self._point = self._diff = None
 
     def assemble(self, A: PETSc.Mat, rho: np.ndarray, pmat: str = "direct") -> None:
         """Linearise at ``rho``: ``A`` gets the matrix ``pmat``, the operator ``J``'s factors.
@@ -257,35 +256,31 @@ class ExactOperator:
         up = np.where(up_i, f.I, f.J)
         self._point = (f.c_reg_derivative(), Y, up, kstar, f._aux["d_vec"])
         nb = (f._nnzb, n * n)
-        if self._edge is None:
-            self._edge = np.empty(nb)
-        f._write_dense(Ji, Jj, self._edge)
-        if pmat == "direct":
-            f.set_matrix(A, self._edge)
-            return
         if self._pdata is None:
             self._pdata = np.empty(nb)
+        if pmat == "direct":
+            f._write_dense(Ji, Jj, self._pdata)
+            f.set_matrix(A, self._pdata)
+            self._diff = None
+            return
         terms = f._edge_terms(rho)[1]
         if pmat == "upwind":  # c_f = c_up: the held-factor blocks with phi = 0
             terms = (*terms[:7], np.zeros_like(terms[7]), f._aux["c_up"], *terms[9:])
         ui, uj, di, dj, _ = f._held_factor_blocks(terms)
         f._write_blocks(ui, uj, di, dj, self._pdata)
         f.set_matrix(A, self._pdata)
-        if self.Dm is None:
-            self.Dm = PETSc.Mat().create(comm=A.comm)
-            self.Dm.setSizes(A.getSizes())
-            self.Dm.setType(PETSc.Mat.Type.AIJ)
-            self.Dm.setLGMap(*A.getLGMap())
-            self.Dm.setPreallocationCOOLocal(*f.coo_local_indices())
-        np.subtract(self._edge, self._pdata, out=self._edge)
-        self.Dm.setValuesCOO(self._edge.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
-        self.Dm.assemble()
+        # J_direct - A per edge (A's blocks are u a^T + diag(d)), applied edge by edge
+        r = np.arange(n)
+        for Jb, u, d in ((Ji, ui, di), (Jj, uj, dj)):
+            Jb -= u[:, :, None] * f.a
+            Jb[:, r, r] -= d
+        self._diff = (Ji, Jj)
 
     def mult(self, mat, x, y):
         """``y = J x`` (collective)."""
+        from fem_crossdiff.models.muscl_kernels import edge_blocks_apply, edge_gradient_terms
+
         self.P.mult(x, y)
-        if self.Dm is not None:
-            self.Dm.multAdd(x, y, y)
         dcreg, Y, up, kstar, d_vec = self._point
         f, n, k = self.flux, self.n, self.nown * self.n
         w = self.work.x
@@ -293,11 +288,11 @@ class ExactOperator:
         w.scatter_forward()
         dx = w.array.reshape(-1, n)
         g = f.grad(np.einsum("ikl,il->ik", dcreg, dx))  # (nloc, n, gdim), ghosts complete
-        t = Y * np.einsum("eg,eg->e", g[up, kstar], d_vec)[:, None]
-        both = np.concatenate([t, -t])
-        out = w.array.reshape(-1, n)
-        for c in range(n):
-            out[:, c] = np.bincount(f._IJ, both[:, c], f.nloc)
+        out = np.zeros_like(dx)
+        if self._diff is not None:
+            edge_blocks_apply(f.I, f.J, *self._diff, dx, out)
+        edge_gradient_terms(f.I, f.J, up, kstar, Y, d_vec, g, out)
+        w.array[:] = out.reshape(-1)
         w.scatter_reverse(la.InsertMode.add)
         y.array[:] += w.array[:k]
 
