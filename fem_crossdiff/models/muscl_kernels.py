@@ -8,9 +8,10 @@ temporaries. Here it is one pass.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
-__all__ = ["edge_gradient_terms"]
+__all__ = ["edge_gradient_terms", "edge_blocks_apply", "direct_blocks"]
 
 
 @njit(cache=True)
@@ -65,3 +66,66 @@ def edge_blocks_apply(I, J, Di, Dj, x, out):
                 v += Di[e, c, m] * x[i, m] + Dj[e, c, m] * x[j, m]
             out[i, c] += v
             out[j, c] -= v
+
+
+@njit(cache=True)
+def direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha_i, alpha_j,
+                  kappa, Phi, kstar, d_dn, F, cf, w, a, b, sigma, Ji, Jj):
+    """The direct blocks of :meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`.
+
+    Per edge and end ``e`` (``sgn = +1`` first, ``-1`` second, ``lam_j = 1 - lam_i``):
+    ``dc[k, l] = (delta_kl - c_k a_l) / S_e``, ``v[l] = kappa coef_e dc[k*, l] + Phi dkappa_e
+    a_l``, ``dcf = lam_e dc + d_dn v^T / 2`` and ``J_e = w (b (F dcf + c_f alpha_e a^T) + sgn
+    sigma I)``, with the products in the order of the numpy expressions they replace.
+
+    Args:
+        ci: Fractions at the first ends ``(E, n)``.
+        cj: At the second ends.
+        inv_i: ``1 / S`` at the first ends ``(E,)`` (0 in vacuum).
+        inv_j: At the second ends.
+        coef_i: ``d Phi / d c_k*`` at the first end ``(E,)``.
+        coef_j: At the second end.
+        dk_i: ``d kappa / d S`` at the first end ``(E,)``.
+        dk_j: At the second end.
+        lam_i: ``d c_f / d c_i`` weight at the first end ``(E,)``.
+        alpha_i: ``d F / d S`` at the first end ``(E,)``.
+        alpha_j: At the second end.
+        kappa: ``(E,)``.
+        Phi: ``(E,)``.
+        kstar: The limiting species ``(E,)``.
+        d_dn: ``c_dn - c_up`` ``(E, n)``.
+        F: Pressure flux ``(E,)``.
+        cf: Face fractions ``(E, n)``.
+        w: Edge weights ``(E,)``.
+        a: Volume coefficients ``(n,)``.
+        b: Mobilities ``(n,)``.
+        sigma: Diffusion coefficient.
+        Ji: Output ``(E, n, n)``, first end.
+        Jj: Output ``(E, n, n)``, second end.
+    """
+    nE, n = ci.shape
+    dc = np.empty((n, n))
+    v = np.empty(n)
+    for e in range(nE):
+        ks = kstar[e]
+        for end in range(2):
+            if end == 0:
+                c_e, inv_e, coef_e, dk_e = ci, inv_i[e], coef_i[e], dk_i[e]
+                lam_e, alpha_e, sgn, Jb = lam_i[e], alpha_i[e], 1.0, Ji
+            else:
+                c_e, inv_e, coef_e, dk_e = cj, inv_j[e], coef_j[e], dk_j[e]
+                lam_e, alpha_e, sgn, Jb = 1.0 - lam_i[e], alpha_j[e], -1.0, Jj
+            for k in range(n):
+                for m in range(n):
+                    dc[k, m] = ((1.0 if k == m else 0.0) - c_e[e, k] * a[m]) * inv_e
+            kc = kappa[e] * coef_e
+            pk = Phi[e] * dk_e
+            for m in range(n):
+                v[m] = kc * dc[ks, m] + pk * a[m]
+            for k in range(n):
+                for m in range(n):
+                    dcf = lam_e * dc[k, m] + 0.5 * d_dn[e, k] * v[m]
+                    val = b[k] * (F[e] * dcf + cf[e, k] * alpha_e * a[m])
+                    if k == m:
+                        val += sgn * sigma
+                    Jb[e, k, m] = val * w[e]
