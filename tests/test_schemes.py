@@ -198,7 +198,8 @@ def test_rank_invariance():
     np.testing.assert_allclose(out[0], out[1], rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("key,value", [("limiter", "superb"), ("jacobian", "exakt")])
+@pytest.mark.parametrize("key,value", [("limiter", "superb"), ("jacobian", "exakt"),
+                                       ("preconditioner", "ilu")])
 def test_bad_options(key, value):
     with pytest.raises(ParameterError, match=key):
         CrossDiffusionSolver(_mesh(1, 4), ModelParams(a=(1.0,), b=(1.0,)), scheme="muscl",
@@ -218,8 +219,9 @@ def test_gamg_step_from_exact_zeros():
     """GMRES + GAMG solves a large step from data with exact zeros (the clamp's kink).
 
     bench_local's coefficients and state on 8450 unknowns, ``dt = 1e-2``: with GAMG built
-    on the assembled exact Jacobian the linear solve fails (measured: 200 iterations,
-    breakdown); with the first-order Jacobian as preconditioner matrix (the default) the
+    on the assembled exact Jacobian the linear solve fails (measured: GMRES breaks down
+    after 100 iterations, also when the hierarchy is rebuilt); with the first-order
+    Jacobian as preconditioner matrix (the default, the exact ``J`` applied in factors) the
     step is accepted, positive and conservative, and agrees with the step solved by MUMPS
     on the exact Jacobian (``linear_solver="direct"``, whose default preconditioner matrix is
     the exact one).

@@ -335,12 +335,21 @@ class LocalMuscl(MatrixFreeJacobian, Model):
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.upwind.edge_weights`.
         limiter: Slope limiter, one of :data:`fem_crossdiff.upwind.LIMITERS`.
-        jacobian: ``"exact"`` (default: the exact Jacobian assembled with its distance-2
-            pattern, :class:`ExactJacobian`; Newton measured 4.0 iterations per step against
-            3.5 for upwind on bench_local's state, 2.0 against 2.0 on 1D segregation),
-            ``"frozen"`` (the frozen-limiter matrix; Newton converges linearly, 21.5
-            iterations on bench_local's state) or ``"mf"`` (matrix-free, exact up to a
+        jacobian: ``"exact"`` (default: the exact Jacobian; Newton measured 4.0 iterations
+            per step against 3.5 for upwind on bench_local's state, 2.0 against 2.0 on 1D
+            segregation), ``"frozen"`` (the frozen-limiter matrix; Newton converges linearly,
+            21.5 iterations on bench_local's state) or ``"mf"`` (matrix-free, exact up to a
             difference quotient, preconditioned by the frozen matrix).
+        preconditioner: The matrix the linear solver factorises or builds its multigrid on,
+            for ``jacobian="exact"``: ``"upwind"`` (the first-order scheme's Jacobian at the
+            iterate; the exact ``J`` is applied by :class:`ExactOperator`), ``"direct"``
+            (the edge-pattern part ``J_direct``), ``"frozen"``, or ``"exact"`` (``J``
+            assembled with its distance-2 pattern, :class:`ExactJacobian`, and used by the
+            solver itself). ``"auto"`` (default): ``"exact"`` with a direct solver (one
+            factorisation, no Krylov iterations), else ``"upwind"`` (GAMG on ``J`` or
+            ``J_direct`` broke down on data with exact zeros; ``docs/schemes.md``, "Cost").
+        linear_solver: The solver's resolved linear solver (``"direct"`` or
+            ``"iterative"``), for ``preconditioner="auto"``.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
