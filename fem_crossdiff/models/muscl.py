@@ -239,7 +239,7 @@ class ExactOperator:
         self.n = flux.n
         self.work = fem.Function(V)
         self.nown = V.dofmap.index_map.size_local
-        self._pdata = self._diff = self._point = None
+        self._pdata = self._diff = self._point = self._dc = None
 
     def release(self) -> None:
         """Drop the references to the model's data (the operator is being freed)."""
@@ -278,7 +278,11 @@ class ExactOperator:
 
     def mult(self, mat, x, y):
         """``y = J x`` (collective)."""
-        from fem_crossdiff.models.muscl_kernels import edge_blocks_apply, edge_gradient_terms
+        from fem_crossdiff.models.muscl_kernels import (
+            edge_blocks_apply,
+            edge_gradient_terms,
+            node_products,
+        )
 
         self.P.mult(x, y)
         dcreg, Y, up, kstar, d_vec = self._point
@@ -286,13 +290,16 @@ class ExactOperator:
         w = self.work.x
         w.array[:k] = x.array_r
         w.scatter_forward()
-        dx = w.array.reshape(-1, n)
-        g = f.grad(np.einsum("ikl,il->ik", dcreg, dx))  # (nloc, n, gdim), ghosts complete
-        out = np.zeros_like(dx)
+        dx = w.array.reshape(-1, n).copy()
+        if self._dc is None:
+            self._dc = np.empty_like(dx)
+        node_products(dcreg, dx, self._dc)
+        g = f.grad(self._dc)  # (nloc, n, gdim), ghosts complete
+        out = w.array.reshape(-1, n)
+        out[:] = 0.0
         if self._diff is not None:
             edge_blocks_apply(f.I, f.J, *self._diff, dx, out)
         edge_gradient_terms(f.I, f.J, up, kstar, Y, d_vec, g, out)
-        w.array[:] = out.reshape(-1)
         w.scatter_reverse(la.InsertMode.add)
         y.array[:] += w.array[:k]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["edge_gradient_terms", "edge_blocks_apply", "direct_blocks"]
+__all__ = ["edge_gradient_terms", "edge_blocks_apply", "direct_blocks", "node_products"]
 
 
 @njit(cache=True)
@@ -129,3 +129,21 @@ def direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha
                     if k == m:
                         val += sgn * sigma
                     Jb[e, k, m] = val * w[e]
+
+
+@njit(cache=True)
+def node_products(D, x, out):
+    """``out[i] = D[i] x[i]`` for the per-node matrices ``D`` ``(nloc, n, n)``, ``x`` ``(nloc, n)``.
+
+    Args:
+        D: Per-node matrices (``d c_reg / d rho``).
+        x: Nodal vectors.
+        out: ``(nloc, n)``, overwritten.
+    """
+    nloc, n = x.shape
+    for i in range(nloc):
+        for k in range(n):
+            v = 0.0
+            for m in range(n):
+                v += D[i, k, m] * x[i, m]
+            out[i, k] = v
