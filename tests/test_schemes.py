@@ -245,3 +245,26 @@ def test_gamg_step_from_exact_zeros():
         out[prec, ls] = functionals(s)
     np.testing.assert_allclose(out["auto", "iterative"], out["auto", "direct"], rtol=1e-7,
                                atol=1e-10)
+
+
+def test_factored_jacobian_on_tetrahedra():
+    """The factored exact Jacobian (the default with GMRES + GAMG) on a gmsh ball.
+
+    Three-dimensional recovered gradients, and the negative-weight edges of the ``front``
+    mode go through the positivity limiter's path (on this smooth positive state its factor
+    is 1, so its derivative is not exercised here): central differences agree to 1e-6
+    (measured 8e-11, serial and on 2 ranks).
+    """
+    from fem_crossdiff import meshes
+
+    geo = meshes.ball(COMM, h=0.35)
+    p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
+    s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front")
+    assert s.model.preconditioner == "upwind" and s.model.matrix_free
+    assert COMM.allreduce(int(s.model.flux._lim.size)) > 0
+    s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1]) + 0.2 * x[2],
+                   lambda x: 0.8 - 0.3 * np.cos(2 * np.pi * x[0]) + 0.1 * x[2] ** 2])
+    s._set_coefficients(0.1, "ie")
+    s.model.begin_step(s.rho.x.array.reshape(-1, 2))
+    err = fd_jacobian_error(s, 1e-6, 7)
+    assert err < 1e-6, err
