@@ -17,9 +17,10 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
 * cost: the fastest of ``--steps`` implicit-Euler steps on ``bench_local``'s state and
   coefficients (GMRES + GAMG, or ``--linear-solver direct``), each scheme timed alternately in
   one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first
-  scheme, with Newton (and Krylov) iterations per step. A cost spec may add model options,
-  ``muscl+preconditioner=exact`` (solver variants side by side); ``--profile`` prints where
-  the time of each scheme's timed steps goes (cProfile, own time per function).
+  scheme, with Newton (and Krylov) iterations per step. A cost spec may add model options
+  and PETSc options, ``muscl+preconditioner=exact``, ``muscl+-snes_lag_preconditioner=2``
+  (solver variants side by side); ``--profile`` prints where the time of each scheme's
+  timed steps goes (cProfile, own time per function).
 
 Rates are least-squares fits over all meshes, and the rate between the two finest
 (``*_rate_fine``): on the coarse meshes the figures are pre-asymptotic.
@@ -172,13 +173,20 @@ def cost_options(spec: str) -> tuple[str, dict]:
     """``"muscl+preconditioner=exact"`` -> ``("muscl", {"preconditioner": "exact"})``.
 
     The cost figure's scheme spec: :func:`scheme_options`' spec, then ``+key=value`` model
-    options (strings), so that solver variants of one scheme are timed side by side.
+    options (strings) and ``+-name=value`` PETSc options of the solver (``+-pc_use_amat=true``),
+    so that solver variants of one scheme are timed side by side.
     """
     base, *extra = spec.split("+")
     name, opts = scheme_options(base)
+    petsc = {}
     for item in extra:
         key, _, value = item.partition("=")
-        opts[key] = value
+        if key.startswith("-"):
+            petsc[key[1:]] = value
+        else:
+            opts[key] = value
+    if petsc:
+        opts["petsc_options"] = petsc
     return name, opts
 
 
