@@ -21,7 +21,10 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
 * cost: the fastest of ``--steps`` implicit-Euler steps on ``bench_local``'s state and
   coefficients (GMRES + GAMG, or ``--linear-solver direct``), each scheme timed alternately in
   one run, at 252k and 1.0M unknowns (``--quick``: 8k, one step), as a ratio to the first
-  scheme, with Newton iterations per step.
+  scheme, with Newton (and Krylov) iterations per step. A cost spec may add model options
+  and PETSc options, ``muscl+preconditioner=exact``, ``muscl+-snes_lag_preconditioner=2``
+  (solver variants side by side); ``--profile`` prints where the time of each scheme's
+  timed steps goes (cProfile, own time per function).
 
 Rates are least-squares fits over all meshes, and the rate between the two finest
 (``*_rate_fine``): on the coarse meshes the figures are pre-asymptotic.
@@ -245,16 +248,71 @@ def mms_error(scheme, n):
     return max(np.sqrt(_integral((s.rho[k] - exact[k]) ** 2)) for k in range(2))
 
 
-def step_costs(schemes, n, steps, dt, linear_solver="iterative"):
+def cost_options(spec: str) -> tuple[str, dict]:
+    """``"muscl+preconditioner=exact"`` -> ``("muscl", {"preconditioner": "exact"})``.
+
+    The cost figure's scheme spec: :func:`scheme_options`' spec, then ``+key=value`` model
+    options (strings) and ``+-name=value`` PETSc options of the solver (``+-pc_use_amat=true``),
+    so that solver variants of one scheme are timed side by side.
+    """
+    base, *extra = spec.split("+")
+    name, opts = scheme_options(base)
+    petsc = {}
+    for item in extra:
+        key, _, value = item.partition("=")
+        if key.startswith("-"):
+            petsc[key[1:]] = value
+        else:
+            opts[key] = value
+    if petsc:
+        opts["petsc_options"] = petsc
+    return name, opts
+
+
+def _profiled(profile, call):
+    """``call()``, under ``cProfile`` if ``profile`` (a dict collecting the stats per call)."""
+    if profile is None:
+        return call()
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return call()
+    finally:
+        prof.disable()
+        profile.setdefault("runs", []).append(prof)
+
+
+def print_profile(label, runs, top=14):
+    """Rank 0 prints the functions of largest own time over ``runs`` (cProfile objects)."""
+    import io
+    import pstats
+
+    if COMM.rank != 0 or not runs:
+        return
+    buf = io.StringIO()
+    st = pstats.Stats(runs[0], stream=buf)
+    for r in runs[1:]:
+        st.add(r)
+    st.strip_dirs().sort_stats("tottime").print_stats(top)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
+    print(f"profile of {label} ({len(runs)} timed steps, own time):", flush=True)
+    print("\n".join(lines[3:]), flush=True)
+
+
+def step_costs(schemes, n, steps, dt, linear_solver="iterative", profile=False):
     """Fastest IE step per scheme (alternating), Newton iterations, unknowns.
 
     A scheme whose step fails (Newton or the linear solve) gets ``None`` and is not timed
-    further; the failure is reported.
+    further; the failure is reported. Schemes are specs of :func:`cost_options`. With
+    ``profile`` the timed steps run under ``cProfile`` and rank 0 prints, per scheme, where
+    the time goes (the PETSc solve's own time is GAMG set-up and Krylov iterations).
     """
     msh = mesh.create_unit_square(COMM, n, n)
     solvers, failed = {}, {}
     for sch in schemes:
-        name, opts = scheme_options(sch)
+        name, opts = cost_options(sch)
         s = CrossDiffusionSolver(msh, PARAMS, scheme=name, linear_solver=linear_solver, **opts)
         s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
         info = s.step(dt, "ie")  # warm-up
@@ -264,17 +322,26 @@ def step_costs(schemes, n, steps, dt, linear_solver="iterative"):
             failed[sch] = info.message
     secs = {sch: [] for sch in solvers}
     newton = {sch: [] for sch in solvers}
+    krylov = {sch: [] for sch in solvers}
+    profiles = {sch: ({} if profile else None) for sch in solvers}
     for _ in range(steps):
         for sch, s in list(solvers.items()):
             COMM.Barrier()
             t0 = time.perf_counter()
-            info = s.step(dt, "ie")
+            info = _profiled(profiles[sch], lambda s=s: s.step(dt, "ie"))
             secs[sch].append(COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX))
             if not info.accepted:
                 failed[sch] = info.message
                 del solvers[sch]
                 continue
             newton[sch].append(info.newton_its)
+            krylov[sch].append(info.krylov_its)
+    for sch, prof in profiles.items():
+        if prof:
+            print_profile(f"{sch} at n={n}, dt={dt:g}", prof.get("runs", []))
+    if COMM.rank == 0:
+        print("Krylov iterations per timed step: " + ", ".join(
+            f"{sch} {krylov[sch]}" for sch in krylov), flush=True)
     V = CrossDiffusionSolver(msh, PARAMS).V
     unknowns = int(V.dofmap.index_map.size_global * V.dofmap.index_map_bs)
     best = {k: (min(v) if k not in failed else None) for k, v in secs.items()}
@@ -335,6 +402,8 @@ def main() -> None:
     parser.add_argument("--cost-only", action="store_true", help="only the cost per step")
     parser.add_argument("--dt", type=float, default=DT, help="time step of the cost steps")
     parser.add_argument("--linear-solver", default="iterative", help="of the cost steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="cost steps under cProfile: rank 0 prints where the time goes")
     parser.add_argument("--method", default="bdf2", help="time integrator of the Barenblatt runs")
     parser.add_argument("--shifts", default="0",
                         help="1D Barenblatt: mean error over these mesh shifts (fractions of h)")
@@ -491,7 +560,7 @@ def main() -> None:
     for n in sizes if "cost" in figures else []:
         steps = args.steps or (1 if args.quick else 2)
         unknowns, secs, newton, failed = step_costs(schemes, n, steps, args.dt,
-                                                    args.linear_solver)
+                                                    args.linear_solver, args.profile)
         key = str(unknowns)
         out["unknowns"][key] = unknowns
         out["step_seconds"][key] = secs

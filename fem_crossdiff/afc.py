@@ -368,18 +368,3 @@ class AfcFlux(UpwindFlux):
         Ji[:, r, r] += di
         Jj[:, r, r] += dj
         self._write_dense(Ji, Jj, out)
-
-    def _write_dense(self, Ji: np.ndarray, Jj: np.ndarray, out: np.ndarray) -> None:
-        """Block-CSR values from full per-edge blocks ``J_i``, ``J_j`` ``(E, n, n)``.
-
-        The layout of :meth:`UpwindFlux._write_blocks`: ``(i, j)`` gets ``J_j``, ``(j, i)``
-        gets ``-J_i``, the diagonal block of a node the sum of ``J_i`` over the edges it
-        starts and of ``-J_j`` over those it ends.
-        """
-        nE, nn, nloc = Ji.shape[0], self.n * self.n, self.nloc
-        both = np.concatenate([Ji, -Jj]).reshape(2 * nE, nn)
-        D = np.empty((nloc, nn))
-        for k in range(nn):
-            D[:, k] = np.bincount(self._IJ, both[:, k], nloc)
-        src = np.concatenate([Jj.reshape(nE, nn), -Ji.reshape(nE, nn), D[self._diag_node]])
-        np.take(src, self._gather, axis=0, out=out)

@@ -180,7 +180,10 @@ class CrossDiffusionSolver:
         #: The step size the driver tries next (after growth), for checkpoints.
         self.next_dt: float | None = None
         self.positivity_tol = positivity_tol
-        self.model = cls(self.V, params, **_accepted(cls, options, V0=self.V0))
+        if linear_solver == "auto":
+            linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
+        self.model = cls(self.V, params, **_accepted(cls, options, V0=self.V0,
+                                                     linear_solver=linear_solver))
         self.lumped = self.model.lumped
         v = ufl.TestFunction(self.V)
         src = None if source is None else source(ufl.SpatialCoordinate(msh), self.t_const)
@@ -192,9 +195,8 @@ class CrossDiffusionSolver:
         described = self.model.describe()
         if described:
             get_logger(self.comm).info("%s", described)
-        if linear_solver == "auto":
-            linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
         opts = petsc_defaults(linear_solver)
+        opts.update(getattr(self.model, "petsc_overrides", {}))
         self.prefix = f"crossdiff_{next(_ids)}_"
         # lumped (or row-summed) mass of every dof: the scale of the Newton tolerance, and the
         # constant time-term diagonal of lumped models

@@ -157,8 +157,10 @@ def smooth_solvers():
     msh = _mesh(2, 6)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
     out = {}
-    for jac in ("mf", "edge"):
-        s = CrossDiffusionSolver(msh, p, scheme="afc", jacobian=jac, linear_solver="direct")
+    for jac in ("mf", "edge", "mf+upwind"):
+        name, _, prec = jac.partition("+")
+        s = CrossDiffusionSolver(msh, p, scheme="afc", jacobian=name,
+                                 preconditioner=prec or "edge", linear_solver="direct")
         # generic data: no two fractions tie, so the limiter's max/min are differentiable
         # there (at a tie one-sided and central differences differ)
         s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1])
@@ -169,12 +171,13 @@ def smooth_solvers():
     return out
 
 
-@pytest.mark.parametrize("jac,bound", [("mf", 1e-4), ("edge", None)])
+@pytest.mark.parametrize("jac,bound", [("mf", 1e-4), ("mf+upwind", 1e-4), ("edge", None)])
 def test_jacobian_against_finite_differences(smooth_solvers, jac, bound):
     """The matrix-free Jacobian matches a central difference of the residual.
 
-    The edge matrix does not (it misses the Zalesak factors' derivatives), which shows that
-    the check can fail.
+    Also with the first-order scheme's matrix as its preconditioner (``mf+upwind``: the
+    shell then subtracts that matrix's edge blocks). The edge matrix does not match (it
+    misses the Zalesak factors' derivatives), which shows that the check can fail.
     """
     s = smooth_solvers[jac]
     err = fd_jacobian_error(s, 1e-6, 11)
@@ -245,7 +248,8 @@ def test_rank_invariance(initial):
 
 @pytest.mark.parametrize("kwargs,key", [({"jacobian": "exact"}, "jacobian"),
                                         ({"degree": 2}, "degree"),
-                                        ({"limiter": "vanleer"}, "limiter")])
+                                        ({"limiter": "vanleer"}, "limiter"),
+                                        ({"preconditioner": "upwind"}, "preconditioner")])
 def test_bad_options(kwargs, key):
     with pytest.raises(ParameterError, match=key):
         CrossDiffusionSolver(_mesh(1, 4), ModelParams(a=(1.0,), b=(1.0,)), scheme="afc",

@@ -9,6 +9,8 @@ Euler, conservative, and reducing exactly to the one-species scheme for equal mo
 
 from __future__ import annotations
 
+import numpy as np
+
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
 from fem_crossdiff.models.muscl import MatrixFreeJacobian
@@ -16,6 +18,8 @@ from fem_crossdiff.params import ModelParams
 
 #: Jacobians of :class:`LocalAfc`.
 JACOBIANS = ("edge", "mf")
+#: Assembled matrices of :class:`LocalAfc` (with ``"mf"``: the preconditioner).
+PRECONDITIONERS = ("edge", "upwind")
 
 
 @register("afc")
@@ -32,15 +36,23 @@ class LocalAfc(MatrixFreeJacobian, Model):
             Newton converges linearly, measured contraction about 0.25 per iteration) or
             ``"mf"`` (exact up to a difference quotient, applied matrix-free and
             preconditioned by the edge matrix; one flux evaluation per Krylov iteration).
+        preconditioner: The assembled matrix: ``"edge"`` (default, the edge Jacobian) or,
+            with ``jacobian="mf"`` only, ``"upwind"`` (the first-order scheme's Jacobian at
+            the iterate, as ``muscl``'s default: multigrid on an M-matrix-like operator).
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 jacobian: str = "edge"):
+                 jacobian: str = "edge", preconditioner: str = "edge"):
         from fem_crossdiff.afc import AfcFlux
         from fem_crossdiff.errors import ParameterError
 
         if jacobian not in JACOBIANS:
             raise ParameterError("jacobian", jacobian, f"one of {', '.join(JACOBIANS)}")
+        if preconditioner not in PRECONDITIONERS or (preconditioner == "upwind"
+                                                     and jacobian != "mf"):
+            raise ParameterError("preconditioner", preconditioner,
+                                 "edge, or upwind with jacobian='mf'")
+        self.preconditioner = preconditioner
         super().__init__(V, params)
         self.negative_edges = negative_edges
         self.flux = AfcFlux(V, params, negative_edges)
@@ -51,9 +63,26 @@ class LocalAfc(MatrixFreeJacobian, Model):
         """Edge fluxes summed per node."""
         return self.flux.residual(rho)
 
+    @property
+    def petsc_overrides(self) -> dict:
+        """Multigrid smooths with the assembled matrix, not the shell (``"upwind"``)."""
+        return {"pc_use_amat": False} if self.preconditioner == "upwind" else {}
+
     def add_jacobian(self, A, rho):
-        """Edge Jacobian blocks (Zalesak factors held)."""
-        self.flux.add_jacobian(A, rho)
+        """Edge Jacobian blocks (Zalesak factors held), or the first-order scheme's."""
+        f = self.flux
+        if self.preconditioner != "upwind":
+            f.add_jacobian(A, rho)
+            return
+        terms = f._edge_terms(rho)[1]
+        # c_f = c_up: the held-factor blocks with alpha = 0 (the matrix-free correction
+        # subtracts these same blocks, f._data)
+        terms = (*terms[:7], np.zeros_like(terms[7]), terms[13][3], *terms[9:13])
+        ui, uj, di, dj, _ = f._held_factor_blocks(terms)
+        if f._data is None:
+            f._data = np.empty((f._nnzb, f.n * f.n))
+        f._write_blocks(ui, uj, di, dj, f._data)
+        f.set_matrix(A, f._data)
 
     def describe(self):
         """Non-Delaunay meshes: how many edges, and what is done with them."""

@@ -18,6 +18,9 @@ from fem_crossdiff.upwind import MusclFlux, negative_edges_message
 
 #: Jacobians of :class:`LocalMuscl`.
 JACOBIANS = ("exact", "mf", "frozen")
+#: Preconditioner matrices of ``jacobian="exact"``: the edge-pattern part ``J_direct`` (the
+#: exact ``J`` applied as ``J_direct + E M``) or the assembled exact ``J``.
+PRECONDITIONERS = ("direct", "frozen", "upwind", "exact")
 
 
 class MusclJacobian:
@@ -165,15 +168,10 @@ class ExactJacobian:
                 A.destroy()
         self.E = self.M = self.C = None
 
-    def assemble(self, A: PETSc.Mat, rho: np.ndarray) -> None:
-        """Set ``A`` to the exact edge Jacobian at ``rho`` (every entry replaced)."""
+    def _values(self, rho: np.ndarray):
+        """Set the values of ``E`` and ``M`` at ``rho``; return the direct blocks ``Ji, Jj``."""
         f = self.flux
         Ji, Jj, Y, kstar, up_i = f.exact_derivatives(rho)
-        D = self._D
-        D[:, 0] = Ji
-        D[:, 1] = Jj
-        D[:, 2] = -Ji
-        D[:, 3] = -Jj
         # E[e, row end, k, up end, k*, :] = +-Y[e, k] d_vec[e]
         Ev = self._Evals
         Ev.fill(0.0)
@@ -186,6 +184,16 @@ class ExactJacobian:
         dcr = np.transpose(f.c_reg_derivative()[self._dofs], (0, 2, 1, 3))  # (cell, k, p, l)
         Mv = self._mw[:, :, None, :, :, None] * dcr[:, None, :, None, :, :]
         self.M.setValuesCOO(Mv.reshape(-1), addv=PETSc.InsertMode.INSERT_VALUES)
+        return Ji, Jj
+
+    def assemble(self, A: PETSc.Mat, rho: np.ndarray) -> None:
+        """Set ``A`` to the exact edge Jacobian at ``rho`` (every entry replaced)."""
+        Ji, Jj = self._values(rho)
+        D = self._D
+        D[:, 0] = Ji
+        D[:, 1] = Jj
+        D[:, 2] = -Ji
+        D[:, 3] = -Jj
         if self.C is None:
             self.C = self.E.matMult(self.M)
         else:
@@ -200,6 +208,100 @@ class ExactJacobian:
             self.coo_handle = A.handle
         A.setValuesCOO(np.concatenate([D.reshape(-1), data]),
                        addv=PETSc.InsertMode.INSERT_VALUES)
+
+
+class ExactOperator:
+    """``J x = A x + (J_direct - A) x + E M x``: the exact Jacobian, never assembled.
+
+    A petsc4py Python matrix context. ``A`` is the solver's matrix, an edge-pattern matrix
+    (the preconditioner: ``J_direct``, the frozen-limiter or the first-order scheme's
+    Jacobian, with the time term), the difference ``J_direct - A`` is applied edge by edge
+    from its per-edge blocks (none when ``A = J_direct``), and ``E M x`` as what it is: the
+    recovered gradient of ``d c_reg / d rho . x`` (:class:`fem_crossdiff.upwind.NodalGradient`,
+    collective) taken at the upstream node of each edge, along the edge, for the limiting
+    species ``k*``, times ``Y`` (:meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`).
+
+    Why not the assembled product of :class:`ExactJacobian`: forming ``E M`` (``MatMatMult``),
+    its values and the union pattern's COO transfer cost more per Newton step than this
+    product per Krylov iteration (compiled edge loops, :mod:`.muscl_kernels`), and the
+    distance-2 pattern makes the multigrid set-up dearer; why the first-order Jacobian as
+    preconditioner: GAMG on ``J_direct`` or on the frozen matrix broke down on data with
+    exact zeros (``docs/schemes.md``, "Cost").
+
+    Args:
+        P: The solver's matrix (filled by :meth:`assemble`).
+        flux: The MUSCL kernel.
+        V: The blocked P1 space.
+    """
+
+    def __init__(self, P: PETSc.Mat, flux: MusclFlux, V):
+        self.P, self.flux = P, flux
+        self.n = flux.n
+        self.work = fem.Function(V)
+        self.nown = V.dofmap.index_map.size_local
+        self._pdata = self._diff = self._point = self._dc = None
+
+    def release(self) -> None:
+        """Drop the references to the model's data (the operator is being freed)."""
+        self.P = self.flux = self.work = self._point = self._diff = None
+
+    def assemble(self, A: PETSc.Mat, rho: np.ndarray, pmat: str = "direct") -> None:
+        """Linearise at ``rho``: ``A`` gets the matrix ``pmat``, the operator ``J``'s factors.
+
+        ``pmat``: ``"direct"`` (``A = J_direct``), ``"frozen"`` (``phi`` and the gradients
+        held) or ``"upwind"`` (the first-order scheme's Jacobian at ``rho``: ``c_f = c_up``).
+        """
+        f, n = self.flux, self.n
+        Ji, Jj, Y, kstar, up_i = f.exact_derivatives(rho)
+        up = np.where(up_i, f.I, f.J)
+        self._point = (f.c_reg_derivative(), Y, up, kstar, f._aux["d_vec"])
+        nb = (f._nnzb, n * n)
+        if self._pdata is None:
+            self._pdata = np.empty(nb)
+        if pmat == "direct":
+            f._write_dense(Ji, Jj, self._pdata)
+            f.set_matrix(A, self._pdata)
+            self._diff = None
+            return
+        terms = f._edge_terms(rho)[1]
+        if pmat == "upwind":  # c_f = c_up: the held-factor blocks with phi = 0
+            terms = (*terms[:7], np.zeros_like(terms[7]), f._aux["c_up"], *terms[9:])
+        ui, uj, di, dj, _ = f._held_factor_blocks(terms)
+        f._write_blocks(ui, uj, di, dj, self._pdata)
+        f.set_matrix(A, self._pdata)
+        # J_direct - A per edge (A's blocks are u a^T + diag(d)), applied edge by edge
+        r = np.arange(n)
+        for Jb, u, d in ((Ji, ui, di), (Jj, uj, dj)):
+            Jb -= u[:, :, None] * f.a
+            Jb[:, r, r] -= d
+        self._diff = (Ji, Jj)
+
+    def mult(self, mat, x, y):
+        """``y = J x`` (collective)."""
+        from fem_crossdiff.models.muscl_kernels import (
+            edge_blocks_apply,
+            edge_gradient_terms,
+            node_products,
+        )
+
+        self.P.mult(x, y)
+        dcreg, Y, up, kstar, d_vec = self._point
+        f, n, k = self.flux, self.n, self.nown * self.n
+        w = self.work.x
+        w.array[:k] = x.array_r
+        w.scatter_forward()
+        dx = w.array.reshape(-1, n).copy()
+        if self._dc is None:
+            self._dc = np.empty_like(dx)
+        node_products(dcreg, dx, self._dc)
+        g = f.grad(self._dc)  # (nloc, n, gdim), ghosts complete
+        out = w.array.reshape(-1, n)
+        out[:] = 0.0
+        if self._diff is not None:
+            edge_blocks_apply(f.I, f.J, *self._diff, dx, out)
+        edge_gradient_terms(f.I, f.J, up, kstar, Y, d_vec, g, out)
+        w.scatter_reverse(la.InsertMode.add)
+        y.array[:] += w.array[:k]
 
 
 class MatrixFreeJacobian:
@@ -240,16 +342,26 @@ class LocalMuscl(MatrixFreeJacobian, Model):
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.upwind.edge_weights`.
         limiter: Slope limiter, one of :data:`fem_crossdiff.upwind.LIMITERS`.
-        jacobian: ``"exact"`` (default: the exact Jacobian assembled with its distance-2
-            pattern, :class:`ExactJacobian`; Newton measured 4.0 iterations per step against
-            3.5 for upwind on bench_local's state, 2.0 against 2.0 on 1D segregation),
-            ``"frozen"`` (the frozen-limiter matrix; Newton converges linearly, 21.5
-            iterations on bench_local's state) or ``"mf"`` (matrix-free, exact up to a
+        jacobian: ``"exact"`` (default: the exact Jacobian; Newton measured 4.0 iterations
+            per step against 3.5 for upwind on bench_local's state, 2.0 against 2.0 on 1D
+            segregation), ``"frozen"`` (the frozen-limiter matrix; Newton converges linearly,
+            21.5 iterations on bench_local's state) or ``"mf"`` (matrix-free, exact up to a
             difference quotient, preconditioned by the frozen matrix).
+        preconditioner: The matrix the linear solver factorises or builds its multigrid on,
+            for ``jacobian="exact"``: ``"upwind"`` (the first-order scheme's Jacobian at the
+            iterate; the exact ``J`` is applied by :class:`ExactOperator`), ``"direct"``
+            (the edge-pattern part ``J_direct``), ``"frozen"``, or ``"exact"`` (``J``
+            assembled with its distance-2 pattern, :class:`ExactJacobian`, and used by the
+            solver itself). ``"auto"`` (default): ``"exact"`` with a direct solver (one
+            factorisation, no Krylov iterations), else ``"upwind"`` (GAMG on ``J`` or
+            ``J_direct`` broke down on data with exact zeros; ``docs/schemes.md``, "Cost").
+        linear_solver: The solver's resolved linear solver (``"direct"`` or
+            ``"iterative"``), for ``preconditioner="auto"``.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 limiter: str = "vanleer", jacobian: str = "exact"):
+                 limiter: str = "vanleer", jacobian: str = "exact",
+                 preconditioner: str = "auto", linear_solver: str = "iterative"):
         from fem_crossdiff.errors import ParameterError
         from fem_crossdiff.upwind import LIMITERS
 
@@ -257,12 +369,53 @@ class LocalMuscl(MatrixFreeJacobian, Model):
             raise ParameterError("limiter", limiter, f"one of {', '.join(LIMITERS)}")
         if jacobian not in JACOBIANS:
             raise ParameterError("jacobian", jacobian, f"one of {', '.join(JACOBIANS)}")
+        if preconditioner not in ("auto", *PRECONDITIONERS):
+            raise ParameterError("preconditioner", preconditioner,
+                                 f"auto or one of {', '.join(PRECONDITIONERS)}")
+        if preconditioner == "auto":  # a factorisation takes the exact J itself
+            preconditioner = "exact" if linear_solver == "direct" else "upwind"
+        self.preconditioner = preconditioner
         super().__init__(V, params)
         self.negative_edges = negative_edges
         self.flux = MusclFlux(V, params, negative_edges, limiter)
         self.jacobian = jacobian
         self._ctx = None
         self._exact = None
+
+    @property
+    def _split(self) -> bool:
+        """The exact ``J`` is applied as ``J_direct + E M``, ``J_direct`` the assembled matrix."""
+        return self.jacobian == "exact" and self.preconditioner != "exact"
+
+    @property
+    def matrix_free(self) -> bool:
+        """``jacobian="mf"``, or the exact ``J`` applied in factors (a Krylov method needed)."""
+        return self.jacobian == "mf" or self._split
+
+    @property
+    def petsc_overrides(self) -> dict:
+        """Solver defaults of this model (before the user's options).
+
+        With the exact ``J`` applied in factors, multigrid smooths the finest level with the
+        preconditioner matrix, not with ``J`` (``pc_use_amat`` false): measured, smoothing
+        with ``J`` cost five extra products per Krylov iteration and broke down with the
+        first-order preconditioner (``docs/schemes.md``, "Cost").
+        """
+        return {"pc_use_amat": False} if self._split else {}
+
+    def jacobian_operator(self, A):
+        """The exact ``J`` in factors, preconditioned by ``J_direct`` in ``A`` (or ``"mf"``)."""
+        if not self._split:
+            return super().jacobian_operator(A)
+        self._ctx = ExactOperator(A, self.flux, self.V)
+        shell = PETSc.Mat().createPython(A.getSizes(), self._ctx, comm=A.comm)
+        shell.setUp()
+        return shell
+
+    def update_operator(self, rho):
+        """Linearise the matrix-free Jacobian at ``rho`` (the factors are set with ``A``)."""
+        if self.jacobian == "mf":
+            super().update_operator(rho)
 
     def begin_step(self, rho):
         """Fix the density scale of the slopes' vacuum regularisation for this step."""
@@ -274,7 +427,9 @@ class LocalMuscl(MatrixFreeJacobian, Model):
 
     def add_jacobian(self, A, rho):
         """The exact Jacobian (``"exact"``), else the frozen-limiter edge blocks."""
-        if self.jacobian == "exact":
+        if self._split:
+            self._ctx.assemble(A, rho, self.preconditioner)
+        elif self.jacobian == "exact":
             if self._exact is None:
                 self._exact = ExactJacobian(self.flux, self.V)
             self._exact.assemble(A, rho)
