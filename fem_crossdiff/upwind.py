@@ -594,10 +594,10 @@ class UpwindFlux(BlockPattern):
 #: jump ``a_k |c_k,dn - c_k,up|`` (in ``[0, 1]``: ``a_k c_k`` lies in ``[0, 1]``) goes from the
 #: first to the second value (``docs/schemes.md``).
 SENSOR_BAND = (0.15, 0.4)
-#: The slope ``K`` of the sensor's front limiter ``min(K r, 2)^+`` (``"compressive"`` is
-#: ``K = 2``): a contact's upstream tail decays by a factor of about 50 per cell for
-#: ``K = 6`` (3.4 for ``K = 2``), so the front stays one or two cells wide.
-SENSOR_SLOPE = 6.0
+#: The slope ``K`` at ``r = 0`` of the sensor's front limiter ``2 tanh(K r / 2)^+``
+#: (``"compressive"``, ``min(2 r, 2)^+``, has 2): the steeper, the faster a contact's upstream
+#: tail decays (``docs/schemes.md``).
+SENSOR_SLOPE = 4.0
 
 
 def sensor_weight(jump: np.ndarray, derivative: bool = False):
@@ -618,16 +618,19 @@ def sensor_weight(jump: np.ndarray, derivative: bool = False):
 
 
 def _sensor_parts(up: np.ndarray, dn: np.ndarray, slopes: bool):
-    """Van Leer's and the front limiter's ``phi`` (or ``phi'(r)``) for ``"sensor"``."""
-    if not slopes:
-        pr, dn2 = up * dn, dn * dn
-        free = dn2 == 0.0
-        front = np.clip(SENSOR_SLOPE * pr / np.where(free, 1.0, dn2), 0.0, 2.0)
-        return slope_limiter("vanleer", up, dn), np.where(free, 2.0, front)
+    """Van Leer's and the front limiter's ``phi`` (or ``phi'(r)``) for ``"sensor"``.
+
+    The front limiter is ``2 tanh(K r / 2)`` for ``r > 0`` (0 below): slope ``K`` at 0 and
+    smooth for ``r > 0``, so that Newton meets no second kink (``min(K r, 2)`` has one at
+    ``r = 2 / K``).
+    """
     free = dn == 0.0
     r = up / np.where(free, 1.0, dn)
-    # one-sided from the right at the kinks r = 0 and r = 2 / K (as slope_limiter_slope)
-    front = np.where((r >= 0.0) & (r < 2.0 / SENSOR_SLOPE) & ~free, SENSOR_SLOPE, 0.0)
+    t = np.tanh(0.5 * SENSOR_SLOPE * np.maximum(r, 0.0))
+    if not slopes:
+        return slope_limiter("vanleer", up, dn), np.where(free, 2.0, 2.0 * t)
+    # at the kink r = 0 the derivative from the right (as slope_limiter_slope)
+    front = np.where((r >= 0.0) & ~free, SENSOR_SLOPE * (1.0 - t * t), 0.0)
     return slope_limiter_slope("vanleer", up, dn), front
 
 
@@ -638,8 +641,8 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
     Written with products instead of the ratio so that ``dn = 0`` needs no division: a
     species that is constant along the edge does not constrain the common limiter.
     ``"sensor"`` needs the scaled jump ``jump = a_k |dn|`` (same shape as ``dn``): it is
-    ``(1 - w) phi_vanleer + w min(K r, 2)^+`` with ``w = sensor_weight(jump)`` and ``K =``
-    :data:`SENSOR_SLOPE`, in ``[0, 2]`` and 0 for ``r <= 0``.
+    ``(1 - w) phi_vanleer + w 2 tanh(K r / 2)^+`` with ``w = sensor_weight(jump)`` and
+    ``K =`` :data:`SENSOR_SLOPE`, in ``[0, 2]`` and 0 for ``r <= 0``.
     """
     if name == "sensor":
         if jump is None:
@@ -686,7 +689,8 @@ def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray,
     r = up / np.where(free, 1.0, dn)
     pos = r >= 0.0
     if name == "vanleer":
-        d = np.where(pos, 2.0 / (1.0 + np.abs(r)) ** 2, 0.0)
+        x = 1.0 / (1.0 + np.abs(r))  # no overflow of (1 + |r|)^2 at huge r
+        d = np.where(pos, 2.0 * x * x, 0.0)
     elif name == "minmod":
         d = np.where(pos & (r < 1.0), 1.0, 0.0)
     elif name == "vanalbada":

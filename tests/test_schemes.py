@@ -252,8 +252,8 @@ def test_sensor_sharper_segregation_front():
     """A thinner mixing layer than van Leer's, and no more Newton iterations.
 
     Measured (n = 300, T = 0.5, where the front has moved about two cells): overlap sensor /
-    van Leer 0.78 (0.86 at n = 150, where it has moved one), sensor / superbee 0.88; Newton
-    2.0 iterations per step for both. The rates are in docs/schemes.md.
+    van Leer 0.78; Newton 2.0 iterations per step for both. The rates are in
+    docs/schemes.md.
     """
     (vl, n_vl), (se, n_se) = (_segregation_overlap("muscl", 300, limiter=lim)
                               for lim in ("vanleer", "sensor"))
