@@ -779,7 +779,8 @@ class MusclFlux(UpwindFlux):
 
     where ``D_k,up = 2 grad(c_k)_up . (x_dn - x_up) - (c_k,dn - c_k,up)`` is the difference
     across the upstream node along the edge ("extended edge" value from the recovered nodal
-    gradient, exact on uniform 1D meshes), and ``phi_lim`` a TVD limiter (:data:`LIMITERS`).
+    gradient, exact on uniform 1D meshes), and ``phi_lim`` a TVD limiter (:data:`LIMITERS`;
+    ``"sensor"`` also depends on the scaled jump ``a_k |c_k,dn - c_k,up|``).
 
     Why one ``phi`` for all species: ``sum_k a_k (c_k,dn - c_k,up) = 0``, so
     ``sum_k a_k c_k,f = 1`` and ``sum_k a_k G_k`` is exactly the one-species scheme for
