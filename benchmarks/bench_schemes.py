@@ -8,7 +8,8 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
   0.066 h, on ``[-6, 6]``; 2D on ``[-3, 3]^2``): relative L1 error at ``t = 1`` from the
   profile at ``tau = kappa = (m - 1) / m`` (the equation is ``u_t = kappa Lap(u^m)``) and its
   rate, for ``--m`` in 1D and ``m = 2`` in 2D; the smallest ``min rho / max rho`` seen;
-* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
+* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler or
+  ``--seg-method bdf2``, ``dt = --cfl h``; rejected steps are counted): a Barenblatt
   mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
   ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
   ``x(t) = x_h(0) (tau / tau_0)^(1/(m+1))`` of the discrete initial interface, in units of h;
@@ -26,7 +27,7 @@ Only rank 0 prints. The last line is one JSON object. Timings on a shared machin
 the ratios are measured side by side. ``--quick`` runs the cheapest meshes of every figure
 (about two minutes); the default runs the meshes of ``docs/schemes.md``; ``--figures`` and the
 mesh options run one study, e.g. ``--figures segregation --nseg 150,300,600,1200
---schemes upwind,muscl,muscl:superbee``.
+--schemes upwind,muscl,muscl:superbee,muscl:sensor``.
 """
 
 from __future__ import annotations
