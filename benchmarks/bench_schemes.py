@@ -12,7 +12,8 @@ all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.
   profile; nodal; pressure; away from the front) next to the interpolant's own error, P1's
   floor (``docs/barenblatt.md``); ``--shifts``: 1D errors averaged over shifted meshes,
   ``--initial mass``: initial data of exact mass; the smallest ``min rho / max rho`` seen;
-* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler): a Barenblatt
+* segregation (``sigma = 0``, ``m = 2``, ``a = b = (1, 1)``, 1D, implicit Euler or
+  ``--seg-method bdf2``, ``dt = --cfl h``; rejected steps are counted): a Barenblatt
   mixture split at ``x0 = -0.5`` (species 1 left, 2 right); the overlap ``int rho_1 rho_2`` at
   ``t = 1`` and its rate, and the interface (where ``rho_1 = rho_2``) against the exact path
   ``x(t) = x_h(0) (tau / tau_0)^(1/(m+1))`` of the discrete initial interface, in units of h;
@@ -33,7 +34,7 @@ Only rank 0 prints. The last line is one JSON object. Timings on a shared machin
 the ratios are measured side by side. ``--quick`` runs the cheapest meshes of every figure
 (about two minutes); the default runs the meshes of ``docs/schemes.md``; ``--figures`` and the
 mesh options run one study, e.g. ``--figures segregation --nseg 150,300,600,1200
---schemes upwind,muscl,muscl:superbee``.
+--schemes upwind,muscl,muscl:superbee,muscl:sensor``.
 """
 
 from __future__ import annotations
@@ -173,8 +174,12 @@ def barenblatt_error(scheme, dim, m, n, min_rel, method="bdf2", cfl=0.033, measu
     return (errs if measures else errs["interp"]), h
 
 
-def segregation(scheme, n, min_rel, cfl=0.033):
-    """Overlap and interface offset / h at t = 1."""
+def segregation(scheme, n, min_rel, cfl=0.033, method="ie"):
+    """Overlap, interface offset / h, h, Newton per step and rejected steps at t = 1.
+
+    ``method="bdf2"`` runs with the stepper's rejection of steps with a negative density
+    (BDF2 is not positivity preserving): the rejected steps are counted.
+    """
     m, x0, beta = 2.0, -0.5, 1.0 / 3.0
     kappa = (m - 1) / m
     msh = mesh.create_interval(COMM, n, [-6.0, 6.0])
@@ -195,11 +200,13 @@ def segregation(scheme, n, min_rel, cfl=0.033):
 
     h = 12.0 / n
     xi0 = interface()
-    rows = s.run(TimeParams(T=1.0, dt=cfl * h), progress=False)
+    rows = s.run(TimeParams(T=1.0, dt=cfl * h, method=method), progress=False)
     for r in rows:
         min_rel.append(min(r["min_1"] / r["max_1"], r["min_2"] / r["max_2"]))
     newton = float(np.mean([r["newton_its"] for r in rows[1:]]))
-    return (_integral(s.rho[0] * s.rho[1]), (interface() - xi0 * 2.0 ** beta) / h, h, newton)
+    rejected = int(sum(r.get("rejected", 0) for r in rows))
+    return (_integral(s.rho[0] * s.rho[1]), (interface() - xi0 * 2.0 ** beta) / h, h, newton,
+            rejected)
 
 
 def barenblatt_3d(scheme, h, min_rel, measures=False):
@@ -410,6 +417,9 @@ def main() -> None:
     parser.add_argument("--initial", default="interpolant", choices=("interpolant", "mass"),
                         help="Barenblatt initial data: the interpolant, or scaled to the exact "
                              "mass")
+    parser.add_argument("--seg-method", default="ie",
+                        help="time integrator of the segregation runs (ie, bdf2: steps with "
+                             "a negative density rejected)")
     parser.add_argument("--cfl", type=float, default=None,
                         help="dt / h of the Barenblatt and segregation runs (0.033, quick 0.066)")
     for key, what in (("n1d", "cells of the 1D Barenblatt meshes"),
@@ -438,9 +448,11 @@ def main() -> None:
         parser.error(f"--figures: unknown {sorted(bad)}, allowed {','.join(FIGURES)}")
     out = {"bench": "schemes", "schemes": schemes, "quick": args.quick, "ranks": COMM.size,
            "barenblatt_initial": args.initial, "barenblatt_shifts": args.shifts,
-           "meshes": mesh_of, "figures": sorted(figures)}
+           "meshes": mesh_of, "figures": sorted(figures),
+           "segregation_method": args.seg_method}
     keys = ["barenblatt_rate_2d", "barenblatt_rate_2d_fine", "barenblatt_error_2d",
             "overlap_rate", "overlap_rate_fine", "overlap", "interface_offset_h",
+            "interface_offsets_h", "rejected_segregation",
             "newton_segregation", "barenblatt_rate_3d", "barenblatt_error_3d", "mms_rate_2d",
             "mms_rate_2d_fine", "mms_error_2d", "min_rel", "step_cost_ratio", "step_seconds",
             "newton_step", "newton_ratio", "unknowns"]
@@ -510,16 +522,20 @@ def main() -> None:
     clock.tick("segregation")
     if "segregation" in figures:
         for sch in schemes:
-            seg = [segregation(sch, n, mins[sch], cfl) for n in nseg]
+            seg = [segregation(sch, n, mins[sch], cfl, args.seg_method) for n in nseg]
             ov = [v[0] for v in seg]
             r, rf = _rates([v[2] for v in seg], ov)
             out["overlap"][sch], out["overlap_rate"][sch], out["overlap_rate_fine"][sch] = (
                 ov, r, rf)
             out["interface_offset_h"][sch] = max(abs(v[1]) for v in seg)
             out["newton_segregation"][sch] = float(np.mean([v[3] for v in seg]))
-            say(f"{sch}: segregation n={nseg} overlap {fmt(ov)} rate {r:.2f} (finest pair "
-                f"{rf:.2f}), |interface - exact| <= {out['interface_offset_h'][sch]:.2f} h, "
-                f"Newton {out['newton_segregation'][sch]:.2f}")
+            out["rejected_segregation"][sch] = [v[4] for v in seg]
+            offsets = [v[1] for v in seg]
+            out["interface_offsets_h"][sch] = offsets
+            say(f"{sch}: segregation {args.seg_method} dt={cfl:g} h n={nseg} overlap "
+                f"{fmt(ov)} rate {r:.2f} (finest pair {rf:.2f}), (interface - exact) / h "
+                f"{fmt(offsets, '+.2f')}, Newton {out['newton_segregation'][sch]:.2f}, "
+                f"rejected {out['rejected_segregation'][sch]}")
     clock.tick("ball")
     if "ball" in figures:
         meas = out["barenblatt_measures"].setdefault("3d_m2", {})

@@ -312,7 +312,7 @@ _API_KEYS = {"eps": "model.eps", "kernel": "model.kernel", "coupling": "model.co
              "scheme": "solver.scheme",
              "model": "solver.scheme", "degree": "solver.degree",
              "linear_solver": "solver.linear_solver", "negative_edges": "solver.negative_edges",
-             "initial": "initial"}
+             "limiter": "solver.limiter", "initial": "initial"}
 
 
 def _config_error(err: ParameterError, context: str = "") -> ConfigError:
@@ -333,6 +333,8 @@ def _make_solver(cfg: StudyConfig, msh):
                   petsc_options=to_petsc(dict(cfg.solver.petsc)),
                   positivity_tol=cfg.solver.positivity_tol,
                   negative_edges=cfg.solver.negative_edges)
+    if cfg.solver.limiter is not None:
+        kwargs["limiter"] = cfg.solver.limiter
     if cfg.model.type == "nonlocal":
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
     try:

@@ -51,7 +51,7 @@ import numpy as np
 
 from fem_crossdiff.compat import MPI, PETSc, fem, la
 from fem_crossdiff.errors import ParameterError
-from fem_crossdiff.params import NEGATIVE_EDGE_MODES, ModelParams
+from fem_crossdiff.params import LIMITERS, NEGATIVE_EDGE_MODES, ModelParams
 
 
 def p1_cell_gradients(V: fem.FunctionSpace):
@@ -626,17 +626,73 @@ class UpwindFlux(BlockPattern):
         self.set_matrix(A, self._data)
 
 
-#: Slope limiters of :class:`MusclFlux`, as functions of the ratio ``r`` of the upstream to
-#: the edge difference; each returns ``phi(r)`` in ``[0, 2]`` with ``phi(1) = 1``.
-LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive")
+# LIMITERS (from params, where the study files' schema reads it): the slope limiters of
+# :class:`MusclFlux`, as functions of the ratio ``r`` of the upstream to the edge difference;
+# each returns ``phi(r)`` in ``[0, 2]``, with ``phi(1) = 1`` (second order on smooth data)
+# except ``"compressive"`` (``phi(1) = 2``). ``"sensor"`` also depends on the size of the jump
+# along the edge (:func:`sensor_weight`): van Leer's where it is small, 1.93 at ``r = 1``
+# where it is large.
+
+#: The ``"sensor"`` limiter: the weight of its front limiter rises from 0 to 1 as the scaled
+#: jump ``a_k |c_k,dn - c_k,up|`` (in ``[0, 1]``: ``a_k c_k`` lies in ``[0, 1]``) goes from the
+#: first to the second value (``docs/schemes.md``).
+SENSOR_BAND = (0.15, 0.4)
+#: The slope ``K`` at ``r = 0`` of the sensor's front limiter ``2 tanh(K r / 2)^+``
+#: (``"compressive"``, ``min(2 r, 2)^+``, has 2): the steeper, the faster a contact's upstream
+#: tail decays (``docs/schemes.md``).
+SENSOR_SLOPE = 4.0
 
 
-def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray:
+def sensor_weight(jump: np.ndarray, derivative: bool = False):
+    """The front weight ``w`` of the ``"sensor"`` limiter (and ``dw / d jump``).
+
+    ``w = t^2 (3 - 2 t)``, ``t = (jump - z0) / (z1 - z0)`` clipped to ``[0, 1]``
+    (``SENSOR_BAND = (z0, z1)``): once continuously differentiable, so that the limited flux
+    keeps a continuous derivative across the band's ends. On smooth data the jump is
+    ``O(h)``, below ``z0`` on fine enough meshes, and the limiter is exactly van Leer's; at a
+    contact discontinuity kept a few cells wide it is ``O(1)``.
+    """
+    z0, z1 = SENSOR_BAND
+    t = np.clip((jump - z0) / (z1 - z0), 0.0, 1.0)
+    w = t * t * (3.0 - 2.0 * t)
+    if not derivative:
+        return w
+    return w, 6.0 * t * (1.0 - t) / (z1 - z0)
+
+
+def _sensor_parts(up: np.ndarray, dn: np.ndarray, slopes: bool):
+    """Van Leer's and the front limiter's ``phi`` (or ``phi'(r)``) for ``"sensor"``.
+
+    The front limiter is ``2 tanh(K r / 2)`` for ``r > 0`` (0 below): slope ``K`` at 0 and
+    smooth for ``r > 0``, so that Newton meets no second kink (``min(K r, 2)`` has one at
+    ``r = 2 / K``).
+    """
+    free = dn == 0.0
+    r = up / np.where(free, 1.0, dn)
+    t = np.tanh(0.5 * SENSOR_SLOPE * np.maximum(r, 0.0))
+    if not slopes:
+        return slope_limiter("vanleer", up, dn), np.where(free, 2.0, 2.0 * t)
+    # at the kink r = 0 the derivative from the right (as slope_limiter_slope)
+    front = np.where((r >= 0.0) & ~free, SENSOR_SLOPE * (1.0 - t * t), 0.0)
+    return slope_limiter_slope("vanleer", up, dn), front
+
+
+def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
+                  jump: np.ndarray | None = None) -> np.ndarray:
     """``phi(up / dn)`` of the limiter ``name``, 2 (no constraint) where ``dn = 0``.
 
     Written with products instead of the ratio so that ``dn = 0`` needs no division: a
     species that is constant along the edge does not constrain the common limiter.
+    ``"sensor"`` needs the scaled jump ``jump = a_k |dn|`` (same shape as ``dn``): it is
+    ``(1 - w) phi_vanleer + w 2 tanh(K r / 2)^+`` with ``w = sensor_weight(jump)`` and
+    ``K =`` :data:`SENSOR_SLOPE`, in ``[0, 2]`` and 0 for ``r <= 0``.
     """
+    if name == "sensor":
+        if jump is None:
+            raise ValueError("the 'sensor' limiter needs the scaled jump a_k |dn|")
+        smooth, front = _sensor_parts(up, dn, slopes=False)
+        w = sensor_weight(jump)
+        return smooth + w * (front - smooth)
     pr = up * dn
     dn2 = dn * dn
     free = dn2 == 0.0
@@ -657,19 +713,27 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray:
     return np.where(free, 2.0, phi)
 
 
-def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray:
+def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray,
+                        jump: np.ndarray | None = None) -> np.ndarray:
     """``phi_lim'(r)`` at ``r = up / dn`` (0 where ``dn = 0``: there ``phi = 2`` is constant).
 
     At the kinks (``r = 0`` for all, ``r = 1`` for minmod/compressive, ``r = 1/2, 1, 2`` for
     superbee) this is the one-sided derivative from the right (``r > kink``), except at
     ``r = 0`` where the right derivative is taken too: a derivative of 0 there would make the
-    Newton linearisation blind to a slope that starts to open.
+    Newton linearisation blind to a slope that starts to open. For ``"sensor"`` it is the
+    derivative at a fixed jump (the one with respect to the jump:
+    :func:`slope_limiter_jump_slope`).
     """
+    if name == "sensor":
+        smooth, front = _sensor_parts(up, dn, slopes=True)
+        w = sensor_weight(jump)
+        return smooth + w * (front - smooth)
     free = dn == 0.0
     r = up / np.where(free, 1.0, dn)
     pos = r >= 0.0
     if name == "vanleer":
-        d = np.where(pos, 2.0 / (1.0 + np.abs(r)) ** 2, 0.0)
+        x = 1.0 / (1.0 + np.abs(r))  # no overflow of (1 + |r|)^2 at huge r
+        d = np.where(pos, 2.0 * x * x, 0.0)
     elif name == "minmod":
         d = np.where(pos & (r < 1.0), 1.0, 0.0)
     elif name == "vanalbada":
@@ -681,6 +745,20 @@ def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray) -> np.ndarray
     else:
         raise ValueError(f"limiter must be one of {LIMITERS}, got {name!r}")
     return np.where(free, 0.0, d)
+
+
+def slope_limiter_jump_slope(name: str, up: np.ndarray, dn: np.ndarray,
+                             jump: np.ndarray) -> np.ndarray:
+    """``d phi / d jump`` at a fixed ratio ``r = up / dn`` (0 for every limiter but ``"sensor"``).
+
+    For ``"sensor"``: ``(phi_front(r) - phi_smooth(r)) dw / d jump``; 0 where ``dn = 0`` (both
+    limiters are 2 there).
+    """
+    if name != "sensor":
+        return np.zeros(np.shape(dn))
+    smooth, front = _sensor_parts(up, dn, slopes=False)
+    _, dw = sensor_weight(jump, derivative=True)
+    return dw * (front - smooth)
 
 
 class NodalGradient:
@@ -744,7 +822,8 @@ class MusclFlux(UpwindFlux):
 
     where ``D_k,up = 2 grad(c_k)_up . (x_dn - x_up) - (c_k,dn - c_k,up)`` is the difference
     across the upstream node along the edge ("extended edge" value from the recovered nodal
-    gradient, exact on uniform 1D meshes), and ``phi_lim`` a TVD limiter (:data:`LIMITERS`).
+    gradient, exact on uniform 1D meshes), and ``phi_lim`` a TVD limiter (:data:`LIMITERS`;
+    ``"sensor"`` also depends on the scaled jump ``a_k |c_k,dn - c_k,up|``).
 
     Why one ``phi`` for all species: ``sum_k a_k (c_k,dn - c_k,up) = 0``, so
     ``sum_k a_k c_k,f = 1`` and ``sum_k a_k G_k`` is exactly the one-species scheme for
@@ -822,7 +901,8 @@ class MusclFlux(UpwindFlux):
         d_vec = np.where(upc, self._d, -self._d)  # up -> dn
         g_up = np.where(upc[:, :, None], grad[self.I], grad[self.J])
         d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
-        phi_lim = slope_limiter(self.limiter, d_up, d_dn)
+        jump = np.abs(d_dn) * a  # a_k c_k lies in [0, 1]: the jump's scale (the sensor's)
+        phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
         # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0 with
         # it from both sides (a clamp on one side only jumps at c_up = 0 and Newton cycles)
         big = np.abs(d_dn) > 0.0
@@ -845,8 +925,8 @@ class MusclFlux(UpwindFlux):
         out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, lim)
         # what the exact Jacobian needs besides (kept by reference: no extra work)
         self._aux = dict(S=S, inv_node=inv_node, c_up=c_up, d_dn=d_dn, d_up=d_up,
-                         d_vec=d_vec, phi_lim=phi_lim, clamp=clamp, phi_k=phi_k, Phi=Phi,
-                         kappa=kappa, s2=s2, d2=d2)
+                         d_vec=d_vec, jump=jump, phi_lim=phi_lim, clamp=clamp, phi_k=phi_k,
+                         Phi=Phi, kappa=kappa, s2=s2, d2=d2)
         self._cache_key = rho.copy()
         self._cache = out
         return out
@@ -885,13 +965,16 @@ class MusclFlux(UpwindFlux):
         du, dd, cu = x["d_up"][ar, kstar], x["d_dn"][ar, kstar], x["c_up"][ar, kstar]
         use_clamp = x["clamp"][ar, kstar] < x["phi_lim"][ar, kstar]
         # limiter branch: phi(r), r = du / dd
-        slope = slope_limiter_slope(self.limiter, du, dd)
+        jump = x["jump"][ar, kstar]
+        slope = slope_limiter_slope(self.limiter, du, dd, jump)
         tiny = np.abs(dd) < 1e-150  # no 1/dd^2 overflow (the term is held there, see below)
         safe_dd = np.where(tiny, 1.0, dd)
         inv_dd = 1.0 / safe_dd
         r = du * inv_dd
         A_up = np.where(use_clamp, 0.0, slope * inv_dd)
-        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd)
+        # the sensor's weight depends on jump = a_k* |dd| besides r
+        dphi_jump = slope_limiter_jump_slope(self.limiter, du, dd, jump) * a[kstar]
+        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd + dphi_jump * np.sign(dd))
         # clamp branch: 2 |c_up| / |dd| (at c_up = 0 the derivative towards c_up > 0)
         sg = np.where(cu >= 0.0, 1.0, -1.0)
         A_dn = np.where(use_clamp, -np.where(tiny, 0.0, x["clamp"][ar, kstar]) * inv_dd, A_dn)

@@ -157,6 +157,8 @@ BROKEN = [
     ({"solver": {"scheme": "upwind", "degree": 2}}, "solver.degree", "galerkin"),
     ({"solver": {"linear_solver": "cg"}}, "solver.linear_solver", "direct"),
     ({"solver": {"negative_edges": "clip"}}, "solver.negative_edges", "limit"),
+    ({"solver": {"scheme": "muscl", "limiter": "sensr"}}, "solver.limiter", "sensor"),
+    ({"solver": {"scheme": "upwind", "limiter": "sensor"}}, "solver.limiter", "muscl"),
     ({"output.formats": ["vtk"]}, "output.formats[0]", "xdmf"),
     ({"output.checkpoint_every": -1}, "output.checkpoint_every", ">= 0"),
     ({"particles": {"N": 0}}, "particles.N", ">= 1"),
@@ -307,3 +309,14 @@ def test_entry_points(runner, comm, tmp_path):
                           timeout=120)
     assert ok.returncode == 0 and 'builder = "l_shape"' in ok.stdout
     assert fail.returncode == 2 and "model.sigma = -1.0" in fail.stderr
+
+
+def test_muscl_limiter_reaches_the_solver(comm):
+    """``solver.limiter`` selects the limiter of ``scheme = "muscl"`` (here ``"sensor"``)."""
+    from fem_crossdiff.cli import _make_solver
+    from fem_crossdiff.compat import mesh
+
+    cfg = parse_config(_mutate({"solver": {"scheme": "muscl", "limiter": "sensor"}}),
+                       source="test", short=True)
+    s = _make_solver(cfg, mesh.create_unit_square(comm, 4, 4))
+    assert s.scheme == "muscl" and s.model.flux.limiter == "sensor"

@@ -142,6 +142,9 @@ class SolverConfig(Section):
         negative_edges: Upwind and muscl schemes on non-Delaunay meshes (tetrahedra):
             ``"voronoi"`` (default: circumcentric dual weights, positive), ``"front"``,
             ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
+        limiter: Slope limiter of ``scheme = "muscl"`` (default ``"vanleer"``; only with
+            that scheme): ``"sensor"`` is compressive at fronts and van Leer on smooth data
+            (see ``docs/schemes.md``).
     """
 
     scheme: str = "upwind"
@@ -150,18 +153,23 @@ class SolverConfig(Section):
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
     negative_edges: str = "voronoi"
+    limiter: str | None = None
 
     section = "solver"
     checks = {"scheme": s.one_of(core.SCHEMES), "degree": s.one_of((1, 2)), "petsc": _petsc,
               "linear_solver": s.one_of(core.LINEAR_SOLVERS), "positivity_tol": s.nonnegative,
-              "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES)}
+              "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES),
+              "limiter": s.one_of(core.LIMITERS)}
 
     def validate(self) -> None:
-        """``upwind``, ``muscl`` and ``afc`` are P1."""
+        """``upwind``, ``muscl`` and ``afc`` are P1; only ``muscl`` has a limiter."""
         if self.scheme in ("upwind", "muscl", "afc") and self.degree != 1:
             raise ConfigError("solver.degree", self.degree,
                               f'must be 1 with solver.scheme = "{self.scheme}" (use "galerkin" '
                               'for P2)')
+        if self.limiter is not None and self.scheme != "muscl":
+            raise ConfigError("solver.limiter", self.limiter,
+                              f'only with solver.scheme = "muscl" (got "{self.scheme}")')
 
 
 @dataclass(frozen=True)
