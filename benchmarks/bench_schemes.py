@@ -48,6 +48,7 @@ import ufl
 from bench_local import DT, PARAMS, initial_state
 
 from fem_crossdiff.compat import MPI, fem, la, mesh
+from fem_crossdiff.exact import barenblatt, steady_source
 from fem_crossdiff.forms import VERTEX
 from fem_crossdiff.measures import exact_lp_error
 from fem_crossdiff.params import SCHEMES, ModelParams, TimeParams
@@ -64,15 +65,6 @@ def scheme_options(spec: str) -> tuple[str, dict]:
     """``"muscl:superbee"`` -> ``("muscl", {"limiter": "superbee"})``."""
     name, _, lim = spec.partition(":")
     return name, ({"limiter": lim} if lim else {})
-
-
-def barenblatt(x, tau, m, d=1, C=1.0):
-    """Barenblatt profile of ``u_t = Lap(u^m)`` at time ``tau``."""
-    alpha = d / (d * (m - 1) + 2)
-    k = alpha * (m - 1) / (2 * m * d)
-    r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * alpha / d), 0.0) ** (
-        1 / (m - 1))
 
 
 def _integral(f) -> float:
@@ -239,17 +231,11 @@ def mms_error(scheme, n):
     exact = [1.0 + 0.5 * ufl.cos(ufl.pi * x[0]) * ufl.cos(ufl.pi * x[1]),
              0.8 - 0.3 * ufl.cos(2 * ufl.pi * x[0])]
 
-    def source(xx, t):
-        S = sum(a * r for a, r in zip(MMS.a, exact))
-        P = S ** (MMS.m - 1)
-        return [-ufl.div(MMS.b[k] * r * ufl.grad(P) + MMS.sigma * ufl.grad(r))
-                for k, r in enumerate(exact)]
-
     name, opts = scheme_options(scheme)
     if name == "afc":  # its edge Jacobian holds the bounds: Newton stalls at dt = 1e3
         opts.setdefault("jacobian", "mf")
-    s = CrossDiffusionSolver(msh, MMS, scheme=name, linear_solver="direct", source=source,
-                             positivity_tol=None, **opts)
+    s = CrossDiffusionSolver(msh, MMS, scheme=name, linear_solver="direct",
+                             source=steady_source(MMS, exact), positivity_tol=None, **opts)
     s.set_initial(exact)
     s.run(TimeParams(T=2e3, dt=1e3, adaptive=True), progress=False)
     return max(np.sqrt(_integral((s.rho[k] - exact[k]) ** 2)) for k in range(2))

@@ -36,7 +36,7 @@ import time
 import numpy as np
 import ufl
 
-from fem_crossdiff import meshes
+from fem_crossdiff import exact, meshes
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.measures import exact_lp_error
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -63,12 +63,7 @@ MESH_OPTIONS = {
 
 def barenblatt(x, tau):
     """Barenblatt profile of ``u_t = Lap(u^2) / 2`` (``div(u grad u)``) in 3D at ``tau``."""
-    d = 3
-    alpha = d / (d * (M - 1) + 2)
-    k = alpha * (M - 1) / (2 * M * d)
-    r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * alpha / d), 0.0) ** (
-        1 / (M - 1))
+    return exact.barenblatt(x, tau, M, d=3, C=C)
 
 
 def negative_fraction(msh, dual: bool = False) -> float:

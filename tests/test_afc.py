@@ -11,26 +11,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ufl
+from _cases import assert_positive_conservative_on_fronts, fronts, unit_mesh
 from _fields import functionals
 from _jacobian import fd_jacobian_error
 
-from fem_crossdiff.compat import MPI, fem, mesh
+from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.exact import barenblatt, steady_source
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
-
-
-def _mesh(dim, n, lo=0.0, hi=1.0, comm=COMM):
-    if dim == 1:
-        return mesh.create_interval(comm, n, [lo, hi])
-    return mesh.create_rectangle(comm, [[lo, lo], [hi, hi]], [n, n], mesh.CellType.triangle)
-
-
-def _fronts(x):
-    """Two species with compact supports meeting at a front near x = 0.5."""
-    return [np.where(x[0] < 0.45, 1.0, 0.0), np.where(x[0] > 0.5, 0.6, 0.0) + 0.0 * x[1]]
 
 
 def _oblique(x):
@@ -38,15 +29,6 @@ def _oblique(x):
     s = x[0] + 0.7 * x[1]
     return [np.where(s < 0.8, 1.0 + 0.3 * np.sin(3 * x[1]), 0.0),
             np.where(s > 0.9, 0.6 + 0.2 * np.cos(2 * x[0]), 0.0)]
-
-
-def _barenblatt(x, tau, m, d=1, C=1.0):
-    """Barenblatt profile of u_t = Lap(u^m) at time tau (C sets the mass)."""
-    alpha = d / (d * (m - 1) + 2)
-    k = alpha * (m - 1) / (2 * m * d)
-    r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * alpha / d), 0.0) ** (
-        1 / (m - 1))
 
 
 @pytest.mark.parametrize("dim", [1, 2])
@@ -57,14 +39,8 @@ def test_positive_conservative_on_fronts(dim):
     6e-13): the exact discrete solution is >= 0 and conserves mass exactly.
     """
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
-    s = CrossDiffusionSolver(_mesh(dim, 40 if dim == 1 else 12), p, scheme="afc")
-    s.set_initial([lambda x: _fronts(x)[0], lambda x: _fronts(x)[1]])
-    rows = s.run(TimeParams(T=0.02, dt=0.002), progress=False)
-    assert len(rows) == 11  # nothing rejected
-    for r in rows:
-        for k in (1, 2):
-            assert r[f"min_{k}"] >= -1e-10 * r[f"max_{k}"], (r["t"], k, r[f"min_{k}"])
-            assert abs(r[f"mass_{k}"] - rows[0][f"mass_{k}"]) <= 1e-10 * rows[0][f"mass_{k}"]
+    s = CrossDiffusionSolver(unit_mesh(dim, 40 if dim == 1 else 12), p, scheme="afc")
+    assert_positive_conservative_on_fronts(s)
 
 
 @pytest.mark.parametrize("dim", [1, 2])
@@ -73,17 +49,17 @@ def test_equal_mobilities_energy_and_reduction(dim):
 
     One correction factor for all species keeps sum_k a_k c_k,f = 1.
     """
-    msh = _mesh(dim, 40 if dim == 1 else 12)
+    msh = unit_mesh(dim, 40 if dim == 1 else 12)
     p = ModelParams(a=(1.0, 2.0), b=(0.7, 0.7), m=2.0, sigma=0.0)
     s = CrossDiffusionSolver(msh, p, scheme="afc", linear_solver="direct")
-    s.set_initial([lambda x: _fronts(x)[0], lambda x: _fronts(x)[1]])
+    s.set_initial([lambda x: fronts(x)[0], lambda x: fronts(x)[1]])
     tp = TimeParams(T=0.02, dt=0.002)
     rows = s.run(tp, progress=False)
     energy = np.array([r["energy"] for r in rows])
     assert np.all(np.diff(energy) < 0.0), np.diff(energy)
     one = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(0.7,), m=2.0, sigma=0.0),
                                scheme="afc", linear_solver="direct")
-    one.set_initial([lambda x: _fronts(x)[0] + 2.0 * _fronts(x)[1]])
+    one.set_initial([lambda x: fronts(x)[0] + 2.0 * fronts(x)[1]])
     one.run(tp, progress=False)
     u = s.rho.x.array.reshape(-1, 2) @ np.array(p.a)
     diff = COMM.allreduce(float(np.abs(u - one.rho.x.array).max()), op=MPI.MAX)
@@ -95,17 +71,12 @@ MMS = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.02)
 
 def _mms_error(scheme: str, n: int) -> float:
     """L2 error of a steady manufactured solution on [0, 1] with varying fractions."""
-    msh = _mesh(1, n)
+    msh = unit_mesh(1, n)
     x = ufl.SpatialCoordinate(msh)
     exact = [1.0 + 0.5 * ufl.cos(ufl.pi * x[0]), 0.8 - 0.3 * ufl.cos(2 * ufl.pi * x[0])]
 
-    def source(xx, t):
-        S = sum(a * r for a, r in zip(MMS.a, exact))
-        P = S ** (MMS.m - 1)
-        return [-ufl.div(MMS.b[k] * r * ufl.grad(P) + MMS.sigma * ufl.grad(r))
-                for k, r in enumerate(exact)]
-
-    s = CrossDiffusionSolver(msh, MMS, scheme=scheme, source=source, positivity_tol=None,
+    s = CrossDiffusionSolver(msh, MMS, scheme=scheme, source=steady_source(MMS, exact),
+                             positivity_tol=None,
                              **({"jacobian": "mf"} if scheme == "afc" else {}))
     s.set_initial(exact)
     for _ in range(5):  # implicit Euler with dt = 100 reaches the steady state
@@ -132,11 +103,11 @@ def test_smooth_rate():
 def _segregation_overlap(scheme: str, n: int) -> float:
     """Overlap int rho_1 rho_2 after transporting a segregated Barenblatt mixture (sigma = 0)."""
     m, x0 = 2.0, -0.5
-    s = CrossDiffusionSolver(_mesh(1, n, -6.0, 6.0),
+    s = CrossDiffusionSolver(unit_mesh(1, n, -6.0, 6.0),
                              ModelParams(a=(1.0, 1.0), b=(1.0, 1.0), m=m, sigma=0.0),
                              scheme=scheme)
-    s.set_initial([lambda x: np.where(x[0] < x0, _barenblatt(x, 0.5, m), 0.0),
-                   lambda x: np.where(x[0] >= x0, _barenblatt(x, 0.5, m), 0.0)])
+    s.set_initial([lambda x: np.where(x[0] < x0, barenblatt(x, 0.5, m), 0.0),
+                   lambda x: np.where(x[0] >= x0, barenblatt(x, 0.5, m), 0.0)])
     s.run(TimeParams(T=0.5, dt=0.4 / n), progress=False)
     return COMM.allreduce(fem.assemble_scalar(fem.form(s.rho[0] * s.rho[1] * ufl.dx)),
                           op=MPI.SUM)
@@ -154,7 +125,7 @@ def test_sharper_segregation_front():
 
 @pytest.fixture(scope="module")
 def smooth_solvers():
-    msh = _mesh(2, 6)
+    msh = unit_mesh(2, 6)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
     out = {}
     for jac in ("mf", "edge", "mf+upwind"):
@@ -239,7 +210,7 @@ def test_rank_invariance(initial):
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     out = []
     for comm in (COMM, MPI.COMM_SELF):
-        s = CrossDiffusionSolver(_mesh(2, 12, comm=comm), p, scheme="afc")
+        s = CrossDiffusionSolver(unit_mesh(2, 12, comm=comm), p, scheme="afc")
         s.set_initial([lambda x: initial(x)[0], lambda x: initial(x)[1]])
         assert s.step(0.002, "ie").accepted
         out.append(functionals(s))
@@ -252,5 +223,5 @@ def test_rank_invariance(initial):
                                         ({"preconditioner": "upwind"}, "preconditioner")])
 def test_bad_options(kwargs, key):
     with pytest.raises(ParameterError, match=key):
-        CrossDiffusionSolver(_mesh(1, 4), ModelParams(a=(1.0,), b=(1.0,)), scheme="afc",
+        CrossDiffusionSolver(unit_mesh(1, 4), ModelParams(a=(1.0,), b=(1.0,)), scheme="afc",
                              **kwargs)

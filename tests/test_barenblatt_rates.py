@@ -12,20 +12,12 @@ import numpy as np
 import pytest
 
 from fem_crossdiff.compat import MPI, fem, mesh
+from fem_crossdiff.exact import barenblatt
 from fem_crossdiff.measures import exact_lp_error
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
-
-
-def _barenblatt(x, tau, m, d=1, C=1.0):
-    """Barenblatt profile of ``u_t = Lap(u^m)`` at time ``tau`` (benchmarks' ``barenblatt``)."""
-    alpha = d / (d * (m - 1) + 2)
-    k = alpha * (m - 1) / (2 * m * d)
-    r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * alpha / d), 0.0) ** (
-        1 / (m - 1))
 
 
 def _mesh(d, n):
@@ -43,8 +35,8 @@ def test_exact_lp_error_resolves_the_front(d, m, C, mass):
     """The composite rule at the front integrates the kinked profile to ~1e-6 (one rule: 1e-4)."""
     msh = _mesh(d, 101 if d == 1 else 25)
     zero = fem.Function(fem.functionspace(msh, ("Lagrange", 1)))
-    got = exact_lp_error(zero, lambda x: _barenblatt(x, 1.0, m, d, C))
-    plain = exact_lp_error(zero, lambda x: _barenblatt(x, 1.0, m, d, C), subdivisions=1)
+    got = exact_lp_error(zero, lambda x: barenblatt(x, 1.0, m, d, C))
+    plain = exact_lp_error(zero, lambda x: barenblatt(x, 1.0, m, d, C), subdivisions=1)
     assert abs(got - mass) < 2e-6 * mass, (got, mass)
     # the front is what needs the composite rule: one Gauss rule errs 30x to 1000x more
     assert abs(plain - mass) > 10 * abs(got - mass), (plain, got, mass)
@@ -57,7 +49,7 @@ def test_exact_lp_error_where_and_l2():
     R = np.sqrt(12.0)
 
     def profile(x):
-        return _barenblatt(x, 1.0, 2.0)
+        return barenblatt(x, 1.0, 2.0)
 
     a, h = 0.8 * R, 12.0 / 101  # int_{-a}^{a} (1 - x^2 / 12) = 2a - a^3 / 18
     got = exact_lp_error(zero, profile, where=lambda x: np.abs(x[0]) < a)
@@ -80,7 +72,7 @@ def _interpolant_errors(d, m, ns, C):
         out = []
         for power in (1.0, m - 1.0):
             def f(x, power=power):
-                return _barenblatt(x, 1.0, m, d, C) ** power
+                return barenblatt(x, 1.0, m, d, C) ** power
 
             g = fem.Function(V)
             g.interpolate(f)
@@ -114,11 +106,11 @@ def test_scheme_against_the_interpolant_1d(m):
     ns, es, ei = (100, 200), [], []
     for n in ns:
         s = CrossDiffusionSolver(_mesh(1, n), ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0))
-        s.set_initial([lambda x: _barenblatt(x, kappa, m)])
+        s.set_initial([lambda x: barenblatt(x, kappa, m)])
         s.run(TimeParams(T=1.0, dt=0.066 * 12.0 / n, method="bdf2"), progress=False)
 
         def f(x):
-            return _barenblatt(x, 2 * kappa, m)
+            return barenblatt(x, 2 * kappa, m)
 
         ex = fem.Function(s.V0)
         ex.interpolate(f)

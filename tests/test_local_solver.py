@@ -8,6 +8,7 @@ import ufl
 from _fields import functionals
 
 from fem_crossdiff.compat import MPI, PETSc, fem, mesh
+from fem_crossdiff.exact import barenblatt
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -193,15 +194,6 @@ def test_equal_mobilities_reduce_to_pme():
     assert l1 < 0.02, l1
 
 
-def _barenblatt(x, tau, m, d=1, C=1.0):
-    """Barenblatt profile of u_t = Lap(u^m) at time tau (C sets the mass)."""
-    alpha = d / (d * (m - 1) + 2)
-    beta = alpha / d
-    k = alpha * (m - 1) / (2 * m * d)
-    r2 = sum(x[i] ** 2 for i in range(d))
-    return tau ** (-alpha) * np.maximum(C - k * r2 * tau ** (-2 * beta), 0.0) ** (1 / (m - 1))
-
-
 @pytest.mark.parametrize("m", [2.0, 3.0])
 def test_barenblatt_sigma0(m):
     """Sigma = 0: the exact self-similar solution; L1 error shrinks under refinement."""
@@ -212,10 +204,10 @@ def test_barenblatt_sigma0(m):
     for n in (100, 200, 400):
         msh = _mesh(1, n, lo=-6.0, hi=6.0)
         s = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(b,), m=m, sigma=0.0))
-        s.set_initial([lambda x: _barenblatt(x, kappa * t0, m)])
+        s.set_initial([lambda x: barenblatt(x, kappa * t0, m)])
         s.run(TimeParams(T=t1 - t0, dt=0.4 / n), progress=False)
         ex = fem.Function(s.V0)
-        ex.interpolate(lambda x: _barenblatt(x, kappa * t1, m))
+        ex.interpolate(lambda x: barenblatt(x, kappa * t1, m))
         e = fem.form(abs(s.rho[0] - ex) * ufl.dx)
         errs.append(COMM.allreduce(fem.assemble_scalar(e), op=MPI.SUM))
         mn, mx = s.extrema()
@@ -339,7 +331,7 @@ def _barenblatt_3d_error(h: float, negative_edges: str) -> float:
     m, C = 2.0, 0.0185  # support radius 0.53 at tau = 1/2, 0.61 at tau = 1 (ball radius 1)
 
     def profile(x, tau):
-        return _barenblatt(x, tau, m, d=3, C=C)
+        return barenblatt(x, tau, m, d=3, C=C)
 
     geo = meshes.ball(COMM, h=h)
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=m, sigma=0.0),
