@@ -11,7 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ufl
-from _cases import assert_positive_conservative_on_fronts, fronts, unit_mesh
+from _cases import (
+    assert_equal_mobilities_energy_and_reduction,
+    assert_positive_conservative_on_fronts,
+    unit_mesh,
+)
 from _fields import functionals
 from _jacobian import fd_jacobian_error
 
@@ -49,21 +53,7 @@ def test_equal_mobilities_energy_and_reduction(dim):
 
     One correction factor for all species keeps sum_k a_k c_k,f = 1.
     """
-    msh = unit_mesh(dim, 40 if dim == 1 else 12)
-    p = ModelParams(a=(1.0, 2.0), b=(0.7, 0.7), m=2.0, sigma=0.0)
-    s = CrossDiffusionSolver(msh, p, scheme="afc", linear_solver="direct")
-    s.set_initial([lambda x: fronts(x)[0], lambda x: fronts(x)[1]])
-    tp = TimeParams(T=0.02, dt=0.002)
-    rows = s.run(tp, progress=False)
-    energy = np.array([r["energy"] for r in rows])
-    assert np.all(np.diff(energy) < 0.0), np.diff(energy)
-    one = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(0.7,), m=2.0, sigma=0.0),
-                               scheme="afc", linear_solver="direct")
-    one.set_initial([lambda x: fronts(x)[0] + 2.0 * fronts(x)[1]])
-    one.run(tp, progress=False)
-    u = s.rho.x.array.reshape(-1, 2) @ np.array(p.a)
-    diff = COMM.allreduce(float(np.abs(u - one.rho.x.array).max()), op=MPI.MAX)
-    assert diff < 1e-9, diff
+    assert_equal_mobilities_energy_and_reduction(unit_mesh(dim, 40 if dim == 1 else 12), "afc")
 
 
 MMS = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.02)
