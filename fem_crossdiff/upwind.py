@@ -792,6 +792,13 @@ class NodalGradient:
             vals = np.repeat(vol[:, None], nv * nv, axis=1) * np.tile(grads[:, :, g], (1, nv))
             self.ops.append(csr_matrix((vals.ravel(), (rows, cols)),
                                        shape=(self.nloc, self.nloc)))
+        # the directions share the pattern: one (nnz, gdim) value array for the compiled
+        # product (muscl_kernels.csr_gradients, one pass instead of one per direction)
+        op0 = self.ops[0]
+        if any(not (np.array_equal(op.indptr, op0.indptr)
+                    and np.array_equal(op.indices, op0.indices)) for op in self.ops):
+            raise RuntimeError("the gradient operators of the directions differ in pattern")
+        self._csr = (op0.indptr, op0.indices, np.stack([op.data for op in self.ops], axis=1))
         self._vec = la.vector(imap, bs=n * self.gdim)
         self._add = la.InsertMode.add
         w = la.vector(imap, bs=1)
@@ -802,9 +809,10 @@ class NodalGradient:
 
     def __call__(self, c: np.ndarray) -> np.ndarray:
         """Nodal gradients ``(nloc, n, gdim)`` of the local nodal values ``c`` ``(nloc, n)``."""
+        from fem_crossdiff.models.muscl_kernels import csr_gradients
+
         out = self._vec.array.reshape(self.nloc, self.n, self.gdim)
-        for g, op in enumerate(self.ops):
-            out[:, :, g] = op @ c
+        csr_gradients(*self._csr, np.ascontiguousarray(c, dtype=np.float64), out)
         self._vec.scatter_reverse(self._add)
         self._vec.scatter_forward()
         return self._vec.array.reshape(self.nloc, self.n, self.gdim) * self._inv_vol[:, None,
@@ -899,8 +907,12 @@ class MusclFlux(UpwindFlux):
         c_up = np.where(upc, ci, cj)
         d_dn = np.where(upc, cj, ci) - c_up
         d_vec = np.where(upc, self._d, -self._d)  # up -> dn
-        g_up = np.where(upc[:, :, None], grad[self.I], grad[self.J])
-        d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
+        # d_up = 2 grad(c)_up . d_vec - d_dn, the upstream gradient gathered in one compiled
+        # pass (the numpy gathers and einsum took 40 ms per residual at 252k unknowns)
+        from fem_crossdiff.models.muscl_kernels import upstream_differences
+
+        d_up = np.empty_like(d_dn)
+        upstream_differences(self.I, self.J, up_i, grad, d_vec, d_dn, d_up)
         jump = np.abs(d_dn) * a  # a_k c_k lies in [0, 1]: the jump's scale (the sensor's)
         phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
         # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0 with
@@ -985,42 +997,17 @@ class MusclFlux(UpwindFlux):
         # d_dn,k* is at round-off level (a fraction equal to 1 or 0 up to 1e-16), where it
         # is noise and reached 1e80 (measured: Newton diverged). There phi is held, as in the
         # frozen Jacobian: the residual is unchanged, the neglected term moves G by round-off.
-        ad = np.abs(x["d_dn"] * a)
-        act &= ad[ar, kstar] >= 1e-6 * ad.max(axis=1)
-        A_up, A_dn, A_c = (np.where(act, v, 0.0) for v in (A_up, A_dn, A_c))
-        # dPhi = 2 A_up d_vec . dg + (A_dn - A_up) dc_dn,k* + (A_up - A_dn + A_c) dc_up,k*
-        coef_dn = A_dn - A_up
-        coef_up = A_up - A_dn + A_c
-        coef_i = np.where(up_i, coef_up, coef_dn)
-        coef_j = np.where(up_i, coef_dn, coef_up)
-        # kappa = 2 Si Sj / (Si^2 + Sj^2), Si = max(S_i, 0)
-        # (scaled by max(Si, Sj) against underflow). Below 1e-9 vacuum_scale (a node that
-        # starts to fill in a Newton iterate) kappa is held: its true derivative ~ 1 / S
-        # reached 1e160 and broke the factorisation, for round-off amounts of mass
-        Smax = np.maximum(Si, Sj)
-        hold = Smax <= max(1e-9 * self.vacuum_scale, 1e-300)
-        inv_m = 1.0 / np.where(hold, 1.0, Smax)
-        xi, xj = Si * inv_m, Sj * inv_m
-        q2 = 1.0 / np.where(hold, 1.0, xi * xi + xj * xj) ** 2
-        # at S = 0 the derivative from S > 0 (a node that fills), 0 below (S is clipped)
-        q2 = q2 * inv_m
-        dk_i = np.where(hold | (x["S"][self.I] < 0.0), 0.0, 2.0 * xj * (xj * xj - xi * xi) * q2)
-        dk_j = np.where(hold | (x["S"][self.J] < 0.0), 0.0, 2.0 * xi * (xi * xi - xj * xj) * q2)
-        dPi, dPj = self.law.derivative(Si), self.law.derivative(Sj)
-        alpha_i = 0.5 * dP + Sm * dPi
-        alpha_j = 0.5 * dP - Sm * dPj
-        lam_i = np.where(up_i, 1.0 - 0.5 * phi, 0.5 * phi)
-        eye = np.eye(n)
-        d_dn = x["d_dn"]
-        # the blocks, per end: dc = (I - c a^T) / S, v = d phi / d rho (kappa coef dc[k*] +
-        # Phi dkappa a), dcf = lam dc + d_dn v^T / 2, J = w (b (F dcf + c_f alpha a^T) +- sigma);
-        # one compiled pass over the edges (the numpy form made ~20 (E, n, n) temporaries)
-        from fem_crossdiff.models.muscl_kernels import direct_blocks
+        # (the test of act against round-off, the coefficients per end, kappa's derivative,
+        # the blocks and Y: one compiled pass, muscl_kernels.exact_blocks; its docstring
+        # gives the formulas and tests/test_schemes.py their numpy form)
+        from fem_crossdiff.models.muscl_kernels import exact_blocks
 
-        Ji, Jj = np.empty((nE, n, n)), np.empty((nE, n, n))
-        direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha_i,
-                      alpha_j, kappa, Phi, kstar, d_dn, F, cf, w, a, b, float(p.sigma), Ji, Jj)
-        Y = (w * F * kappa * A_up)[:, None] * b * d_dn  # 2 A_up kappa * d_dn/2 * b F w
+        Ji, Jj, Y = np.empty((nE, n, n)), np.empty((nE, n, n)), np.empty((nE, n))
+        exact_blocks(self.I, self.J, x["S"], up_i, act, A_up, A_dn, A_c, kstar, x["d_dn"],
+                     ci, cj, inv_i, inv_j, Si, Sj, self.law.derivative(Si),
+                     self.law.derivative(Sj), dP, Sm, phi, kappa, Phi, F, cf, w, a, b,
+                     float(p.sigma), max(1e-9 * self.vacuum_scale, 1e-300), Ji, Jj, Y)
+        eye = np.eye(n)
         if lim is not None:
             e, (theta, g_dth_i, g_dth_j) = self._lim, lim
             Ji[e] *= theta[:, :, None]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["edge_gradient_terms", "edge_blocks_apply", "direct_blocks", "node_products"]
+__all__ = ["block_slots", "csr_gradients", "direct_blocks", "edge_blocks_apply",
+           "edge_gradient_terms", "exact_blocks", "node_products", "upstream_differences"]
 
 
 @njit(cache=True)
@@ -147,3 +148,225 @@ def node_products(D, x, out):
             for m in range(n):
                 v += D[i, k, m] * x[i, m]
             out[i, k] = v
+
+
+@njit(cache=True)
+def block_slots(I, J, slot_ij, slot_ji, diag_slot, ui, uj, di, dj, a, Ji, Jj, out):
+    """Block-CSR values of ``B_e = u_e a^T + diag(d_e)`` per edge end, and ``J_e -= B_e``.
+
+    In place of :meth:`fem_crossdiff.upwind.UpwindFlux._write_blocks` and of the difference
+    ``J_direct - A`` of :class:`.ExactOperator`, with the same floating-point operations in
+    the same order (the values are bitwise those of the numpy form): the block ``(i, j)``
+    gets ``B_j``, ``(j, i)`` gets ``-B_i``, the diagonal block of a node ``(sum u) a^T +
+    diag(sum d)``, the sums over the edges it starts (``u_i``, ``d_i``), then over those it
+    ends (``-u_j``, ``-d_j``), in edge order as ``bincount`` takes them.
+
+    Args:
+        I: The edges' first ends ``(E,)``.
+        J: Their second ends ``(E,)``.
+        slot_ij: Block-CSR slot of the block ``(i, j)`` of every edge ``(E,)``.
+        slot_ji: Slot of ``(j, i)``.
+        diag_slot: Slot of every local node's diagonal block ``(nloc,)``, ``-1`` for a
+            node on no edge.
+        ui: ``(E, n)`` rank-one factor at the first end.
+        uj: At the second end.
+        di: ``(E, n)`` diagonal at the first end.
+        dj: At the second end.
+        a: Volume coefficients ``(n,)``.
+        Ji: ``(E, n, n)`` exact direct blocks at the first end, ``B_i`` subtracted
+            (``(u a^T)`` first, then the diagonal; skipped when ``Ji`` has no edges).
+        Jj: The same at the second end.
+        out: ``(nnzb, n, n)`` block-CSR values, overwritten.
+    """
+    nE, n = ui.shape
+    nloc = diag_slot.shape[0]
+    diff = Ji.shape[0] == nE
+    U = np.zeros((nloc, n))
+    D = np.zeros((nloc, n))
+    for e in range(nE):
+        i = I[e]
+        for k in range(n):
+            U[i, k] += ui[e, k]
+            D[i, k] += di[e, k]
+    for e in range(nE):
+        j = J[e]
+        for k in range(n):
+            U[j, k] += -uj[e, k]
+            D[j, k] += -dj[e, k]
+    for e in range(nE):
+        sij, sji = slot_ij[e], slot_ji[e]
+        for k in range(n):
+            for m in range(n):
+                bi = ui[e, k] * a[m]
+                bj = uj[e, k] * a[m]
+                out[sij, k, m] = bj
+                out[sji, k, m] = -bi
+                if diff:
+                    Ji[e, k, m] -= bi
+                    Jj[e, k, m] -= bj
+            out[sij, k, k] += dj[e, k]
+            out[sji, k, k] -= di[e, k]
+            if diff:
+                Ji[e, k, k] -= di[e, k]
+                Jj[e, k, k] -= dj[e, k]
+    for v in range(nloc):
+        s = diag_slot[v]
+        if s < 0:
+            continue
+        for k in range(n):
+            for m in range(n):
+                out[s, k, m] = U[v, k] * a[m]
+            out[s, k, k] += D[v, k]
+
+
+@njit(cache=True)
+def exact_blocks(I, J, S, up_i, act, A_up, A_dn, A_c, kstar, d_dn, ci, cj, inv_i, inv_j, Si,
+                 Sj, dPi, dPj, dP, Sm, phi, kappa, Phi, F, cf, w, a, b, sigma, hold_below, Ji,
+                 Jj, Y):
+    """The tail of :meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`, in one pass.
+
+    From the limiter's branch coefficients ``A_up, A_dn, A_c`` (per edge, of the limiting
+    species ``k*``) to the direct blocks and ``Y``; per edge, in the order of the numpy
+    expressions it replaces (``tests/test_schemes.py`` holds that numpy form and compares):
+
+    * ``act &= |a_k* d_dn,k*| >= 1e-6 max_k |a_k d_dn,k|``, the coefficients zeroed where not
+      ``act``; ``coef_up = A_up - A_dn + A_c``, ``coef_dn = A_dn - A_up`` at the upstream and
+      downstream ends;
+    * ``d kappa / d S`` at either end (``kappa = 2 S_i S_j / (S_i^2 + S_j^2)``, scaled by
+      ``max(S_i, S_j)``), 0 where that is ``<= hold_below`` or the node's ``S < 0``;
+    * ``alpha = dP / 2 +- S_m dP/dS``, ``lam_i``, then :func:`direct_blocks`;
+    * ``Y[e, k] = w F kappa A_up b_k d_dn,k``.
+
+    Args:
+        I: The edges' first ends ``(E,)``.
+        J: Their second ends ``(E,)``.
+        S: Total density ``sum_k a_k rho_k`` at every local node (unclipped).
+        up_i: The first end is upstream ``(E,)``.
+        act: The limiter's derivative is taken ``(E,)`` (before the round-off test).
+        A_up: ``d phi / d D_up`` per unit ``d_dn`` ``(E,)``.
+        A_dn: ``d phi / d d_dn,k*`` ``(E,)``.
+        A_c: ``d phi / d c_up,k*`` (the clamp's) ``(E,)``.
+        kstar: The limiting species ``(E,)``.
+        d_dn: ``c_dn - c_up`` ``(E, n)``.
+        ci: Fractions at the first ends ``(E, n)``.
+        cj: At the second ends.
+        inv_i: ``1 / S`` at the first ends (0 in vacuum).
+        inv_j: At the second ends.
+        Si: ``max(S, 0)`` at the first ends.
+        Sj: At the second ends.
+        dPi: ``P'(S_i)``.
+        dPj: ``P'(S_j)``.
+        dP: ``P_i - P_j``.
+        Sm: ``(S_i + S_j) / 2``.
+        phi: ``Phi kappa`` ``(E,)``.
+        kappa: ``(E,)``.
+        Phi: ``(E,)``.
+        F: Pressure flux ``(E,)``.
+        cf: Face fractions ``(E, n)``.
+        w: Edge weights ``(E,)``.
+        a: Volume coefficients ``(n,)``.
+        b: Mobilities ``(n,)``.
+        sigma: Diffusion coefficient.
+        hold_below: ``kappa`` is held where ``max(S_i, S_j)`` is at most this.
+        Ji: Output ``(E, n, n)``, first end.
+        Jj: Output ``(E, n, n)``, second end.
+        Y: Output ``(E, n)``.
+    """
+    nE, n = ci.shape
+    coef_i = np.empty(nE)
+    coef_j = np.empty(nE)
+    dk_i = np.empty(nE)
+    dk_j = np.empty(nE)
+    lam_i = np.empty(nE)
+    alpha_i = np.empty(nE)
+    alpha_j = np.empty(nE)
+    for e in range(nE):
+        ks = kstar[e]
+        admax = 0.0
+        for k in range(n):
+            v = abs(d_dn[e, k] * a[k])
+            if v > admax:
+                admax = v
+        on = act[e] and abs(d_dn[e, ks] * a[ks]) >= 1e-6 * admax
+        au = A_up[e] if on else 0.0
+        adn = A_dn[e] if on else 0.0
+        ac = A_c[e] if on else 0.0
+        c_dn = adn - au
+        c_up = au - adn + ac
+        if up_i[e]:
+            coef_i[e], coef_j[e] = c_up, c_dn
+            lam_i[e] = 1.0 - 0.5 * phi[e]
+        else:
+            coef_i[e], coef_j[e] = c_dn, c_up
+            lam_i[e] = 0.5 * phi[e]
+        smax = max(Si[e], Sj[e])
+        hold = smax <= hold_below
+        inv_m = 1.0 / (1.0 if hold else smax)
+        xi = Si[e] * inv_m
+        xj = Sj[e] * inv_m
+        s2 = 1.0 if hold else xi * xi + xj * xj
+        q2 = 1.0 / (s2 * s2)
+        q2 = q2 * inv_m
+        dk_i[e] = 0.0 if (hold or S[I[e]] < 0.0) else 2.0 * xj * (xj * xj - xi * xi) * q2
+        dk_j[e] = 0.0 if (hold or S[J[e]] < 0.0) else 2.0 * xi * (xi * xi - xj * xj) * q2
+        alpha_i[e] = 0.5 * dP[e] + Sm[e] * dPi[e]
+        alpha_j[e] = 0.5 * dP[e] - Sm[e] * dPj[e]
+        t = w[e] * F[e] * kappa[e] * au
+        for k in range(n):
+            Y[e, k] = t * b[k] * d_dn[e, k]
+    direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha_i, alpha_j,
+                  kappa, Phi, kstar, d_dn, F, cf, w, a, b, sigma, Ji, Jj)
+
+
+@njit(cache=True)
+def upstream_differences(I, J, up_i, grad, d_vec, d_dn, out):
+    """``out[e, k] = 2 grad(c_k)_up . d_vec[e] - d_dn[e, k]`` (the upstream gradient gathered).
+
+    Args:
+        I: The edges' first ends ``(E,)``.
+        J: Their second ends ``(E,)``.
+        up_i: The first end is upstream ``(E,)``.
+        grad: ``(nloc, n, gdim)`` nodal gradients.
+        d_vec: ``(E, gdim)``, from the upstream to the downstream node.
+        d_dn: ``(E, n)``, ``c_dn - c_up``.
+        out: ``(E, n)``, overwritten.
+    """
+    nE, n = d_dn.shape
+    gd = d_vec.shape[1]
+    for e in range(nE):
+        u = I[e] if up_i[e] else J[e]
+        for k in range(n):
+            s = 0.0
+            for d in range(gd):
+                s += grad[u, k, d] * d_vec[e, d]
+            out[e, k] = 2.0 * s - d_dn[e, k]
+
+
+@njit(cache=True)
+def csr_gradients(indptr, indices, data, c, out):
+    """``out[i, k, d] = sum_jj data[jj, d] c[indices[jj], k]`` over the rows of a CSR pattern.
+
+    :class:`fem_crossdiff.upwind.NodalGradient`'s per-direction sparse products in one pass
+    (the pattern is shared by the directions), summed in the order of scipy's CSR product
+    (row order, from 0), so the values are bitwise scipy's.
+
+    Args:
+        indptr: CSR row pointers ``(nrow + 1,)``.
+        indices: Column of every entry ``(nnz,)``.
+        data: ``(nnz, gdim)`` values, one column per direction.
+        c: ``(ncol, n)`` nodal values.
+        out: ``(nrow, n, gdim)``, overwritten.
+    """
+    nrow = indptr.shape[0] - 1
+    n = c.shape[1]
+    gd = data.shape[1]
+    for i in range(nrow):
+        for k in range(n):
+            for d in range(gd):
+                out[i, k, d] = 0.0
+        for jj in range(indptr[i], indptr[i + 1]):
+            j = indices[jj]
+            for k in range(n):
+                cj = c[j, k]
+                for d in range(gd):
+                    out[i, k, d] += data[jj, d] * cj

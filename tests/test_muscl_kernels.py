@@ -1,0 +1,146 @@
+"""The compiled kernels of ``muscl``'s exact Jacobian against the numpy forms they replace.
+
+``exact_blocks`` (the tail of ``MusclFlux.exact_derivatives``), ``block_slots`` (the
+first-order preconditioner's block-CSR values and ``J_direct - A`` of ``ExactOperator``),
+``upstream_differences`` (``D_up`` of the residual), ``csr_gradients`` (the recovered
+gradients' sparse products) on random data with every branch taken
+(``kappa`` held, a negative total density, the round-off test of the limiting species), and
+on the edge pattern of a real mesh (on every rank of COMM_WORLD). Their exactness as a
+Jacobian is checked by central differences in ``tests/test_schemes.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _cases import unit_mesh
+
+from fem_crossdiff.compat import MPI
+from fem_crossdiff.models import muscl_kernels as mk
+from fem_crossdiff.params import ModelParams
+from fem_crossdiff.solver import CrossDiffusionSolver
+
+COMM = MPI.COMM_WORLD
+
+
+def _tail_numpy(I, J, S, up_i, act, A_up, A_dn, A_c, kstar, d_dn, ci, cj, inv_i, inv_j, Si, Sj,
+                dPi, dPj, dP, Sm, phi, kappa, Phi, F, cf, w, a, b, sigma, hold_below):
+    """The numpy form of ``exact_derivatives``' tail that ``exact_blocks`` replaced."""
+    nE, n = ci.shape
+    ar = np.arange(nE)
+    ad = np.abs(d_dn * a)
+    act = act & (ad[ar, kstar] >= 1e-6 * ad.max(axis=1))
+    A_up, A_dn, A_c = (np.where(act, v, 0.0) for v in (A_up, A_dn, A_c))
+    coef_dn = A_dn - A_up
+    coef_up = A_up - A_dn + A_c
+    coef_i = np.where(up_i, coef_up, coef_dn)
+    coef_j = np.where(up_i, coef_dn, coef_up)
+    Smax = np.maximum(Si, Sj)
+    hold = Smax <= hold_below
+    inv_m = 1.0 / np.where(hold, 1.0, Smax)
+    xi, xj = Si * inv_m, Sj * inv_m
+    q2 = 1.0 / np.where(hold, 1.0, xi * xi + xj * xj) ** 2
+    q2 = q2 * inv_m
+    dk_i = np.where(hold | (S[I] < 0.0), 0.0, 2.0 * xj * (xj * xj - xi * xi) * q2)
+    dk_j = np.where(hold | (S[J] < 0.0), 0.0, 2.0 * xi * (xi * xi - xj * xj) * q2)
+    alpha_i = 0.5 * dP + Sm * dPi
+    alpha_j = 0.5 * dP - Sm * dPj
+    lam_i = np.where(up_i, 1.0 - 0.5 * phi, 0.5 * phi)
+    Ji, Jj = np.empty((nE, n, n)), np.empty((nE, n, n))
+    mk.direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha_i, alpha_j,
+                     kappa, Phi, kstar, d_dn, F, cf, w, a, b, sigma, Ji, Jj)
+    Y = (w * F * kappa * A_up)[:, None] * b * d_dn
+    return Ji, Jj, Y
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_exact_blocks_equals_numpy(n):
+    """Every branch of the tail, bitwise equal to the numpy form (same operations, same order)."""
+    rng = np.random.default_rng(16 + n)
+    nnode, nE = 40, 300
+    I = rng.integers(0, nnode, nE).astype(np.int32)
+    J = ((I + 1 + rng.integers(0, nnode - 1, nE)) % nnode).astype(np.int32)
+    S = rng.uniform(-0.1, 2.0, nnode)  # some negative totals: kappa's derivative is cut there
+    Si, Sj = np.maximum(S[I], 0.0), np.maximum(S[J], 0.0)
+    Si[:20] = Sj[:20] = 0.0  # kappa held (vacuum)
+    Si[20:30] = Sj[20:30] = 1e-12  # held below hold_below = 1e-9
+    up_i = rng.random(nE) < 0.5
+    kstar = rng.integers(0, n, nE)
+    d_dn = rng.normal(size=(nE, n))
+    d_dn[30:60, :] *= 1e-9  # limiting species at round-off against the others ...
+    d_dn[30:60, 0] = 1.0
+    kstar[30:60] = 1  # ... so that the limiter's derivative is dropped there
+    a, b = rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0, n)
+    e = [rng.normal(size=nE) for _ in range(12)]
+    A_up, A_dn, A_c, dPi, dPj, dP, Sm, phi, kappa, Phi, F, w = e
+    act = rng.random(nE) < 0.8
+    ci, cj, cf = (rng.uniform(0.0, 1.0, (nE, n)) for _ in range(3))
+    inv_i, inv_j = 1.0 / np.maximum(Si, 1e-3), 1.0 / np.maximum(Sj, 1e-3)
+    args = (I, J, S, up_i, act, A_up, A_dn, A_c, kstar, d_dn, ci, cj, inv_i, inv_j, Si, Sj,
+            dPi, dPj, dP, Sm, phi, kappa, Phi, F, cf, w, a, b, 0.3, 1e-9)
+    ref = _tail_numpy(*args)
+    out = np.empty((nE, n, n)), np.empty((nE, n, n)), np.empty((nE, n))
+    mk.exact_blocks(*args, *out)
+    for r, o in zip(ref, out, strict=True):
+        np.testing.assert_array_equal(o, r)
+    held = np.abs(ref[2][30:60]).max()
+    assert held == 0.0 and np.abs(ref[2]).max() > 0.1  # both branches of the round-off test
+
+
+@pytest.fixture(scope="module")
+def flux():
+    p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
+    return CrossDiffusionSolver(unit_mesh(2, 8), p, scheme="muscl")  # the solver keeps its model
+
+
+def test_block_slots_equals_write_blocks(flux):
+    """The preconditioner's block-CSR values and ``J_direct - A``, bitwise those of numpy."""
+    f, ctx = flux.model.flux, flux.model._ctx
+    rng = np.random.default_rng(COMM.rank)
+    nE, n = f.I.size, f.n
+    ui, uj, di, dj = (rng.normal(size=(nE, n)) for _ in range(4))
+    Ji, Jj = rng.normal(size=(nE, n, n)), rng.normal(size=(nE, n, n))
+    ref = np.empty((f._nnzb, n * n))
+    f._write_blocks(ui, uj, di, dj, ref)
+    refd = []
+    r = np.arange(n)
+    for Jb, u, d in ((Ji.copy(), ui, di), (Jj.copy(), uj, dj)):
+        Jb -= u[:, :, None] * f.a
+        Jb[:, r, r] -= d
+        refd.append(Jb)
+    out = np.full((f._nnzb, n, n), np.nan)
+    mk.block_slots(f.I, f.J, *ctx._slots(), ui, uj, di, dj, f.a, Ji, Jj, out)
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    np.testing.assert_array_equal(Ji, refd[0])
+    np.testing.assert_array_equal(Jj, refd[1])
+    # without the difference (no edges in Ji): the values alone
+    out2 = np.full_like(out, np.nan)
+    none = np.empty((0, n, n))
+    mk.block_slots(f.I, f.J, *ctx._slots(), ui, uj, di, dj, f.a, none, none, out2)
+    np.testing.assert_array_equal(out2, out)
+
+
+def test_upstream_differences_equals_numpy(flux):
+    """``D_up = 2 grad(c)_up . d_vec - d_dn`` against the numpy gather and einsum."""
+    f = flux.model.flux
+    rng = np.random.default_rng(7 + COMM.rank)
+    nE, n, gd = f.I.size, f.n, f.grad.gdim
+    grad = rng.normal(size=(f.nloc, n, gd))
+    up_i = rng.random(nE) < 0.5
+    d_vec = rng.normal(size=(nE, gd))
+    d_dn = rng.normal(size=(nE, n))
+    g_up = np.where(up_i[:, None, None], grad[f.I], grad[f.J])
+    ref = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
+    out = np.empty_like(d_dn)
+    mk.upstream_differences(f.I, f.J, up_i, grad, d_vec, d_dn, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-14, atol=1e-15)
+
+
+def test_csr_gradients_equals_scipy(flux):
+    """The recovered gradients' one-pass product, bitwise the per-direction scipy products."""
+    grad = flux.model.flux.grad
+    c = np.random.default_rng(3 + COMM.rank).normal(size=(grad.nloc, grad.n))
+    ref = np.stack([op @ c for op in grad.ops], axis=2)
+    out = np.full((grad.nloc, grad.n, grad.gdim), np.nan)
+    mk.csr_gradients(*grad._csr, c, out)
+    np.testing.assert_array_equal(out, ref)
