@@ -792,13 +792,6 @@ class NodalGradient:
             vals = np.repeat(vol[:, None], nv * nv, axis=1) * np.tile(grads[:, :, g], (1, nv))
             self.ops.append(csr_matrix((vals.ravel(), (rows, cols)),
                                        shape=(self.nloc, self.nloc)))
-        # the directions share the pattern: one (nnz, gdim) value array for the compiled
-        # product (muscl_kernels.csr_gradients, one pass instead of one per direction)
-        op0 = self.ops[0]
-        if any(not (np.array_equal(op.indptr, op0.indptr)
-                    and np.array_equal(op.indices, op0.indices)) for op in self.ops):
-            raise RuntimeError("the gradient operators of the directions differ in pattern")
-        self._csr = (op0.indptr, op0.indices, np.stack([op.data for op in self.ops], axis=1))
         self._vec = la.vector(imap, bs=n * self.gdim)
         self._add = la.InsertMode.add
         w = la.vector(imap, bs=1)
@@ -809,10 +802,9 @@ class NodalGradient:
 
     def __call__(self, c: np.ndarray) -> np.ndarray:
         """Nodal gradients ``(nloc, n, gdim)`` of the local nodal values ``c`` ``(nloc, n)``."""
-        from fem_crossdiff.models.muscl_kernels import csr_gradients
-
         out = self._vec.array.reshape(self.nloc, self.n, self.gdim)
-        csr_gradients(*self._csr, np.ascontiguousarray(c, dtype=np.float64), out)
+        for g, op in enumerate(self.ops):
+            out[:, :, g] = op @ c
         self._vec.scatter_reverse(self._add)
         self._vec.scatter_forward()
         return self._vec.array.reshape(self.nloc, self.n, self.gdim) * self._inv_vol[:, None,

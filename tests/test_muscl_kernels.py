@@ -1,9 +1,8 @@
 """The compiled kernels of ``muscl``'s exact Jacobian against the numpy forms they replace.
 
 ``exact_blocks`` (the tail of ``MusclFlux.exact_derivatives``), ``block_slots`` (the
-first-order preconditioner's block-CSR values and ``J_direct - A`` of ``ExactOperator``),
-``upstream_differences`` (``D_up`` of the residual), ``csr_gradients`` (the recovered
-gradients' sparse products) on random data with every branch taken
+first-order preconditioner's block-CSR values and ``J_direct - A`` of ``ExactOperator``) and
+``upstream_differences`` (``D_up`` of the residual) on random data with every branch taken
 (``kappa`` held, a negative total density, the round-off test of the limiting species), and
 on the edge pattern of a real mesh (on every rank of COMM_WORLD). Their exactness as a
 Jacobian is checked by central differences in ``tests/test_schemes.py``.
@@ -135,12 +134,3 @@ def test_upstream_differences_equals_numpy(flux):
     mk.upstream_differences(f.I, f.J, up_i, grad, d_vec, d_dn, out)
     np.testing.assert_allclose(out, ref, rtol=1e-14, atol=1e-15)
 
-
-def test_csr_gradients_equals_scipy(flux):
-    """The recovered gradients' one-pass product, bitwise the per-direction scipy products."""
-    grad = flux.model.flux.grad
-    c = np.random.default_rng(3 + COMM.rank).normal(size=(grad.nloc, grad.n))
-    ref = np.stack([op @ c for op in grad.ops], axis=2)
-    out = np.full((grad.nloc, grad.n, grad.gdim), np.nan)
-    mk.csr_gradients(*grad._csr, c, out)
-    np.testing.assert_array_equal(out, ref)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["block_slots", "csr_gradients", "direct_blocks", "edge_blocks_apply",
-           "edge_gradient_terms", "exact_blocks", "node_products", "upstream_differences"]
+__all__ = ["block_slots", "direct_blocks", "edge_blocks_apply", "edge_gradient_terms",
+           "exact_blocks", "node_products", "upstream_differences"]
 
 
 @njit(cache=True)
@@ -341,32 +341,3 @@ def upstream_differences(I, J, up_i, grad, d_vec, d_dn, out):
                 s += grad[u, k, d] * d_vec[e, d]
             out[e, k] = 2.0 * s - d_dn[e, k]
 
-
-@njit(cache=True)
-def csr_gradients(indptr, indices, data, c, out):
-    """``out[i, k, d] = sum_jj data[jj, d] c[indices[jj], k]`` over the rows of a CSR pattern.
-
-    :class:`fem_crossdiff.upwind.NodalGradient`'s per-direction sparse products in one pass
-    (the pattern is shared by the directions), summed in the order of scipy's CSR product
-    (row order, from 0), so the values are bitwise scipy's.
-
-    Args:
-        indptr: CSR row pointers ``(nrow + 1,)``.
-        indices: Column of every entry ``(nnz,)``.
-        data: ``(nnz, gdim)`` values, one column per direction.
-        c: ``(ncol, n)`` nodal values.
-        out: ``(nrow, n, gdim)``, overwritten.
-    """
-    nrow = indptr.shape[0] - 1
-    n = c.shape[1]
-    gd = data.shape[1]
-    for i in range(nrow):
-        for k in range(n):
-            for d in range(gd):
-                out[i, k, d] = 0.0
-        for jj in range(indptr[i], indptr[i + 1]):
-            j = indices[jj]
-            for k in range(n):
-                cj = c[j, k]
-                for d in range(gd):
-                    out[i, k, d] += data[jj, d] * cj
