@@ -1,8 +1,9 @@
 """The compiled kernels of ``muscl``'s exact Jacobian against the numpy forms they replace.
 
 ``exact_blocks`` (the tail of ``MusclFlux.exact_derivatives``), ``block_slots`` (the
-first-order preconditioner's block-CSR values and ``J_direct - A`` of ``ExactOperator``) and
-``upstream_differences`` (``D_up`` of the residual) on random data with every branch taken
+first-order preconditioner's block-CSR values and ``J_direct - A`` of ``ExactOperator``),
+``held_blocks`` (that matrix's per-edge factors), ``edge_gather`` and ``upstream_terms`` (the
+residual's gathers to the edges) on random data with every branch taken
 (``kappa`` held, a negative total density, the round-off test of the limiting species), and
 on the edge pattern of a real mesh (on every rank of COMM_WORLD). Their exactness as a
 Jacobian is checked by central differences in ``tests/test_schemes.py``.
@@ -119,18 +120,51 @@ def test_block_slots_equals_write_blocks(flux):
     np.testing.assert_array_equal(out2, out)
 
 
-def test_upstream_differences_equals_numpy(flux):
-    """``D_up = 2 grad(c)_up . d_vec - d_dn`` against the numpy gather and einsum."""
+def test_edge_gathers_equal_numpy(flux):
+    """The residual's gathers to the edges' ends and upstream, as numpy's gathers and einsum."""
     f = flux.model.flux
     rng = np.random.default_rng(7 + COMM.rank)
-    nE, n, gd = f.I.size, f.n, f.grad.gdim
-    grad = rng.normal(size=(f.nloc, n, gd))
+    nE, n, gd, nloc = f.I.size, f.n, f.grad.gdim, f.nloc
+    rho, c = rng.normal(size=(nloc, n)), rng.normal(size=(nloc, n))
+    S, inv_node = rng.normal(size=nloc), rng.normal(size=nloc)  # S < 0 on some nodes
+    S[:3] = np.nan  # kept, as by np.maximum
+    ref = (rho[f.I], rho[f.J], c[f.I], c[f.J], np.maximum(S[f.I], 0.0),
+           np.maximum(S[f.J], 0.0), inv_node[f.I], inv_node[f.J])
+    out = tuple(np.full_like(r, -7.0) for r in ref)
+    mk.edge_gather(f.I, f.J, rho, c, S, inv_node, *out)
+    for r, o in zip(ref, out, strict=True):
+        np.testing.assert_array_equal(o, r)
+    ci, cj = ref[2], ref[3]
+    grad = rng.normal(size=(nloc, n, gd))
     up_i = rng.random(nE) < 0.5
-    d_vec = rng.normal(size=(nE, gd))
-    d_dn = rng.normal(size=(nE, n))
-    g_up = np.where(up_i[:, None, None], grad[f.I], grad[f.J])
-    ref = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
-    out = np.empty_like(d_dn)
-    mk.upstream_differences(f.I, f.J, up_i, grad, d_vec, d_dn, out)
-    np.testing.assert_allclose(out, ref, rtol=1e-14, atol=1e-15)
+    upc = up_i[:, None]
+    c_up = np.where(upc, ci, cj)
+    d_dn = np.where(upc, cj, ci) - c_up
+    d_vec = np.where(upc, f._d, -f._d)
+    g_up = np.where(upc[:, :, None], grad[f.I], grad[f.J])
+    d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
+    out = tuple(np.empty_like(r) for r in (c_up, d_dn, d_vec, d_up))
+    mk.upstream_terms(f.I, f.J, up_i, ci, cj, f._d, grad, *out)
+    for r, o in zip((c_up, d_dn, d_vec), out[:3], strict=True):
+        np.testing.assert_array_equal(o, r)
+    # einsum may sum the directions in another order: round-off
+    np.testing.assert_allclose(out[3], d_up, rtol=1e-14, atol=1e-14)
 
+
+def test_held_blocks_equals_numpy(flux):
+    """The preconditioner's factors, bitwise those of ``UpwindFlux._held_factor_blocks``."""
+    f = flux.model.flux
+    rng = np.random.default_rng(11 + COMM.rank)
+    nE, n = f.I.size, f.n
+    ci, cj, cf = (rng.uniform(0.0, 1.0, (nE, n)) for _ in range(3))
+    Si, Sj, phi, F, Sm, dP = (rng.uniform(0.0, 2.0, nE) for _ in range(6))
+    inv_i, inv_j = 1.0 / (Si + 0.1), 1.0 / (Sj + 0.1)
+    inv_j[:5] = 0.0  # vacuum
+    up_i = rng.random(nE) < 0.5
+    terms = (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, None)
+    ref = f._held_factor_blocks(terms)[:4]
+    out = tuple(np.empty((nE, n)) for _ in range(4))
+    mk.held_blocks(ci, cj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, f.law.derivative(Si),
+                   f.law.derivative(Sj), f.W, f.b, float(f.params.sigma), *out)
+    for r, o in zip(ref, out, strict=True):
+        np.testing.assert_array_equal(o, r)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["block_slots", "direct_blocks", "edge_blocks_apply", "edge_gradient_terms",
-           "exact_blocks", "node_products", "upstream_differences"]
+__all__ = ["block_slots", "direct_blocks", "edge_blocks_apply", "edge_gather",
+           "edge_gradient_terms", "exact_blocks", "held_blocks", "node_products",
+           "upstream_terms"]
 
 
 @njit(cache=True)
@@ -319,25 +320,130 @@ def exact_blocks(I, J, S, up_i, act, A_up, A_dn, A_c, kstar, d_dn, ci, cj, inv_i
 
 
 @njit(cache=True)
-def upstream_differences(I, J, up_i, grad, d_vec, d_dn, out):
-    """``out[e, k] = 2 grad(c_k)_up . d_vec[e] - d_dn[e, k]`` (the upstream gradient gathered).
+def edge_gather(I, J, rho, c, S, inv_node, ri, rj, ci, cj, Si, Sj, inv_i, inv_j):
+    """The nodal values at both ends of every edge, in one pass.
+
+    ``ri = rho[I]``, ``rj = rho[J]``, ``ci = c[I]``, ``cj = c[J]``, ``Si = max(S[I], 0)``,
+    ``Sj = max(S[J], 0)`` (NaN kept, as ``np.maximum``), ``inv_i = inv_node[I]``, ``inv_j =
+    inv_node[J]``.
+
+    Args:
+        I: The edges' first ends ``(E,)``.
+        J: Their second ends ``(E,)``.
+        rho: ``(nloc, n)`` densities.
+        c: ``(nloc, n)`` fractions.
+        S: ``(nloc,)`` total densities.
+        inv_node: ``(nloc,)`` their inverses (0 in vacuum).
+        ri: Output ``(E, n)``.
+        rj: Output ``(E, n)``.
+        ci: Output ``(E, n)``.
+        cj: Output ``(E, n)``.
+        Si: Output ``(E,)``.
+        Sj: Output ``(E,)``.
+        inv_i: Output ``(E,)``.
+        inv_j: Output ``(E,)``.
+    """
+    nE = I.shape[0]
+    n = rho.shape[1]
+    for e in range(nE):
+        i = I[e]
+        j = J[e]
+        for k in range(n):
+            ri[e, k] = rho[i, k]
+            rj[e, k] = rho[j, k]
+            ci[e, k] = c[i, k]
+            cj[e, k] = c[j, k]
+        si = S[i]
+        sj = S[j]
+        Si[e] = si if (si >= 0.0 or si != si) else 0.0
+        Sj[e] = sj if (sj >= 0.0 or sj != sj) else 0.0
+        inv_i[e] = inv_node[i]
+        inv_j[e] = inv_node[j]
+
+
+@njit(cache=True)
+def upstream_terms(I, J, up_i, ci, cj, d, grad, c_up, d_dn, d_vec, d_up):
+    """The upstream quantities of every edge, the upstream gradient gathered, in one pass.
+
+    ``c_up``, ``d_dn = c_dn - c_up``, ``d_vec = +-d`` (from the upstream to the downstream
+    node) and ``d_up = 2 grad(c)_up . d_vec - d_dn``, as the numpy expressions they replace
+    (``np.where`` on ``up_i``, then ``einsum``).
 
     Args:
         I: The edges' first ends ``(E,)``.
         J: Their second ends ``(E,)``.
         up_i: The first end is upstream ``(E,)``.
+        ci: Fractions at the first ends ``(E, n)``.
+        cj: At the second ends.
+        d: ``(E, gdim)``, from the first to the second end.
         grad: ``(nloc, n, gdim)`` nodal gradients.
-        d_vec: ``(E, gdim)``, from the upstream to the downstream node.
-        d_dn: ``(E, n)``, ``c_dn - c_up``.
-        out: ``(E, n)``, overwritten.
+        c_up: Output ``(E, n)``.
+        d_dn: Output ``(E, n)``.
+        d_vec: Output ``(E, gdim)``.
+        d_up: Output ``(E, n)``.
     """
-    nE, n = d_dn.shape
-    gd = d_vec.shape[1]
+    nE, n = ci.shape
+    gd = d.shape[1]
     for e in range(nE):
-        u = I[e] if up_i[e] else J[e]
+        first = up_i[e]
+        u = I[e] if first else J[e]
+        for g in range(gd):
+            d_vec[e, g] = d[e, g] if first else -d[e, g]
         for k in range(n):
+            cu = ci[e, k] if first else cj[e, k]
+            cd = cj[e, k] if first else ci[e, k]
+            c_up[e, k] = cu
+            dd = cd - cu
+            d_dn[e, k] = dd
             s = 0.0
-            for d in range(gd):
-                s += grad[u, k, d] * d_vec[e, d]
-            out[e, k] = 2.0 * s - d_dn[e, k]
+            for g in range(gd):
+                s += grad[u, k, g] * d_vec[e, g]
+            d_up[e, k] = 2.0 * s - dd
 
+
+@njit(cache=True)
+def held_blocks(ci, cj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, dPi, dPj, w, b, sigma, ui, uj,
+                di, dj):
+    """The factors of :meth:`fem_crossdiff.upwind.UpwindFlux._held_factor_blocks`, one pass.
+
+    ``J_end = u_end a^T + diag(d_end)`` with ``u = b w (c_f alpha - g c_end)``, ``d = b w g
+    +- sigma w``, ``g = lam F / S_end`` (``lam_i = 1 - phi/2`` upstream, ``phi/2``
+    downstream), in the order of the numpy expressions (bitwise equal); the positivity
+    limiter's factors (a few edges) are applied by the caller.
+
+    Args:
+        ci: Fractions at the first ends ``(E, n)``.
+        cj: At the second ends.
+        inv_i: ``1 / S`` at the first ends ``(E,)`` (0 in vacuum).
+        inv_j: At the second ends.
+        up_i: The first end is upstream ``(E,)``.
+        phi: The limiter ``(E,)`` (0: the first-order scheme).
+        cf: Face fractions ``(E, n)`` (``c_up``: the first-order scheme).
+        F: Pressure flux ``(E,)``.
+        Sm: ``(S_i + S_j) / 2``.
+        dP: ``P_i - P_j``.
+        dPi: ``P'(S_i)``.
+        dPj: ``P'(S_j)``.
+        w: Edge weights ``(E,)``.
+        b: Mobilities ``(n,)``.
+        sigma: Diffusion coefficient.
+        ui: Output ``(E, n)``.
+        uj: Output ``(E, n)``.
+        di: Output ``(E, n)``.
+        dj: Output ``(E, n)``.
+    """
+    nE, n = ci.shape
+    for e in range(nE):
+        alpha_i = 0.5 * dP[e] + Sm[e] * dPi[e]
+        alpha_j = 0.5 * dP[e] - Sm[e] * dPj[e]
+        lam_i = 1.0 - 0.5 * phi[e] if up_i[e] else 0.5 * phi[e]
+        lam_j = 1.0 - lam_i
+        gi = lam_i * F[e] * inv_i[e]
+        gj = lam_j * F[e] * inv_j[e]
+        sw = sigma * w[e]
+        for k in range(n):
+            bw = w[e] * b[k]
+            ui[e, k] = bw * (cf[e, k] * alpha_i - gi * ci[e, k])
+            uj[e, k] = bw * (cf[e, k] * alpha_j - gj * cj[e, k])
+            di[e, k] = bw * gi + sw
+            dj[e, k] = bw * gj - sw
