@@ -47,7 +47,7 @@ import numpy as np
 import ufl
 from bench_local import DT, PARAMS, initial_state
 
-from fem_crossdiff.compat import MPI, fem, la, mesh
+from fem_crossdiff.compat import MPI, PETSc, fem, la, mesh
 from fem_crossdiff.exact import barenblatt, steady_source
 from fem_crossdiff.forms import VERTEX
 from fem_crossdiff.measures import exact_lp_error
@@ -277,6 +277,30 @@ def _profiled(profile, call):
         profile.setdefault("runs", []).append(prof)
 
 
+#: PETSc events counted over the timed steps with ``--profile``: residual evaluations (line
+#: search included), Jacobian builds, multigrid set-ups, preconditioner applications (one per
+#: Krylov iteration and one per solve, right preconditioning), linear solves.
+PROFILE_EVENTS = ("SNESFunctionEval", "SNESJacobianEval", "PCSetUp", "PCApply", "KSPSolve")
+
+
+def _event_log() -> dict:
+    """Count and seconds of every :data:`PROFILE_EVENTS` so far (``PETSc.Log.begin`` on)."""
+    out = {}
+    for name in PROFILE_EVENTS:
+        info = PETSc.Log.Event(name).getPerfInfo()
+        out[name] = (int(info["count"]), float(info["time"]))
+    return out
+
+
+def print_events(label, before, after):
+    """Rank 0 prints the PETSc event counts and seconds between two :func:`_event_log`."""
+    if COMM.rank != 0:
+        return
+    parts = [f"{k} {after[k][0] - before[k][0]} ({after[k][1] - before[k][1]:.2f} s)"
+             for k in PROFILE_EVENTS]
+    print(f"PETSc events of {label}, timed steps: " + ", ".join(parts), flush=True)
+
+
 def print_profile(label, runs, top=14):
     """Rank 0 prints the functions of largest own time over ``runs`` (cProfile objects)."""
     import io
@@ -300,7 +324,8 @@ def step_costs(schemes, n, steps, dt, linear_solver="iterative", profile=False):
     A scheme whose step fails (Newton or the linear solve) gets ``None`` and is not timed
     further; the failure is reported. Schemes are specs of :func:`cost_options`. With
     ``profile`` the timed steps run under ``cProfile`` and rank 0 prints, per scheme, where
-    the time goes (the PETSc solve's own time is GAMG set-up and Krylov iterations).
+    the time goes (the PETSc solve's own time is GAMG set-up and Krylov iterations) and the
+    PETSc event counts (residuals, Jacobians, multigrid set-ups, preconditioner applications).
     """
     msh = mesh.create_unit_square(COMM, n, n)
     solvers, failed = {}, {}
@@ -317,12 +342,19 @@ def step_costs(schemes, n, steps, dt, linear_solver="iterative", profile=False):
     newton = {sch: [] for sch in solvers}
     krylov = {sch: [] for sch in solvers}
     profiles = {sch: ({} if profile else None) for sch in solvers}
+    events = {sch: {k: (0, 0.0) for k in PROFILE_EVENTS} for sch in solvers}
     for _ in range(steps):
         for sch, s in list(solvers.items()):
             COMM.Barrier()
+            e0 = _event_log() if profile else None
             t0 = time.perf_counter()
             info = _profiled(profiles[sch], lambda s=s: s.step(dt, "ie"))
             secs[sch].append(COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+            if profile:  # this scheme's share of the PETSc events
+                e1 = _event_log()
+                events[sch] = {k: (events[sch][k][0] + e1[k][0] - e0[k][0],
+                                   events[sch][k][1] + e1[k][1] - e0[k][1])
+                               for k in PROFILE_EVENTS}
             if not info.accepted:
                 failed[sch] = info.message
                 del solvers[sch]
@@ -332,6 +364,7 @@ def step_costs(schemes, n, steps, dt, linear_solver="iterative", profile=False):
     for sch, prof in profiles.items():
         if prof:
             print_profile(f"{sch} at n={n}, dt={dt:g}", prof.get("runs", []))
+            print_events(f"{sch} at n={n}", {k: (0, 0.0) for k in PROFILE_EVENTS}, events[sch])
     if COMM.rank == 0:
         print("Krylov iterations per timed step: " + ", ".join(
             f"{sch} {krylov[sch]}" for sch in krylov), flush=True)
@@ -418,6 +451,8 @@ def main() -> None:
                       ("m2d", "exponents of the 2D Barenblatt runs; none: no 2D run")):
         parser.add_argument(f"--{key}", default=None, help=f"{what} (comma-separated)")
     args = parser.parse_args()
+    if args.profile:
+        PETSc.Log.begin()  # the event counts of the timed steps (print_events)
     schemes = args.schemes.split(",")
     mode = "quick" if args.quick else "full"
     mesh_of = {k: getattr(args, k) or v for k, v in MESHES[mode].items()}
