@@ -678,6 +678,10 @@ def _sensor_parts(up: np.ndarray, dn: np.ndarray, slopes: bool):
     return slope_limiter_slope("vanleer", up, dn), front
 
 
+#: The power ``p`` (even) of the ``"smooth"`` limiter's smooth minimum with the clamp,
+#: ``(x^-p + y^-p)^(-1/p)``: the larger, the closer to ``min(x, y)`` (``2^(-1/p)`` of it
+#: where ``x = y``) and the sharper its turn.
+SMOOTH_P = 2
 #: The ``"smooth"`` limiter's scale: on an edge of length ``h`` the scaled fraction
 #: differences are compared with ``eps = (K h)^(3/2)`` (Venkatakrishnan's ``eps^2 = (K h)^3``),
 #: ``K =`` this value (``docs/muscl-newton.md``).
@@ -718,15 +722,16 @@ def smooth_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
 
 def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarray,
                    derivative: bool = False):
-    """``g = (x^-2 + clamp^-2)^(-1/2)``, ``clamp = 2 A / |dn|``, ``A = sqrt(c^2 + d^2) - d``.
+    """``g = (x^-p + clamp^-p)^(-1/p)``, ``clamp = 2 A / |dn|``, ``A = sqrt(c^2 + d^2) - d``.
 
     The ``"smooth"`` limiter's clamp: a smooth minimum of the limiter ``x >= 0`` and the
     clamp, ``<=`` both, so ``|c_f - c_up| = g |dn| / 2 <= A <= |c|`` (positivity, as the
     clamp ``min(x, 2 |c| / |dn|)`` of the other limiters); ``A`` is ``|c|`` with its kink at
     ``c = 0`` rounded at the scale ``d = delta`` (a species exactly 0 at the upstream node: there
-    ``g`` is 0 with a zero derivative, not a one-sided kink). Written ``g = 2 x A / sqrt(x^2
-    dn^2 + 4 A^2)``, smooth in ``dn`` across 0 (there ``g = x``; also where ``A = dn = 0``: a
-    species absent at both ends does not constrain).
+    ``g`` is 0 with a zero derivative, not a one-sided kink). Written ``g = 2 x A / ((x
+    dn)^p + (2 A)^p)^(1/p)`` (``p =`` :data:`SMOOTH_P`, even), smooth in ``dn`` across 0
+    (there ``g = x``; also where ``A = dn = 0``: a species absent at both ends does not
+    constrain).
 
     Args:
         x: The limiter's value ``phi_lim >= 0``.
@@ -740,7 +745,8 @@ def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarr
     """
     root = np.sqrt(c * c + delta * delta)
     A = c * c / (root + delta)  # sqrt(c^2 + delta^2) - delta without cancellation
-    D = np.sqrt((x * dn) ** 2 + 4.0 * A * A)
+    P = SMOOTH_P
+    D = ((x * dn) ** P + (2.0 * A) ** P) ** (1.0 / P)
     free = D == 0.0
     inv = 1.0 / np.where(free, 1.0, D)
     g = np.where(free, x, 2.0 * x * A * inv)
@@ -750,9 +756,9 @@ def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarr
         return g, clamp
     q = 2.0 * A * inv  # 2 A / D in [0, 1]
     xi = x * inv
-    dg_dx = np.where(free, 1.0, q ** 3)
-    dg_ddn = np.where(free, 0.0, -q * xi * xi * x * dn)
-    dg_dA = 2.0 * x * (x * dn * inv) ** 2 * inv
+    dg_dx = np.where(free, 1.0, q ** (P + 1))
+    dg_ddn = np.where(free, 0.0, -q * x * xi * (xi * dn) ** (P - 1))
+    dg_dA = 2.0 * xi * (xi * dn) ** P
     dA_dc = c / np.where(root > 0.0, root, 1.0)
     dg_dc = np.where(free, 0.0, dg_dA * dA_dc)
     return g, clamp, dg_dx, dg_ddn, dg_dc
