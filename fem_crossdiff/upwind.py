@@ -683,9 +683,10 @@ def _sensor_parts(up: np.ndarray, dn: np.ndarray, slopes: bool):
 #: where ``x = y``) and the sharper its turn.
 SMOOTH_P = 2
 #: The ``"smooth"`` limiter's scale: on an edge of length ``h`` the scaled fraction
-#: differences are compared with ``eps = (K h)^(3/2)`` (Venkatakrishnan's ``eps^2 = (K h)^3``),
-#: ``K =`` this value (``docs/muscl-newton.md``).
-SMOOTH_K = 1.0
+#: differences are compared with ``eps = (K h / L)^(3/2)`` (Venkatakrishnan's ``eps^2 = (K
+#: h)^3``, with ``h`` relative to the diameter ``L`` of the mesh's bounding box, as the
+#: fractions are dimensionless), ``K =`` this value (``docs/muscl-newton.md``).
+SMOOTH_K = 4.0
 
 
 def smooth_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
@@ -950,9 +951,12 @@ class MusclFlux(UpwindFlux):
         self._d = X[self.J] - X[self.I]  # (E, gdim), from the first to the second end
         #: Total density below which the fractions are regularised in the slopes.
         self.vacuum_scale = 0.0
-        if limiter == "smooth":  # eps^2 = (K h)^3 per edge (h its length), (E, 1)
+        if limiter == "smooth":  # eps^2 = (K h / L)^3 per edge (h its length), (E, 1)
             h = np.linalg.norm(self._d, axis=1)
-            self._eps2 = ((SMOOTH_K * h) ** 3)[:, None]
+            from fem_crossdiff.mollify import _global_mesh_sizes
+
+            L = _global_mesh_sizes(V.mesh)[1]  # collective
+            self._eps2 = ((SMOOTH_K * h / L) ** 3)[:, None]
 
     def set_vacuum_scale(self, rho: np.ndarray, rel: float = 1e-3) -> None:
         """``vacuum_scale = rel * max S`` of the state ``rho`` (collective; once per step)."""

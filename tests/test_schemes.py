@@ -148,7 +148,7 @@ def test_exact_jacobian_on_fronts(limiter):
     Two species meeting at slanted fronts, with a floor of 1e-3 so that every fraction is
     differentiable; the random direction crosses no kink at eps = 1e-7 (measured error
     2e-8 for van Leer, 2e-10 for superbee, 4e-9 for smooth, whose clamp is below its
-    limiter on 161 edges; the frozen matrix: 0.03-0.06).
+    limiter on 208 edges; the frozen matrix: 0.03-0.06).
     """
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     s = CrossDiffusionSolver(unit_mesh(2, 9), p, scheme="muscl", limiter=limiter,
