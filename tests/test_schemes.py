@@ -226,7 +226,8 @@ def test_gamg_step_from_exact_zeros():
                                atol=1e-10)
 
 
-def test_factored_jacobian_on_tetrahedra():
+@pytest.mark.parametrize("limiter", ["vanleer", "smooth"])
+def test_factored_jacobian_on_tetrahedra(limiter):
     """The factored exact Jacobian (the default with GMRES + GAMG) on a gmsh ball.
 
     Three-dimensional recovered gradients, and the negative-weight edges of the ``front``
@@ -238,7 +239,8 @@ def test_factored_jacobian_on_tetrahedra():
 
     geo = meshes.ball(COMM, h=0.35)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
-    s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front")
+    s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front",
+                             limiter=limiter)
     assert s.model.preconditioner == "upwind" and s.model.matrix_free
     assert COMM.allreduce(int(s.model.flux._lim.size)) > 0
     s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1]) + 0.2 * x[2],
