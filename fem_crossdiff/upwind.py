@@ -781,6 +781,8 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=False)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
+    if name == "smooth":
+        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
     pr = up * dn
     dn2 = dn * dn
     free = dn2 == 0.0
@@ -816,6 +818,8 @@ def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=True)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
+    if name == "smooth":
+        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
     free = dn == 0.0
     r = up / np.where(free, 1.0, dn)
     pos = r >= 0.0
