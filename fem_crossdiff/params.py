@@ -98,7 +98,8 @@ TIME_METHODS = ("ie", "bdf2")
 #: Spatial schemes of :class:`fem_crossdiff.solver.CrossDiffusionSolver`.
 SCHEMES = ("upwind", "galerkin", "muscl", "afc")
 #: Slope limiters of the ``"muscl"`` scheme (:func:`fem_crossdiff.upwind.slope_limiter`).
-LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor")
+LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor",
+            "smooth")
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).

@@ -631,7 +631,8 @@ class UpwindFlux(BlockPattern):
 # each returns ``phi(r)`` in ``[0, 2]``, with ``phi(1) = 1`` (second order on smooth data)
 # except ``"compressive"`` (``phi(1) = 2``). ``"sensor"`` also depends on the size of the jump
 # along the edge (:func:`sensor_weight`): van Leer's where it is small, 1.93 at ``r = 1``
-# where it is large.
+# where it is large. ``"smooth"`` (:func:`smooth_limiter`, :func:`smooth_clamped`) is a
+# function of both differences and of the edge length, without branches.
 
 #: The ``"sensor"`` limiter: the weight of its front limiter rises from 0 to 1 as the scaled
 #: jump ``a_k |c_k,dn - c_k,up|`` (in ``[0, 1]``: ``a_k c_k`` lies in ``[0, 1]``) goes from the
@@ -677,6 +678,93 @@ def _sensor_parts(up: np.ndarray, dn: np.ndarray, slopes: bool):
     return slope_limiter_slope("vanleer", up, dn), front
 
 
+#: The power ``p`` (even) of the ``"smooth"`` limiter's smooth minimum with the clamp,
+#: ``(x^-p + y^-p)^(-1/p)``: the larger, the closer to ``min(x, y)`` (``2^(-1/p)`` of it
+#: where ``x = y``) and the sharper its turn.
+SMOOTH_P = 2
+#: The ``"smooth"`` limiter's scale: on an edge of length ``h`` the scaled fraction
+#: differences are compared with ``eps = (K h / L)^(3/2)`` (Venkatakrishnan's ``eps^2 = (K
+#: h)^3``, with ``h`` relative to the diameter ``L`` of the mesh's bounding box, as the
+#: fractions are dimensionless), ``K =`` this value (``docs/muscl-newton.md``).
+SMOOTH_K = 4.0
+
+
+def smooth_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
+                   derivative: bool = False):
+    """Van Leer regularised at the scale ``eps`` (the ``"smooth"`` limiter), in product form.
+
+    ``phi = (p + s) / (dn^2 + s)``, ``p = up dn``, ``s = sqrt(p^2 + eps^4)`` (van Leer's
+    ``(p + |p|) / (dn^2 + |p|)`` with ``|p|`` replaced by ``s >= |p|``): infinitely
+    differentiable in ``(up, dn)`` (the denominator is ``>= eps^2``), in ``[0, 2)`` (``p <=
+    s``), exactly 1 at ``up = dn`` (``r = 1``), tending to 1 where ``|up|, |dn| << eps`` (the
+    central face value, second order, no branch) and to van Leer's where ``|up dn| >>
+    eps^2``. Why: van Leer's kink at ``r = 0`` and its jump at ``dn = 0`` (from 2 to 0 across
+    ``dn = 0`` at fixed ``up``) flip on edges whose differences are of the size of a Newton
+    correction, and make the residual only piecewise smooth there.
+
+    Args:
+        up: The difference across the upstream node (scaled: ``a_k D_k,up``).
+        dn: The difference along the edge (``a_k (c_k,dn - c_k,up)``), same shape.
+        eps2: ``eps^2``, broadcastable against ``dn``.
+        derivative: Also return ``d phi / d up`` and ``d phi / d dn``.
+    """
+    pr = up * dn
+    s = np.sqrt(pr * pr + eps2 * eps2)
+    num, den = pr + s, dn * dn + s
+    phi = num / den
+    if not derivative:
+        return phi
+    t = pr / s
+    inv2 = 1.0 / (den * den)
+    d_up = dn * ((1.0 + t) * den - num * t) * inv2
+    d_dn = (up * (1.0 + t) * den - num * (2.0 * dn + up * t)) * inv2
+    return phi, d_up, d_dn
+
+
+def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarray,
+                   derivative: bool = False):
+    """``g = (x^-p + clamp^-p)^(-1/p)``, ``clamp = 2 A / |dn|``, ``A = sqrt(c^2 + d^2) - d``.
+
+    The ``"smooth"`` limiter's clamp: a smooth minimum of the limiter ``x >= 0`` and the
+    clamp, ``<=`` both, so ``|c_f - c_up| = g |dn| / 2 <= A <= |c|`` (positivity, as the
+    clamp ``min(x, 2 |c| / |dn|)`` of the other limiters); ``A`` is ``|c|`` with its kink at
+    ``c = 0`` rounded at the scale ``d = delta`` (a species exactly 0 at the upstream node: there
+    ``g`` is 0 with a zero derivative, not a one-sided kink). Written ``g = 2 x A / ((x
+    dn)^p + (2 A)^p)^(1/p)`` (``p =`` :data:`SMOOTH_P`, even), smooth in ``dn`` across 0
+    (there ``g = x``; also where ``A = dn = 0``: a species absent at both ends does not
+    constrain).
+
+    Args:
+        x: The limiter's value ``phi_lim >= 0``.
+        dn: ``a_k (c_k,dn - c_k,up)``.
+        c: ``a_k c_k,up``.
+        delta: The rounding scale (``eps``), broadcastable.
+        derivative: Also return ``dg / dx``, ``dg / d dn`` (at fixed ``x``) and ``dg / dc``.
+
+    Returns:
+        ``(g, clamp)``, or ``(g, clamp, dg_dx, dg_ddn, dg_dc)``.
+    """
+    root = np.sqrt(c * c + delta * delta)
+    A = c * c / (root + delta)  # sqrt(c^2 + delta^2) - delta without cancellation
+    P = SMOOTH_P
+    D = ((x * dn) ** P + (2.0 * A) ** P) ** (1.0 / P)
+    free = D == 0.0
+    inv = 1.0 / np.where(free, 1.0, D)
+    g = np.where(free, x, 2.0 * x * A * inv)
+    big = dn != 0.0
+    clamp = np.where(big, 2.0 * A / np.where(big, np.abs(dn), 1.0), np.inf)
+    if not derivative:
+        return g, clamp
+    q = 2.0 * A * inv  # 2 A / D in [0, 1]
+    xi = x * inv
+    dg_dx = np.where(free, 1.0, q ** (P + 1))
+    dg_ddn = np.where(free, 0.0, -q * x * xi * (xi * dn) ** (P - 1))
+    dg_dA = 2.0 * xi * (xi * dn) ** P
+    dA_dc = c / np.where(root > 0.0, root, 1.0)
+    dg_dc = np.where(free, 0.0, dg_dA * dA_dc)
+    return g, clamp, dg_dx, dg_ddn, dg_dc
+
+
 def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
                   jump: np.ndarray | None = None) -> np.ndarray:
     """``phi(up / dn)`` of the limiter ``name``, 2 (no constraint) where ``dn = 0``.
@@ -693,6 +781,8 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=False)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
+    if name == "smooth":
+        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
     pr = up * dn
     dn2 = dn * dn
     free = dn2 == 0.0
@@ -728,6 +818,8 @@ def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=True)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
+    if name == "smooth":
+        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
     free = dn == 0.0
     r = up / np.where(free, 1.0, dn)
     pos = r >= 0.0
@@ -823,7 +915,9 @@ class MusclFlux(UpwindFlux):
     where ``D_k,up = 2 grad(c_k)_up . (x_dn - x_up) - (c_k,dn - c_k,up)`` is the difference
     across the upstream node along the edge ("extended edge" value from the recovered nodal
     gradient, exact on uniform 1D meshes), and ``phi_lim`` a TVD limiter (:data:`LIMITERS`;
-    ``"sensor"`` also depends on the scaled jump ``a_k |c_k,dn - c_k,up|``).
+    ``"sensor"`` also depends on the scaled jump ``a_k |c_k,dn - c_k,up|``; ``"smooth"``
+    replaces the limiter and the clamp's minimum by smooth functions, see
+    :func:`smooth_limiter` and :func:`smooth_clamped`).
 
     Why one ``phi`` for all species: ``sum_k a_k (c_k,dn - c_k,up) = 0``, so
     ``sum_k a_k c_k,f = 1`` and ``sum_k a_k G_k`` is exactly the one-species scheme for
@@ -861,6 +955,12 @@ class MusclFlux(UpwindFlux):
         self._d = X[self.J] - X[self.I]  # (E, gdim), from the first to the second end
         #: Total density below which the fractions are regularised in the slopes.
         self.vacuum_scale = 0.0
+        if limiter == "smooth":  # eps^2 = (K h / L)^3 per edge (h its length), (E, 1)
+            h = np.linalg.norm(self._d, axis=1)
+            from fem_crossdiff.mollify import _global_mesh_sizes
+
+            L = _global_mesh_sizes(V.mesh)[1]  # collective
+            self._eps2 = ((SMOOTH_K * h / L) ** 3)[:, None]
 
     def set_vacuum_scale(self, rho: np.ndarray, rel: float = 1e-3) -> None:
         """``vacuum_scale = rel * max S`` of the state ``rho`` (collective; once per step)."""
@@ -905,12 +1005,21 @@ class MusclFlux(UpwindFlux):
         d_vec = np.empty_like(self._d)
         upstream_terms(self.I, self.J, up_i, ci, cj, self._d, grad, c_up, d_dn, d_vec, d_up)
         jump = np.abs(d_dn) * a  # a_k c_k lies in [0, 1]: the jump's scale (the sensor's)
-        phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
-        # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0 with
-        # it from both sides (a clamp on one side only jumps at c_up = 0 and Newton cycles)
-        big = np.abs(d_dn) > 0.0
-        clamp = np.where(big, 2.0 * np.abs(c_up) / np.where(big, np.abs(d_dn), 1.0), np.inf)
-        phi_k = np.minimum(phi_lim, clamp)
+        if self.limiter == "smooth":
+            # in the scaled differences a_k d (the same for both species of a pair: sum_k
+            # a_k d_k = 0), and a smooth minimum with the clamp (no branch to flip)
+            eps2 = self._eps2
+            phi_lim = smooth_limiter(d_up * a, d_dn * a, eps2)
+            phi_k, clamp = smooth_clamped(phi_lim, d_dn * a, c_up * a, np.sqrt(eps2))
+        else:
+            phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
+            # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0
+            # with it from both sides (a clamp on one side only jumps at c_up = 0 and Newton
+            # cycles)
+            big = np.abs(d_dn) > 0.0
+            clamp = np.where(big, 2.0 * np.abs(c_up) / np.where(big, np.abs(d_dn), 1.0),
+                             np.inf)
+            phi_k = np.minimum(phi_lim, clamp)
         # kappa = 2 S_i S_j / (S_i^2 + S_j^2) = 1 - O(h^2) where S is smooth, 0 in vacuum:
         # the correction fades continuously where c is undefined (a switch at S = 0 makes
         # the residual discontinuous while a node fills, and Newton cycles)
@@ -964,25 +1073,11 @@ class MusclFlux(UpwindFlux):
         ar = np.arange(nE)
         kstar = np.argmin(x["phi_k"], axis=1)
         Phi, kappa = x["Phi"], x["kappa"]
-        act = x["phi_k"][ar, kstar] < 2.0  # else phi = 2 kappa, no limiter derivative
-        du, dd, cu = x["d_up"][ar, kstar], x["d_dn"][ar, kstar], x["c_up"][ar, kstar]
-        use_clamp = x["clamp"][ar, kstar] < x["phi_lim"][ar, kstar]
-        # limiter branch: phi(r), r = du / dd
-        jump = x["jump"][ar, kstar]
-        slope = slope_limiter_slope(self.limiter, du, dd, jump)
-        tiny = np.abs(dd) < 1e-150  # no 1/dd^2 overflow (the term is held there, see below)
-        safe_dd = np.where(tiny, 1.0, dd)
-        inv_dd = 1.0 / safe_dd
-        r = du * inv_dd
-        A_up = np.where(use_clamp, 0.0, slope * inv_dd)
-        # the sensor's weight depends on jump = a_k* |dd| besides r
-        dphi_jump = slope_limiter_jump_slope(self.limiter, du, dd, jump) * a[kstar]
-        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd + dphi_jump * np.sign(dd))
-        # clamp branch: 2 |c_up| / |dd| (at c_up = 0 the derivative towards c_up > 0)
-        sg = np.where(cu >= 0.0, 1.0, -1.0)
-        A_dn = np.where(use_clamp, -np.where(tiny, 0.0, x["clamp"][ar, kstar]) * inv_dd, A_dn)
-        A_c = np.where(use_clamp, 2.0 * sg * np.abs(inv_dd), 0.0)
-        act &= ~tiny
+        if self.limiter == "smooth":  # every term weighted: no branch, no division by dd
+            A_up, A_dn, A_c = self._smooth_coefficients(ar, kstar)
+            act = np.ones(nE, dtype=bool)
+        else:
+            A_up, A_dn, A_c, act = self._branch_coefficients(ar, kstar)
         # phi's derivative reaches species k through d_dn,k dphi ~ d_dn,k / d_dn,k*; with
         # sum_k a_k d_dn,k = 0 the ratio is O(1) (for two species exactly a_k* / a_k), unless
         # d_dn,k* is at round-off level (a fraction equal to 1 or 0 up to 1e-16), where it
@@ -1007,6 +1102,49 @@ class MusclFlux(UpwindFlux):
             Jj[e] += g_dth_j[:, :, None] * eye
             Y[e] *= theta
         return Ji, Jj, Y, kstar, up_i
+
+    def _branch_coefficients(self, ar: np.ndarray, kstar: np.ndarray):
+        """``d Phi / d (D_up, c_dn - c_up, c_up)`` of species ``k*`` on the branch taken.
+
+        The limiter ``phi_lim(r)`` or the clamp ``2 |c_up| / |dd|``, whichever is smaller; at
+        a kink the one-sided derivative (:func:`slope_limiter_slope`). Returns the three
+        coefficients and where they apply (``act``: not at ``phi = 2`` nor ``dd ~ 0``).
+        """
+        x, a = self._aux, self.a
+        act = x["phi_k"][ar, kstar] < 2.0  # else phi = 2 kappa, no limiter derivative
+        du, dd, cu = x["d_up"][ar, kstar], x["d_dn"][ar, kstar], x["c_up"][ar, kstar]
+        use_clamp = x["clamp"][ar, kstar] < x["phi_lim"][ar, kstar]
+        # limiter branch: phi(r), r = du / dd
+        jump = x["jump"][ar, kstar]
+        slope = slope_limiter_slope(self.limiter, du, dd, jump)
+        tiny = np.abs(dd) < 1e-150  # no 1/dd^2 overflow (the term is held there, see below)
+        safe_dd = np.where(tiny, 1.0, dd)
+        inv_dd = 1.0 / safe_dd
+        r = du * inv_dd
+        A_up = np.where(use_clamp, 0.0, slope * inv_dd)
+        # the sensor's weight depends on jump = a_k* |dd| besides r
+        dphi_jump = slope_limiter_jump_slope(self.limiter, du, dd, jump) * a[kstar]
+        A_dn = np.where(use_clamp, 0.0, -slope * r * inv_dd + dphi_jump * np.sign(dd))
+        # clamp branch: 2 |c_up| / |dd| (at c_up = 0 the derivative towards c_up > 0)
+        sg = np.where(cu >= 0.0, 1.0, -1.0)
+        A_dn = np.where(use_clamp, -np.where(tiny, 0.0, x["clamp"][ar, kstar]) * inv_dd, A_dn)
+        A_c = np.where(use_clamp, 2.0 * sg * np.abs(inv_dd), 0.0)
+        act &= ~tiny
+        return A_up, A_dn, A_c, act
+
+    def _smooth_coefficients(self, ar: np.ndarray, kstar: np.ndarray):
+        """``d Phi / d (D_up, c_dn - c_up, c_up)`` of species ``k*`` for ``"smooth"``.
+
+        ``Phi = g(x(u, v), v, c)`` in the scaled ``u = a D_up``, ``v = a (c_dn - c_up)``,
+        ``c = a c_up`` (:func:`smooth_limiter`, :func:`smooth_clamped`): the chain rule through
+        both the limiter and the clamp, each weighted by the smooth minimum's derivative.
+        """
+        x, ak = self._aux, self.a[kstar]
+        u, v, c = (x[key][ar, kstar] * ak for key in ("d_up", "d_dn", "c_up"))
+        eps2 = self._eps2[:, 0]
+        phi_lim, dx_du, dx_dv = smooth_limiter(u, v, eps2, derivative=True)
+        _, _, g_x, g_v, g_c = smooth_clamped(phi_lim, v, c, np.sqrt(eps2), derivative=True)
+        return ak * g_x * dx_du, ak * (g_x * dx_dv + g_v), ak * g_c
 
     def c_reg_derivative(self) -> np.ndarray:
         """``d c_reg,k / d rho_l`` (nloc, n, n) at every local node, at the last state.

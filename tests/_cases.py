@@ -34,7 +34,7 @@ def assert_positive_conservative_on_fronts(s, tol=1e-10):
             assert abs(r[f"mass_{k}"] - rows[0][f"mass_{k}"]) <= tol * rows[0][f"mass_{k}"]
 
 
-def assert_equal_mobilities_energy_and_reduction(msh, scheme):
+def assert_equal_mobilities_energy_and_reduction(msh, scheme, **options):
     """Equal mobilities from :func:`fronts`: energy decrease and the one-species reduction.
 
     The energy decreases at every step, and ``u = sum_k a_k rho_k`` is the one-species
@@ -42,16 +42,17 @@ def assert_equal_mobilities_energy_and_reduction(msh, scheme):
 
     A scheme with one face fraction correction for all species keeps ``sum_k a_k c_k,f = 1``,
     so the two-species fluxes sum exactly to the one-species ones (Theorem 1.8's reduction).
+    ``options`` go to both solvers (``limiter=...``).
     """
     p = ModelParams(a=(1.0, 2.0), b=(0.7, 0.7), m=2.0, sigma=0.0)
-    s = CrossDiffusionSolver(msh, p, scheme=scheme, linear_solver="direct")
+    s = CrossDiffusionSolver(msh, p, scheme=scheme, linear_solver="direct", **options)
     s.set_initial([lambda x: fronts(x)[0], lambda x: fronts(x)[1]])
     tp = TimeParams(T=0.02, dt=0.002)
     rows = s.run(tp, progress=False)
     energy = np.array([r["energy"] for r in rows])
     assert np.all(np.diff(energy) < 0.0), np.diff(energy)
     one = CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(0.7,), m=2.0, sigma=0.0),
-                               scheme=scheme, linear_solver="direct")
+                               scheme=scheme, linear_solver="direct", **options)
     one.set_initial([lambda x: fronts(x)[0] + 2.0 * fronts(x)[1]])
     one.run(tp, progress=False)
     u = s.rho.x.array.reshape(-1, 2) @ np.array(p.a)

@@ -28,7 +28,7 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 COMM = MPI.COMM_WORLD
 
 
-@pytest.mark.parametrize("limiter", ["vanleer", "sensor"])
+@pytest.mark.parametrize("limiter", ["vanleer", "sensor", "smooth"])
 @pytest.mark.parametrize("dim", [1, 2])
 def test_positive_conservative_on_fronts(dim, limiter):
     """Fronts at sigma = 0: every step accepted, min >= -1e-10 max, mass to 1e-10.
@@ -36,7 +36,7 @@ def test_positive_conservative_on_fronts(dim, limiter):
     Both bounds are the Newton tolerance (measured mass drift 1e-12 over 10 steps): the exact
     discrete solution is >= 0 and conserves mass exactly. The clamp, on which the positivity
     proof rests, is applied after the limiter for every limiter (docs/schemes.md), the
-    sensor's included.
+    sensor's included; ``"smooth"``'s smooth minimum stays below it.
     """
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     s = CrossDiffusionSolver(unit_mesh(dim, 40 if dim == 1 else 12), p, scheme="muscl",
@@ -44,13 +44,15 @@ def test_positive_conservative_on_fronts(dim, limiter):
     assert_positive_conservative_on_fronts(s)
 
 
+@pytest.mark.parametrize("limiter", ["vanleer", "smooth"])
 @pytest.mark.parametrize("dim", [1, 2])
-def test_equal_mobilities_energy_and_reduction(dim):
+def test_equal_mobilities_energy_and_reduction(dim, limiter):
     """Equal mobilities: the energy decreases, and u = sum a_k rho_k solves the 1-species scheme.
 
     The reconstruction keeps sum_k a_k c_k,f = 1 (one limiter for all species).
     """
-    assert_equal_mobilities_energy_and_reduction(unit_mesh(dim, 40 if dim == 1 else 12), "muscl")
+    assert_equal_mobilities_energy_and_reduction(unit_mesh(dim, 40 if dim == 1 else 12), "muscl",
+                                                 limiter=limiter)
 
 
 @pytest.mark.parametrize("m", [2.0])
@@ -109,17 +111,21 @@ def jac_solvers():
     msh = unit_mesh(2, 6)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
     out = {}
-    for jac in ("exact", "mf", "frozen"):
-        s = CrossDiffusionSolver(msh, p, scheme="muscl", jacobian=jac, linear_solver="direct")
+    for jac, lim in (("exact", "vanleer"), ("mf", "vanleer"), ("frozen", "vanleer"),
+                     ("exact", "smooth"), ("mf", "smooth")):
+        s = CrossDiffusionSolver(msh, p, scheme="muscl", jacobian=jac, linear_solver="direct",
+                                 limiter=lim)
         s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1]),
                        lambda x: 0.8 - 0.3 * np.cos(2 * np.pi * x[0])])
         s._set_coefficients(0.1, "ie")
-        out[jac] = s
+        out[jac, lim] = s
     return out
 
 
-@pytest.mark.parametrize("jac,bound", [("exact", 1e-6), ("mf", 1e-4), ("frozen", None)])
-def test_jacobian_against_finite_differences(jac_solvers, jac, bound):
+@pytest.mark.parametrize("jac,lim,bound", [("exact", "vanleer", 1e-6), ("mf", "vanleer", 1e-4),
+                                           ("frozen", "vanleer", None),
+                                           ("exact", "smooth", 1e-6), ("mf", "smooth", 1e-4)])
+def test_jacobian_against_finite_differences(jac_solvers, jac, lim, bound):
     """The exact assembled and the matrix-free Jacobians match a central difference.
 
     The frozen limiter's matrix does not (it misses the limiter's and the gradients'
@@ -127,7 +133,7 @@ def test_jacobian_against_finite_differences(jac_solvers, jac, bound):
     the limiter works on its smooth branches and every derivative term (limiter, clamp,
     ``kappa``, recovered gradients through the distance-2 pattern) is exercised.
     """
-    s = jac_solvers[jac]
+    s = jac_solvers[jac, lim]
     err = fd_jacobian_error(s, 1e-6, 7)
     if bound is None:
         assert err > 1e-3, err  # the check can tell an approximate Jacobian
@@ -135,13 +141,14 @@ def test_jacobian_against_finite_differences(jac_solvers, jac, bound):
         assert err < bound, err
 
 
-@pytest.mark.parametrize("limiter", ["vanleer", "superbee"])
+@pytest.mark.parametrize("limiter", ["vanleer", "superbee", "smooth"])
 def test_exact_jacobian_on_fronts(limiter):
     """The exact Jacobian where the clamp and the limiter's branches are active.
 
     Two species meeting at slanted fronts, with a floor of 1e-3 so that every fraction is
     differentiable; the random direction crosses no kink at eps = 1e-7 (measured error
-    2e-8 for van Leer, 2e-10 for superbee; the frozen matrix: 0.03-0.06).
+    2e-8 for van Leer, 2e-10 for superbee, 4e-9 for smooth, whose clamp is below its
+    limiter on 208 edges; the frozen matrix: 0.03-0.06).
     """
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     s = CrossDiffusionSolver(unit_mesh(2, 9), p, scheme="muscl", limiter=limiter,
@@ -157,12 +164,13 @@ def test_exact_jacobian_on_fronts(limiter):
     assert err < 1e-6, err
 
 
-def test_rank_invariance():
+@pytest.mark.parametrize("limiter", ["vanleer", "smooth"])
+def test_rank_invariance(limiter):
     """One step on all ranks of COMM_WORLD and on one rank agree to 1e-8."""
     p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
     out = []
     for comm in (COMM, MPI.COMM_SELF):
-        s = CrossDiffusionSolver(unit_mesh(2, 12, comm=comm), p, scheme="muscl")
+        s = CrossDiffusionSolver(unit_mesh(2, 12, comm=comm), p, scheme="muscl", limiter=limiter)
         s.set_initial([lambda x: fronts(x)[0], lambda x: fronts(x)[1]])
         assert s.step(0.002, "ie").accepted
         out.append(functionals(s))
@@ -218,7 +226,8 @@ def test_gamg_step_from_exact_zeros():
                                atol=1e-10)
 
 
-def test_factored_jacobian_on_tetrahedra():
+@pytest.mark.parametrize("limiter", ["vanleer", "smooth"])
+def test_factored_jacobian_on_tetrahedra(limiter):
     """The factored exact Jacobian (the default with GMRES + GAMG) on a gmsh ball.
 
     Three-dimensional recovered gradients, and the negative-weight edges of the ``front``
@@ -230,7 +239,8 @@ def test_factored_jacobian_on_tetrahedra():
 
     geo = meshes.ball(COMM, h=0.35)
     p = ModelParams(a=(1.0, 0.5), b=(1.0, 2.0), m=2.5, sigma=0.1)
-    s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front")
+    s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front",
+                             limiter=limiter)
     assert s.model.preconditioner == "upwind" and s.model.matrix_free
     assert COMM.allreduce(int(s.model.flux._lim.size)) > 0
     s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1]) + 0.2 * x[2],
@@ -323,3 +333,80 @@ def test_sensor_exact_jacobian(monkeypatch):
     monkeypatch.setattr(upwind, "slope_limiter_jump_slope",
                         lambda name, up, dn, jump: np.zeros(np.shape(dn)))
     assert fd_jacobian_error(s, 1e-7, 7) > 1e-5
+
+
+# --------------------------------------------------------------------------- limiter="smooth"
+def test_smooth_limiter_values_and_derivatives():
+    """``"smooth"``: in [0, 2], 1 at r = 1, ~1 below eps, van Leer's above, C1, clamp kept.
+
+    The derivatives are checked against complex steps (the formulas are analytic in every
+    argument), the smooth minimum against both of its arguments, and the positivity bound
+    ``|c_f - c_up| = g |dn| / 2 <= |c_up|`` on random data over six decades.
+    """
+    from fem_crossdiff.upwind import slope_limiter, smooth_clamped, smooth_limiter
+
+    rng = np.random.default_rng(3)
+    N = 4000
+    up, dn, c = (rng.standard_normal(N) * 10.0 ** rng.uniform(-6, 0, N) for _ in range(3))
+    eps2 = np.full(N, 1e-6)
+    phi, d_up, d_dn = smooth_limiter(up, dn, eps2, derivative=True)
+    assert phi.min() >= 0.0 and phi.max() < 2.0
+    np.testing.assert_array_equal(smooth_limiter(dn, dn, eps2), 1.0)
+    small = smooth_limiter(1e-5 * up / np.abs(up).max(), 1e-5 * dn / np.abs(dn).max(), eps2)
+    assert np.abs(small - 1.0).max() < 1e-3  # |up|, |dn| <= eps / 100
+    big = np.abs(up * dn) > 1e4 * eps2
+    np.testing.assert_allclose(phi[big], slope_limiter("vanleer", up, dn)[big], atol=1e-3)
+    h = 1e-30
+    np.testing.assert_allclose(smooth_limiter(up + 1j * h, dn + 0j, eps2).imag / h, d_up,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(smooth_limiter(up + 0j, dn + 1j * h, eps2).imag / h, d_dn,
+                               rtol=1e-9, atol=1e-12)
+    delta = np.sqrt(eps2)
+    g, clamp, g_x, g_dn, g_c = smooth_clamped(phi, dn, c, delta, derivative=True)
+    assert np.all(g <= phi * (1.0 + 1e-14)) and np.all(g <= clamp * (1.0 + 1e-14))
+    assert np.all(0.5 * g * np.abs(dn) <= np.abs(c) * (1.0 + 1e-14))
+    for arg, der in ((0, g_x), (1, g_dn), (2, g_c)):
+        z = [phi + 0j, dn + 0j, c + 0j]
+        z[arg] = z[arg] + 1j * h
+        np.testing.assert_allclose(smooth_clamped(*z, delta)[0].imag / h, der, rtol=1e-7,
+                                   atol=1e-9)
+    # a species exactly 0 upstream: g = 0 with a zero derivative (no one-sided kink)
+    g0, _, _, _, gc0 = smooth_clamped(phi, dn, 0.0 * c, delta, derivative=True)
+    assert np.all(g0 == 0.0) and np.all(gc0 == 0.0)
+
+
+def test_smooth_second_order_on_smooth_data():
+    """``"smooth"`` keeps van Leer's L2 rate on the smooth 2D manufactured solution."""
+    errs = [_mms_error_2d("smooth", n) for n in (8, 16)]
+    rate = np.log(errs[0] / errs[1]) / np.log(2.0)
+    assert rate >= 1.8, (errs, rate)
+
+
+@pytest.mark.slow
+def test_smooth_newton_at_large_steps():
+    """``"smooth"`` needs about upwind's Newton iterations where van Leer's stall.
+
+    bench_local's coefficients and state (species 1 exactly 0 in a disc) on 33k unknowns,
+    ``dt = 1e-2`` (``dt D / h^2 ~ 160``), the default iterative solver, the second step (the
+    one the cost figure times): measured (serial, under load) upwind 4, ``smooth`` 5, van Leer
+    14 Newton iterations (``docs/muscl-newton.md``). Both steps accepted, positive and
+    conservative.
+    """
+    p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)
+    msh = unit_mesh(2, 128)
+    its = {}
+    for name, opts in (("upwind", {"scheme": "upwind"}),
+                       ("vanleer", {"scheme": "muscl", "limiter": "vanleer"}),
+                       ("smooth", {"scheme": "muscl", "limiter": "smooth"})):
+        s = CrossDiffusionSolver(msh, p, **opts)
+        s.set_initial([lambda x: _bench_state(x)[0], lambda x: _bench_state(x)[1]])
+        m0 = s.masses()
+        for _ in range(2):
+            info = s.step(1e-2, "ie")
+            assert info.accepted, (name, info.message)
+        mn, mx = s.extrema()
+        assert np.all(mn >= -1e-10 * mx), (name, mn)
+        np.testing.assert_allclose(s.masses(), m0, rtol=1e-10)
+        its[name] = info.newton_its
+    assert its["smooth"] <= 1.5 * its["upwind"], its
+    assert its["vanleer"] > 2 * its["upwind"], its  # the check tells a stalling Newton

@@ -144,7 +144,9 @@ class SolverConfig(Section):
             ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
         limiter: Slope limiter of ``scheme = "muscl"`` (default ``"vanleer"``; only with
             that scheme): ``"sensor"`` is compressive at fronts and van Leer on smooth data
-            (see ``docs/schemes.md``).
+            (see ``docs/schemes.md``); ``"smooth"`` is van Leer regularised to be
+            differentiable, for fewer Newton iterations at large steps
+            (``docs/muscl-newton.md``).
     """
 
     scheme: str = "upwind"
