@@ -99,7 +99,7 @@ TIME_METHODS = ("ie", "bdf2")
 SCHEMES = ("upwind", "galerkin", "muscl", "afc")
 #: Slope limiters of the ``"muscl"`` scheme (:func:`fem_crossdiff.upwind.slope_limiter`).
 LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor",
-            "smooth")
+            "smooth", "smooth-sensor")
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).

@@ -632,7 +632,9 @@ class UpwindFlux(BlockPattern):
 # except ``"compressive"`` (``phi(1) = 2``). ``"sensor"`` also depends on the size of the jump
 # along the edge (:func:`sensor_weight`): van Leer's where it is small, 1.93 at ``r = 1``
 # where it is large. ``"smooth"`` (:func:`smooth_limiter`, :func:`smooth_clamped`) is a
-# function of both differences and of the edge length, without branches.
+# function of both differences and of the edge length, without branches; ``"smooth-sensor"``
+# (:func:`smooth_sensor_limiter`) is the sensor's blend of it with the front limiter
+# regularised the same way.
 
 #: The ``"sensor"`` limiter: the weight of its front limiter rises from 0 to 1 as the scaled
 #: jump ``a_k |c_k,dn - c_k,up|`` (in ``[0, 1]``: ``a_k c_k`` lies in ``[0, 1]``) goes from the
@@ -765,6 +767,68 @@ def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarr
     return g, clamp, dg_dx, dg_ddn, dg_dc
 
 
+#: The limiters without branches (:class:`MusclFlux` compares the scaled differences with
+#: ``eps`` per edge and takes :func:`smooth_clamped` for the clamp).
+SMOOTH_LIMITERS = ("smooth", "smooth-sensor")
+
+
+def smooth_front_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
+                         derivative: bool = False):
+    """The sensor's front limiter ``2 tanh(K r / 2)^+`` regularised at the scale ``eps``.
+
+    ``phi = 2 tanh(K q / 2)``, ``q = (p + s) / (2 (dn^2 + eps^2))``, ``p = up dn``, ``s =
+    sqrt(p^2 + eps^4)`` (:func:`smooth_limiter`'s ``s``; ``K =`` :data:`SENSOR_SLOPE`):
+    ``q`` is ``r^+ = (p + |p|) / (2 dn^2)`` with ``|p|`` replaced by ``s``, so the kink of
+    ``r^+`` at ``r = 0`` is rounded at ``|up dn| ~ eps^2`` and ``dn = 0`` needs no division
+    (there ``q = 1/2``). In ``[0, 2)``, analytic in ``(up, dn)``.
+
+    Args:
+        up: ``a_k D_k,up``.
+        dn: ``a_k (c_k,dn - c_k,up)``, same shape.
+        eps2: ``eps^2``, broadcastable against ``dn``.
+        derivative: Also return ``d phi / d up`` and ``d phi / d dn``.
+    """
+    pr = up * dn
+    s = np.sqrt(pr * pr + eps2 * eps2)
+    den = 2.0 * (dn * dn + eps2)
+    num = pr + s
+    th = np.tanh(0.5 * SENSOR_SLOPE * num / den)
+    if not derivative:
+        return 2.0 * th
+    t = pr / s
+    f = SENSOR_SLOPE * (1.0 - th * th) / (den * den)  # d phi / d q over den^2
+    return 2.0 * th, f * dn * (1.0 + t) * den, f * (up * (1.0 + t) * den - 4.0 * num * dn)
+
+
+def smooth_sensor_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
+                          derivative: bool = False):
+    """The ``"smooth-sensor"`` limiter: ``(1 - w) phi_smooth + w phi_front``.
+
+    ``phi_smooth`` = :func:`smooth_limiter`, ``phi_front`` = :func:`smooth_front_limiter`,
+    ``w = sensor_weight(|dn|)`` (the ``"sensor"``'s blend, ``|dn| = a_k |c_k,dn - c_k,up|``
+    the scaled jump): on smooth data (jumps ``O(h)`` below ``SENSOR_BAND[0]``) exactly the
+    ``"smooth"`` limiter, at a contact a few cells wide the compressive front limiter, and
+    without the kinks of ``"sensor"`` (``w`` is C1 and flat near ``dn = 0``, both limiters
+    analytic). In ``[0, 2)``.
+
+    Args:
+        up: ``a_k D_k,up``.
+        dn: ``a_k (c_k,dn - c_k,up)``, same shape.
+        eps2: ``eps^2``, broadcastable against ``dn``.
+        derivative: Also return ``d phi / d up`` and ``d phi / d dn`` (the weight's
+            ``dw / d jump sign(dn) (phi_front - phi_smooth)`` included).
+    """
+    jump = np.abs(dn)
+    if not derivative:
+        sm, fr = smooth_limiter(up, dn, eps2), smooth_front_limiter(up, dn, eps2)
+        return sm + sensor_weight(jump) * (fr - sm)
+    w, dw = sensor_weight(jump, derivative=True)
+    sm, sm_u, sm_v = smooth_limiter(up, dn, eps2, derivative=True)
+    fr, fr_u, fr_v = smooth_front_limiter(up, dn, eps2, derivative=True)
+    return (sm + w * (fr - sm), sm_u + w * (fr_u - sm_u),
+            sm_v + w * (fr_v - sm_v) + dw * np.sign(dn) * (fr - sm))
+
+
 def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
                   jump: np.ndarray | None = None) -> np.ndarray:
     """``phi(up / dn)`` of the limiter ``name``, 2 (no constraint) where ``dn = 0``.
@@ -781,8 +845,9 @@ def slope_limiter(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=False)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
-    if name == "smooth":
-        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
+    if name in SMOOTH_LIMITERS:
+        raise ValueError(f"the {name!r} limiter needs its scale eps: use smooth_limiter or "
+                         "smooth_sensor_limiter")
     pr = up * dn
     dn2 = dn * dn
     free = dn2 == 0.0
@@ -818,8 +883,9 @@ def slope_limiter_slope(name: str, up: np.ndarray, dn: np.ndarray,
         smooth, front = _sensor_parts(up, dn, slopes=True)
         w = sensor_weight(jump)
         return smooth + w * (front - smooth)
-    if name == "smooth":
-        raise ValueError("the 'smooth' limiter needs its scale eps: use smooth_limiter")
+    if name in SMOOTH_LIMITERS:
+        raise ValueError(f"the {name!r} limiter needs its scale eps: use smooth_limiter or "
+                         "smooth_sensor_limiter")
     free = dn == 0.0
     r = up / np.where(free, 1.0, dn)
     pos = r >= 0.0
@@ -955,7 +1021,7 @@ class MusclFlux(UpwindFlux):
         self._d = X[self.J] - X[self.I]  # (E, gdim), from the first to the second end
         #: Total density below which the fractions are regularised in the slopes.
         self.vacuum_scale = 0.0
-        if limiter == "smooth":  # eps^2 = (K h / L)^3 per edge (h its length), (E, 1)
+        if limiter in SMOOTH_LIMITERS:  # eps^2 = (K h / L)^3 per edge (h its length), (E, 1)
             h = np.linalg.norm(self._d, axis=1)
             from fem_crossdiff.mollify import _global_mesh_sizes
 
@@ -1005,11 +1071,11 @@ class MusclFlux(UpwindFlux):
         d_vec = np.empty_like(self._d)
         upstream_terms(self.I, self.J, up_i, ci, cj, self._d, grad, c_up, d_dn, d_vec, d_up)
         jump = np.abs(d_dn) * a  # a_k c_k lies in [0, 1]: the jump's scale (the sensor's)
-        if self.limiter == "smooth":
+        if self.limiter in SMOOTH_LIMITERS:
             # in the scaled differences a_k d (the same for both species of a pair: sum_k
             # a_k d_k = 0), and a smooth minimum with the clamp (no branch to flip)
             eps2 = self._eps2
-            phi_lim = smooth_limiter(d_up * a, d_dn * a, eps2)
+            phi_lim = self._smooth_limiter(d_up * a, d_dn * a, eps2)
             phi_k, clamp = smooth_clamped(phi_lim, d_dn * a, c_up * a, np.sqrt(eps2))
         else:
             phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
@@ -1073,7 +1139,7 @@ class MusclFlux(UpwindFlux):
         ar = np.arange(nE)
         kstar = np.argmin(x["phi_k"], axis=1)
         Phi, kappa = x["Phi"], x["kappa"]
-        if self.limiter == "smooth":  # every term weighted: no branch, no division by dd
+        if self.limiter in SMOOTH_LIMITERS:  # every term weighted: no branch, no division
             A_up, A_dn, A_c = self._smooth_coefficients(ar, kstar)
             act = np.ones(nE, dtype=bool)
         else:
@@ -1132,17 +1198,24 @@ class MusclFlux(UpwindFlux):
         act &= ~tiny
         return A_up, A_dn, A_c, act
 
+    @property
+    def _smooth_limiter(self):
+        """:func:`smooth_limiter` or :func:`smooth_sensor_limiter` (by :attr:`limiter`)."""
+        return smooth_sensor_limiter if self.limiter == "smooth-sensor" else smooth_limiter
+
     def _smooth_coefficients(self, ar: np.ndarray, kstar: np.ndarray):
-        """``d Phi / d (D_up, c_dn - c_up, c_up)`` of species ``k*`` for ``"smooth"``.
+        """``d Phi / d (D_up, c_dn - c_up, c_up)`` of species ``k*`` for the smooth limiters.
 
         ``Phi = g(x(u, v), v, c)`` in the scaled ``u = a D_up``, ``v = a (c_dn - c_up)``,
-        ``c = a c_up`` (:func:`smooth_limiter`, :func:`smooth_clamped`): the chain rule through
-        both the limiter and the clamp, each weighted by the smooth minimum's derivative.
+        ``c = a c_up`` (:func:`smooth_limiter` or :func:`smooth_sensor_limiter`, then
+        :func:`smooth_clamped`): the chain rule through both the limiter and the clamp, each
+        weighted by the smooth minimum's derivative (for ``"smooth-sensor"`` the jump
+        ``|v|`` of the sensor's weight is part of ``dx / dv``).
         """
         x, ak = self._aux, self.a[kstar]
         u, v, c = (x[key][ar, kstar] * ak for key in ("d_up", "d_dn", "c_up"))
         eps2 = self._eps2[:, 0]
-        phi_lim, dx_du, dx_dv = smooth_limiter(u, v, eps2, derivative=True)
+        phi_lim, dx_du, dx_dv = self._smooth_limiter(u, v, eps2, derivative=True)
         _, _, g_x, g_v, g_c = smooth_clamped(phi_lim, v, c, np.sqrt(eps2), derivative=True)
         return ak * g_x * dx_du, ak * (g_x * dx_dv + g_v), ak * g_c
 

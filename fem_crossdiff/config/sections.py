@@ -146,7 +146,8 @@ class SolverConfig(Section):
             that scheme): ``"sensor"`` is compressive at fronts and van Leer on smooth data
             (see ``docs/schemes.md``); ``"smooth"`` is van Leer regularised to be
             differentiable, for fewer Newton iterations at large steps
-            (``docs/muscl-newton.md``).
+            (``docs/muscl-newton.md``); ``"smooth-sensor"`` blends ``"smooth"`` with the
+            sensor's front limiter, regularised the same way (``docs/muscl-newton.md``).
     """
 
     scheme: str = "upwind"
