@@ -431,6 +431,8 @@ def test_smooth_sensor_limiter_values_and_derivatives():
     from fem_crossdiff.upwind import (
         SENSOR_BAND,
         SENSOR_SLOPE,
+        SMOOTH_SENSOR_P,
+        smooth_clamped,
         smooth_front_limiter,
         smooth_limiter,
         smooth_sensor_limiter,
@@ -465,6 +467,22 @@ def test_smooth_sensor_limiter_values_and_derivatives():
     dh = 1e-6
     fd = (smooth_sensor_limiter(u, v + dh, e) - smooth_sensor_limiter(u, v - dh, e)) / (2 * dh)
     np.testing.assert_allclose(fd, d_dn[sel], rtol=1e-5, atol=1e-6)
+    # its clamp's smooth minimum (power SMOOTH_SENSOR_P): below both arguments, positivity
+    # bound, derivatives against complex steps
+    c = rng.standard_normal(N) * 10.0 ** rng.uniform(-6, 0, N)
+    delta, P = np.sqrt(eps2), SMOOTH_SENSOR_P
+    g, clamp, g_x, g_dn, g_c = smooth_clamped(phi, dn, c, delta, derivative=True, p=P)
+    assert np.all(g <= phi * (1.0 + 1e-14)) and np.all(g <= clamp * (1.0 + 1e-14))
+    assert np.all(0.5 * g * np.abs(dn) <= np.abs(c) * (1.0 + 1e-14))
+    both = (np.abs(dn) > 1e-3) & (phi > 1e-3) & (np.abs(c) > 1e-3)  # the p-mean form
+    assert both.sum() > 100
+    np.testing.assert_allclose(g[both], (phi[both] ** -P + clamp[both] ** -P) ** (-1.0 / P),
+                               rtol=1e-12)
+    for arg, der in ((0, g_x), (1, g_dn), (2, g_c)):
+        z = [phi + 0j, dn + 0j, c + 0j]
+        z[arg] = z[arg] + 1j * h
+        np.testing.assert_allclose(smooth_clamped(*z, delta, p=P)[0].imag / h, der,
+                                   rtol=1e-7, atol=1e-9)
 
 
 def test_smooth_sensor_exact_jacobian(monkeypatch):
