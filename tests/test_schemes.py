@@ -522,3 +522,15 @@ def test_smooth_sensor_exact_jacobian(monkeypatch):
 
     monkeypatch.setattr(upwind, "sensor_weight", no_slope)
     assert fd_jacobian_error(s, 1e-7, 7) > 1e-5
+
+
+def test_smooth_sensor_sharper_segregation_front():
+    """A thinner mixing layer than ``"smooth"``'s, and no more Newton iterations.
+
+    Measured (n = 300, T = 0.5): overlap smooth-sensor / smooth 0.87 (2.29e-2 against
+    2.64e-2); Newton 2.0 iterations per step for both.
+    """
+    (sm, n_sm), (se, n_se) = (_segregation_overlap("muscl", 300, limiter=lim)
+                              for lim in ("smooth", "smooth-sensor"))
+    assert se < 0.92 * sm, (sm, se)
+    assert n_se <= n_sm + 0.25, (n_sm, n_se)
