@@ -531,13 +531,23 @@ class UpwindFlux(BlockPattern):
         sw = (p.sigma * w)[:, None]
         di = bw * gi[:, None] + sw
         dj = bw * gj[:, None] - sw
-        if lim is not None:
-            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
-            ui[e] *= theta
-            uj[e] *= theta
-            di[e] = theta * di[e] + g_dth_i
-            dj[e] = theta * dj[e] + g_dth_j
+        self._limit_factors(lim, ui, uj, di, dj)
         return ui, uj, di, dj, bw
+
+    def _limit_factors(self, lim, ui, uj, di, dj) -> None:
+        """Apply the positivity flux limiter ``theta`` to block factors, in place.
+
+        ``G_lim = theta G`` on the limited edges, so ``J_end = theta J_end + dtheta/drho G``
+        with the second term diagonal (``lim = (theta, G dtheta_i, G dtheta_j)`` from
+        :func:`limit_fluxes`; nothing to do when ``lim`` is None).
+        """
+        if lim is None:
+            return
+        e, (theta, g_dth_i, g_dth_j) = self._lim, lim
+        ui[e] *= theta
+        uj[e] *= theta
+        di[e] = theta * di[e] + g_dth_i
+        dj[e] = theta * dj[e] + g_dth_j
 
     def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Write the block-CSR values into ``out`` (nnzb, n * n); work arrays are reused."""

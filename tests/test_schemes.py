@@ -305,6 +305,36 @@ def test_sensor_sharper_segregation_front():
     assert n_se <= n_vl + 0.25, (n_vl, n_se)
 
 
+def _steep_contact(limiter: str) -> CrossDiffusionSolver:
+    """A muscl solver at a steep smooth contact (tanh profile, 24 cells), ready for fd checks.
+
+    Its edges reach inside the sensor's band ``0 < w < 1`` (:func:`_edges_in_band`).
+    """
+    p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
+    s = CrossDiffusionSolver(unit_mesh(1, 24), p, scheme="muscl", limiter=limiter,
+                             linear_solver="direct")
+
+    def prof(x):
+        return 0.5 * (1.0 + np.tanh((x[0] - 0.5) / 0.08))
+
+    s.set_initial([lambda x: (1.2 - 0.4 * x[0]) * (1.0 - prof(x)) + 0.01,
+                   lambda x: 0.5 * prof(x) + 0.005])
+    s._set_coefficients(0.1, "ie")
+    s.model.begin_step(s.rho.x.array.reshape(-1, 2))
+    return s
+
+
+def _edges_in_band(s: CrossDiffusionSolver) -> int:
+    """Edges (all ranks) whose limiting species has a sensor weight strictly in (0, 1)."""
+    from fem_crossdiff import upwind
+
+    aux = s.model.flux._aux
+    w = upwind.sensor_weight(aux["jump"])
+    kstar = np.argmin(aux["phi_k"], axis=1)
+    w = w[np.arange(w.shape[0]), kstar]
+    return COMM.allreduce(int(np.count_nonzero((w > 0.0) & (w < 1.0))))
+
+
 def test_sensor_exact_jacobian(monkeypatch):
     """The exact Jacobian of the sensor limiter, its weight's derivative included.
 
@@ -315,23 +345,9 @@ def test_sensor_exact_jacobian(monkeypatch):
     """
     from fem_crossdiff import upwind
 
-    p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
-    s = CrossDiffusionSolver(unit_mesh(1, 24), p, scheme="muscl", limiter="sensor",
-                             linear_solver="direct")
-
-    def prof(x):
-        return 0.5 * (1.0 + np.tanh((x[0] - 0.5) / 0.08))
-
-    s.set_initial([lambda x: (1.2 - 0.4 * x[0]) * (1.0 - prof(x)) + 0.01,
-                   lambda x: 0.5 * prof(x) + 0.005])
-    s._set_coefficients(0.1, "ie")
-    s.model.begin_step(s.rho.x.array.reshape(-1, 2))
+    s = _steep_contact("sensor")
     err = fd_jacobian_error(s, 1e-7, 7)
-    aux = s.model.flux._aux
-    w = upwind.sensor_weight(aux["jump"])
-    kstar = np.argmin(aux["phi_k"], axis=1)
-    w = w[np.arange(w.shape[0]), kstar]
-    assert COMM.allreduce(int(np.count_nonzero((w > 0.0) & (w < 1.0)))) > 0
+    assert _edges_in_band(s) > 0
     assert err < 1e-6, err
     monkeypatch.setattr(upwind, "slope_limiter_jump_slope",
                         lambda name, up, dn, jump: np.zeros(np.shape(dn)))
@@ -497,24 +513,10 @@ def test_smooth_sensor_exact_jacobian(monkeypatch):
     """
     from fem_crossdiff import upwind
 
-    p = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=0.0)
-    s = CrossDiffusionSolver(unit_mesh(1, 24), p, scheme="muscl", limiter="smooth-sensor",
-                             linear_solver="direct")
-
-    def prof(x):
-        return 0.5 * (1.0 + np.tanh((x[0] - 0.5) / 0.08))
-
-    s.set_initial([lambda x: (1.2 - 0.4 * x[0]) * (1.0 - prof(x)) + 0.01,
-                   lambda x: 0.5 * prof(x) + 0.005])
-    s._set_coefficients(0.1, "ie")
-    s.model.begin_step(s.rho.x.array.reshape(-1, 2))
+    s = _steep_contact("smooth-sensor")
     x0 = s.rho.x.array.copy()  # the check leaves s.rho at x - eps dx: reset before the second
     err = fd_jacobian_error(s, 1e-8, 7)
-    aux = s.model.flux._aux
-    w = upwind.sensor_weight(aux["jump"])
-    kstar = np.argmin(aux["phi_k"], axis=1)
-    w = w[np.arange(w.shape[0]), kstar]
-    assert COMM.allreduce(int(np.count_nonzero((w > 0.0) & (w < 1.0)))) > 0
+    assert _edges_in_band(s) > 0
     assert err < 1e-6, err
     weight = upwind.sensor_weight
 
