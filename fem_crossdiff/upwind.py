@@ -644,7 +644,8 @@ class UpwindFlux(BlockPattern):
 # where it is large. ``"smooth"`` (:func:`smooth_limiter`, :func:`smooth_clamped`) is a
 # function of both differences and of the edge length, without branches; ``"smooth-sensor"``
 # (:func:`smooth_sensor_limiter`) is the sensor's blend of it with the front limiter
-# regularised the same way.
+# regularised the same way, and takes a sharper minimum with the clamp
+# (:func:`compact_clamped`).
 
 #: The ``"sensor"`` limiter: the weight of its front limiter rises from 0 to 1 as the scaled
 #: jump ``a_k |c_k,dn - c_k,up|`` (in ``[0, 1]``: ``a_k c_k`` lies in ``[0, 1]``) goes from the
@@ -656,16 +657,17 @@ SENSOR_BAND = (0.15, 0.4)
 SENSOR_SLOPE = 4.0
 
 
-def sensor_weight(jump: np.ndarray, derivative: bool = False):
+def sensor_weight(jump: np.ndarray, derivative: bool = False,
+                  band: tuple[float, float] = SENSOR_BAND):
     """The front weight ``w`` of the ``"sensor"`` limiter (and ``dw / d jump``).
 
     ``w = t^2 (3 - 2 t)``, ``t = (jump - z0) / (z1 - z0)`` clipped to ``[0, 1]``
-    (``SENSOR_BAND = (z0, z1)``): once continuously differentiable, so that the limited flux
-    keeps a continuous derivative across the band's ends. On smooth data the jump is
-    ``O(h)``, below ``z0`` on fine enough meshes, and the limiter is exactly van Leer's; at a
-    contact discontinuity kept a few cells wide it is ``O(1)``.
+    (``band = (z0, z1)``, :data:`SENSOR_BAND` by default): once continuously differentiable,
+    so that the limited flux keeps a continuous derivative across the band's ends. On smooth
+    data the jump is ``O(h)``, below ``z0`` on fine enough meshes, and the limiter is exactly
+    van Leer's; at a contact discontinuity kept a few cells wide it is ``O(1)``.
     """
-    z0, z1 = SENSOR_BAND
+    z0, z1 = band
     t = np.clip((jump - z0) / (z1 - z0), 0.0, 1.0)
     w = t * t * (3.0 - 2.0 * t)
     if not derivative:
@@ -699,10 +701,15 @@ SMOOTH_P = 2
 #: h)^3``, with ``h`` relative to the diameter ``L`` of the mesh's bounding box, as the
 #: fractions are dimensionless), ``K =`` this value (``docs/muscl-newton.md``).
 SMOOTH_K = 4.0
-#: The power of ``"smooth-sensor"``'s smooth minimum with the clamp (:func:`smooth_clamped`):
-#: ``"smooth"``'s. Measured: 4 or 8 take the overlap rate from 0.81 towards the sensor's
-#: 0.91, at one more Newton iteration (``docs/muscl-newton.md``).
-SMOOTH_SENSOR_P = 2
+#: ``"smooth-sensor"``'s minimum with the clamp (:func:`compact_clamped`): its relative
+#: width on smooth data and at fronts. 1 is the widest (a p-mean's curvature, 3 Newton
+#: iterations at 1e6 unknowns), 0.2 nearly ``min`` (the sensor's overlap rate at fronts);
+#: the width goes from the first to the second as the scaled jump ``|dn|`` crosses
+#: :data:`SMOOTH_SENSOR_WIDTH_BAND` (``docs/muscl-newton.md``).
+SMOOTH_SENSOR_WIDTH = (1.0, 0.2)
+#: The jumps over which :func:`compact_clamped`'s width goes from smooth to front: lower than
+#: :data:`SENSOR_BAND`, as the clamp binds in a contact's thin tails, where the jumps are small.
+SMOOTH_SENSOR_WIDTH_BAND = (0.008, 0.04)
 
 
 def smooth_limiter(up: np.ndarray, dn: np.ndarray, eps2: np.ndarray,
@@ -779,6 +786,77 @@ def smooth_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarr
     dg_dA = 2.0 * xi * (xi * dn) ** P
     dA_dc = c / np.where(root > 0.0, root, 1.0)
     dg_dc = np.where(free, 0.0, dg_dA * dA_dc)
+    return g, clamp, dg_dx, dg_ddn, dg_dc
+
+
+def compact_clamped(x: np.ndarray, dn: np.ndarray, c: np.ndarray, delta: np.ndarray,
+                    derivative: bool = False):
+    """``"smooth-sensor"``'s clamp: ``g = 2 x A / M``, ``M`` a smooth max of ``x |dn|, 2 A``.
+
+    The same clamp as :func:`smooth_clamped` (``A = sqrt(c^2 + d^2) - d``, ``d = delta``,
+    ``clamp = 2 A / |dn|``, ``g <= min(x, clamp)``, so ``|c_f - c_up| <= |c|``), with a
+    smooth minimum that equals ``min(x, clamp)`` outside a band around ``x = clamp``: with
+    ``a = x |dn|``, ``b = 2 A`` scaled by ``max(a, b)``, ``y = a - b``, ``k = omega (a +
+    b)``, ``M = max(a, b) + k s^2 / 4``, ``s = (1 - |y| / k)^+`` (a quadratic blend: once
+    differentiable with a Lipschitz derivative, enough for Newton's quadratic convergence).
+    ``M >= max(a, b)`` and is homogeneous of degree 1. A p-mean ``(x^-p + clamp^-p)^(-1/p)``
+    falls short of the minimum by ``(min / max)^p / p`` even far from the crossing (10% at
+    ``p = 2``, ``clamp = 2 x``) and smears a contact's tail; this one by at most ``omega / 4``
+    and only where ``x`` and the clamp are within the factor ``(1 + omega) / (1 - omega)``.
+    The relative width ``omega`` goes from :data:`SMOOTH_SENSOR_WIDTH`'s first value to its
+    second as ``|dn|`` crosses :data:`SMOOTH_SENSOR_WIDTH_BAND` (:func:`sensor_weight`'s
+    blend): a wide turn (low curvature, few Newton iterations) on smooth data, a sharp one at
+    fronts. Where ``max(a, b) < 1e-150`` (the correction ``g dn / 2`` is below round-off of
+    any fraction) ``g = min(x, clamp)`` without the blend, whose ratios would overflow.
+
+    Args:
+        x: The limiter's value ``phi_lim >= 0``.
+        dn: ``a_k (c_k,dn - c_k,up)``.
+        c: ``a_k c_k,up``.
+        delta: The rounding scale of ``|c|`` (``eps``), broadcastable.
+        derivative: Also return ``dg / dx``, ``dg / d dn`` (at fixed ``x``; the width's
+            dependence on ``|dn|`` included) and ``dg / dc``.
+
+    Returns:
+        ``(g, clamp)``, or ``(g, clamp, dg_dx, dg_ddn, dg_dc)``.
+    """
+    root = np.sqrt(c * c + delta * delta)
+    A = c * c / (root + delta)  # sqrt(c^2 + delta^2) - delta without cancellation
+    w_smooth, w_front = SMOOTH_SENSOR_WIDTH
+    wgt, dwgt = sensor_weight(np.abs(dn), derivative=True, band=SMOOTH_SENSOR_WIDTH_BAND)
+    omega = w_smooth + (w_front - w_smooth) * wgt
+    a, b = x * np.abs(dn), 2.0 * A
+    mx = np.maximum(a, b)
+    big = dn != 0.0
+    clamp = np.where(big, 2.0 * A / np.where(big, np.abs(dn), 1.0), np.inf)
+    tiny = mx < 1e-150
+    scale = np.where(tiny, 1.0, mx)
+    a1, b1 = np.where(tiny, 0.0, a / scale), np.where(tiny, 0.0, b / scale)  # the max is 1
+    y = a1 - b1
+    k = omega * (a1 + b1)  # >= omega where not tiny
+    band = np.abs(y) < k
+    s = np.where(band, 1.0 - np.abs(y) / np.where(band, k, 1.0), 0.0)
+    q, dq = 0.25 * s * s, 0.5 * s
+    M = np.where(tiny, 1.0, 0.5 * (a1 + b1 + np.abs(y)) + k * q)  # >= 1 where not tiny
+    g = np.where(tiny, np.minimum(x, clamp), x * b1 / M)
+    if not derivative:
+        return g, clamp
+    sg = np.sign(y)
+    # dM/da1, dM/db1 (k ds/da1 = -sg + omega (1 - s), k ds/db1 = sg + omega (1 - s): no
+    # division by k), dM/domega
+    Ma = 0.5 * (1.0 + sg) + omega * q + dq * (-sg + omega * (1.0 - s))
+    Mb = 0.5 * (1.0 - sg) + omega * q + dq * (sg + omega * (1.0 - s))
+    Mw = (a1 + b1) * (q + dq * (1.0 - s))
+    inv_M2 = 1.0 / (M * M)
+    dg_dx = np.where(tiny, np.where(x <= clamp, 1.0, 0.0), b1 / M - a1 * b1 * Ma * inv_M2)
+    # x / max(a, b) = a1 / |dn| where dn != 0 (where dn = 0, a1 = 0: Ma = 0, M = b1 = 1),
+    # below 2e150 as max(a, b) >= 1e-150
+    x_mx = np.where(big & ~tiny, a1 / np.where(big, np.abs(dn), 1.0), 0.0)
+    sd = np.sign(dn)
+    dg_ddn = -x * b1 * inv_M2 * (x_mx * Ma + np.where(tiny, 0.0, Mw) * (w_front - w_smooth)
+                                 * dwgt) * sd
+    dA_dc = c / np.where(root > 0.0, root, 1.0)
+    dg_dc = 2.0 * x_mx * (M - b1 * Mb) * inv_M2 * dA_dc
     return g, clamp, dg_dx, dg_ddn, dg_dc
 
 
@@ -1091,8 +1169,7 @@ class MusclFlux(UpwindFlux):
             # a_k d_k = 0), and a smooth minimum with the clamp (no branch to flip)
             eps2 = self._eps2
             phi_lim = self._smooth_limiter(d_up * a, d_dn * a, eps2)
-            phi_k, clamp = smooth_clamped(phi_lim, d_dn * a, c_up * a, np.sqrt(eps2),
-                                          p=self._smooth_p)
+            phi_k, clamp = self._smooth_clamp(phi_lim, d_dn * a, c_up * a, np.sqrt(eps2))
         else:
             phi_lim = slope_limiter(self.limiter, d_up, d_dn, jump)
             # |c_f - c_up| <= |c_up| on every edge: c_f has the sign of c_up and tends to 0
@@ -1220,25 +1297,25 @@ class MusclFlux(UpwindFlux):
         return smooth_sensor_limiter if self.limiter == "smooth-sensor" else smooth_limiter
 
     @property
-    def _smooth_p(self) -> int:
-        """The power of the smooth minimum with the clamp (:func:`smooth_clamped`)."""
-        return SMOOTH_SENSOR_P if self.limiter == "smooth-sensor" else SMOOTH_P
+    def _smooth_clamp(self):
+        """:func:`smooth_clamped` or :func:`compact_clamped` (``"smooth-sensor"``)."""
+        return compact_clamped if self.limiter == "smooth-sensor" else smooth_clamped
 
     def _smooth_coefficients(self, ar: np.ndarray, kstar: np.ndarray):
         """``d Phi / d (D_up, c_dn - c_up, c_up)`` of species ``k*`` for the smooth limiters.
 
         ``Phi = g(x(u, v), v, c)`` in the scaled ``u = a D_up``, ``v = a (c_dn - c_up)``,
         ``c = a c_up`` (:func:`smooth_limiter` or :func:`smooth_sensor_limiter`, then
-        :func:`smooth_clamped`): the chain rule through both the limiter and the clamp, each
-        weighted by the smooth minimum's derivative (for ``"smooth-sensor"`` the jump
-        ``|v|`` of the sensor's weight is part of ``dx / dv``).
+        :func:`smooth_clamped` or :func:`compact_clamped`): the chain rule through both the
+        limiter and the clamp, each weighted by the smooth minimum's derivative (for
+        ``"smooth-sensor"`` the jump ``|v|`` of the sensor's weight is part of ``dx / dv``,
+        that of the clamp's width part of ``dg / dv``).
         """
         x, ak = self._aux, self.a[kstar]
         u, v, c = (x[key][ar, kstar] * ak for key in ("d_up", "d_dn", "c_up"))
         eps2 = self._eps2[:, 0]
         phi_lim, dx_du, dx_dv = self._smooth_limiter(u, v, eps2, derivative=True)
-        _, _, g_x, g_v, g_c = smooth_clamped(phi_lim, v, c, np.sqrt(eps2), derivative=True,
-                                             p=self._smooth_p)
+        _, _, g_x, g_v, g_c = self._smooth_clamp(phi_lim, v, c, np.sqrt(eps2), derivative=True)
         return ak * g_x * dx_du, ak * (g_x * dx_dv + g_v), ak * g_c
 
     def c_reg_derivative(self) -> np.ndarray:
