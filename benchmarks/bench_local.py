@@ -21,7 +21,9 @@ README lists both). ``--dt-exponent 2`` keeps ``dt / h^2`` fixed instead.
 Runs serially or under ``mpiexec``; only rank 0 prints. The last line is one JSON object.
 
 Usage: ``python benchmarks/bench_local.py [--quick] [--dt DT] [--dt-exponent Q] [--steps K]
-[--solver default|sor|ilu0]``.
+[--solver default|sor|ilu0] [--scheme upwind|muscl|afc]``. ``--scheme`` (default ``upwind``,
+whose figures the README quotes) measures another P1 scheme on the same state, with its default
+options (``muscl``: the solver's default scheme and its ``smooth-sensor`` limiter).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def initial_state(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return background * (1.0 - inside), 0.4 * inside * (1.5 - (r / 0.25) ** 2)
 
 
-def time_steps(comm, n: int, dt: float, steps: int, options: dict) -> dict:
+def time_steps(comm, n: int, dt: float, steps: int, options: dict,
+               scheme: str = "upwind") -> dict:
     """One warm-up step, then ``steps`` timed steps, each followed by a timed Poisson solve.
 
     The Poisson reference has the same number of unknowns; alternating the two keeps them under
@@ -90,7 +93,7 @@ def time_steps(comm, n: int, dt: float, steps: int, options: dict) -> dict:
         step; the Poisson solve's fastest time, unknowns, CG iterations and relative L2 error.
     """
     msh = mesh.create_unit_square(comm, n, n)
-    s = CrossDiffusionSolver(msh, PARAMS, scheme="upwind", linear_solver="iterative",
+    s = CrossDiffusionSolver(msh, PARAMS, scheme=scheme, linear_solver="iterative",
                              petsc_options=options)
     s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
     unknowns = int(s.V.dofmap.index_map.size_global * s.V.dofmap.index_map_bs)
@@ -129,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mesh")
     parser.add_argument("--solver", default="default", choices=sorted(SOLVER_OPTIONS),
                         help="PETSc options passed to the solver")
+    parser.add_argument("--scheme", default="upwind", choices=("upwind", "muscl", "afc"),
+                        help="P1 scheme (default upwind, the figures the README quotes)")
     parser.add_argument("--coarsest", type=int, default=None,
                         help="cells per side of the coarsest mesh h (then h/2, h/4)")
     args = parser.parse_args()
@@ -138,14 +143,15 @@ def main() -> None:
     options = SOLVER_OPTIONS[args.solver]
     dts = [args.dt * (n0 / n) ** args.dt_exponent for n in sizes]
     if comm.rank == 0:
-        print(f"local step bench: ranks={comm.size} dt={dts} solver={args.solver} "
+        print(f"local step bench: ranks={comm.size} scheme={args.scheme} dt={dts} "
+              f"solver={args.solver} "
               f"options={options}")
         print(f"{'n':>5} {'unknowns':>9} {'step s':>8} {'Poisson s':>9} {'ratio':>6} "
               f"{'Newton':>6} {'Krylov':>7} {'Kr/Nw':>6} {'P its':>5} {'mass drift':>10}",
               flush=True)
     rows = []
     for n, dt in zip(sizes, dts):
-        st = time_steps(comm, n, dt, args.steps, options)
+        st = time_steps(comm, n, dt, args.steps, options, args.scheme)
         # fastest timed step over fastest Poisson solve: the pair least disturbed by other load
         ratio = st["seconds_min"] / st["poisson_seconds"]
         rows.append({**st, "n": n, "ratio": ratio})
@@ -164,7 +170,8 @@ def main() -> None:
               f"x{kr_per_newton[-1] / kr_per_newton[0]:.2f} (target <= 1.5): "
               f"{'met' if kr_growth <= 1.5 else 'MISSED'}")
     print_json = {
-        "bench": "local", "ranks": comm.size, "dt": dts, "solver": args.solver,
+        "bench": "local", "ranks": comm.size, "scheme": args.scheme, "dt": dts,
+        "solver": args.solver,
         "quick": bool(args.quick), "n": sizes,
         "unknowns": rows[-1]["unknowns"], "unknowns_per_mesh": [r["unknowns"] for r in rows],
         "step_seconds": [r["seconds_min"] for r in rows],

@@ -102,7 +102,7 @@ def run_mode(mode: str, geo, h: float, method: str = "ie"):
     """
     name, *tags = mode.split("@")
     s = CrossDiffusionSolver(geo.mesh, ModelParams(a=(1.0,), b=(1.0,), m=M, sigma=0.0),
-                             negative_edges=name, positivity_tol=None)
+                             scheme="upwind", negative_edges=name, positivity_tol=None)
     if "dualmass" in tags:
         # the time term's masses (the solver's lumped-mass vector, shared with its time term)
         s.problem.time_term.mass[:] = dual_volumes(s.V0)

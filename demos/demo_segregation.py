@@ -3,7 +3,8 @@
 # Two cell populations with different volume weights `a_k` and mobilities `b_k` start
 # segregated on the unit disk (a gmsh geometry) and spread under the common pressure
 # `P = (a_1 rho_1 + a_2 rho_2)^(m-1)` of system (1.1), with a little linear diffusion `sigma`.
-# No-flux walls conserve each species' mass. The default upwind P1 scheme keeps both densities
+# No-flux walls conserve each species' mass. The default P1 scheme (`"muscl"`: upwind edge fluxes
+# with limited second-order species fractions, `"smooth-sensor"` limiter) keeps both densities
 # nonnegative, and the energy A of (1.3) decreases.
 #
 # Run serially or under MPI:

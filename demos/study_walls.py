@@ -191,7 +191,8 @@ def fe_solver(msh, eps: float | None = None, boundary: str = "sinkhorn", init=No
     kw = {}
     if eps is not None:
         kw["nonlocal_params"] = NonlocalParams(eps=eps, coupling=coupling, boundary=boundary)
-    s = CrossDiffusionSolver(msh, MODEL, linear_solver="direct", **kw)
+    # upwind for both: the nonlocal model's scheme, so eps -> 0 compares like with like
+    s = CrossDiffusionSolver(msh, MODEL, scheme="upwind", linear_solver="direct", **kw)
     s.set_initial(initial() if init is None else init)
     return s
 

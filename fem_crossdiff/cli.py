@@ -328,7 +328,7 @@ def _make_solver(cfg: StudyConfig, msh):
     from fem_crossdiff.petsc_options import to_petsc
     from fem_crossdiff.solver import CrossDiffusionSolver
 
-    kwargs = dict(degree=cfg.solver.degree, scheme=cfg.solver.scheme,
+    kwargs = dict(degree=cfg.solver.degree, scheme=cfg.solver.scheme_for(cfg.model.type),
                   linear_solver=cfg.solver.linear_solver,
                   petsc_options=to_petsc(dict(cfg.solver.petsc)),
                   positivity_tol=cfg.solver.positivity_tol,

@@ -127,9 +127,12 @@ class CrossDiffusionSolver:
             ``scheme="galerkin"``).
         params: Model coefficients.
         degree: Lagrange degree (1 or 2; only models listing it in ``degrees`` accept 2).
-        scheme: The model's registry name (:mod:`fem_crossdiff.models`): ``"upwind"``
-            (positivity preserving, P1 simplices, default), ``"galerkin"``, or any registered
-            model. ``nonlocal_params`` or ``potential`` select ``"nonlocal"`` / ``"potential"``.
+        scheme: The model's registry name (:mod:`fem_crossdiff.models`): ``"muscl"``
+            (default: positivity preserving, limited second-order species fractions with the
+            ``"smooth-sensor"`` limiter, P1 simplices), ``"upwind"`` (positivity preserving,
+            first order), ``"afc"``, ``"galerkin"`` (P1/P2), or any registered model.
+            ``nonlocal_params`` or ``potential`` select ``"nonlocal"`` / ``"potential"``
+            (upwind discretisations; leave ``scheme`` unset or ``"upwind"``).
         linear_solver: ``"iterative"`` (GMRES + GAMG), ``"direct"`` (MUMPS) or ``"auto"``
             (direct on intervals, where it is optimal and AMG is weak; iterative otherwise).
         petsc_options: Extra PETSc options, overriding the defaults.
@@ -146,7 +149,7 @@ class CrossDiffusionSolver:
         model_options: Further keyword arguments of the model's constructor.
     """
 
-    def __init__(self, msh, params: ModelParams, degree: int = 1, scheme: str = "upwind",
+    def __init__(self, msh, params: ModelParams, degree: int = 1, scheme: str | None = None,
                  linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
                  potential: Callable | None = None, nonlocal_params=None,
@@ -157,8 +160,11 @@ class CrossDiffusionSolver:
                                     potential=potential, negative_edges=negative_edges,
                                     **model_options)
         if degree not in cls.degrees:
+            # no scheme named: say which scheme takes the degree (P2 is "galerkin" only)
+            hint = ("" if scheme is not None else
+                    f" (the default scheme; pass scheme='galerkin' for degree={degree})")
             raise ParameterError("degree", degree, f"model {cls.name!r} supports degree="
-                                 + " or ".join(map(str, cls.degrees)))
+                                 + " or ".join(map(str, cls.degrees)) + hint)
         if linear_solver not in LINEAR_SOLVERS:
             raise ParameterError("linear_solver", linear_solver,
                                  f"one of {', '.join(LINEAR_SOLVERS)}")

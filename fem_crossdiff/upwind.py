@@ -51,7 +51,7 @@ import numpy as np
 
 from fem_crossdiff.compat import MPI, PETSc, fem, la
 from fem_crossdiff.errors import ParameterError
-from fem_crossdiff.params import LIMITERS, NEGATIVE_EDGE_MODES, ModelParams
+from fem_crossdiff.params import DEFAULT_LIMITER, LIMITERS, NEGATIVE_EDGE_MODES, ModelParams
 
 
 def p1_cell_gradients(V: fem.FunctionSpace):
@@ -1099,11 +1099,11 @@ class MusclFlux(UpwindFlux):
         V: Blocked P1 space with one component per species.
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see :func:`edge_weights`.
-        limiter: One of :data:`LIMITERS`.
+        limiter: One of :data:`LIMITERS` (default ``"smooth-sensor"``).
     """
 
     def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str = "voronoi",
-                 limiter: str = "vanleer"):
+                 limiter: str = DEFAULT_LIMITER):
         if limiter not in LIMITERS:
             raise ValueError(f"limiter must be one of {LIMITERS}, got {limiter!r}")
         super().__init__(V, params, negative_edges)

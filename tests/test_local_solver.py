@@ -295,8 +295,10 @@ def test_bad_initial(init, match):
 def test_bad_solver_args():
     msh = _mesh(2, 4)
     p = ModelParams(a=(1.0,), b=(1.0,))
-    with pytest.raises(ValueError, match="upwind.*degree=1"):
-        CrossDiffusionSolver(msh, p, degree=2)
+    with pytest.raises(ValueError, match="muscl.*degree=1.*scheme='galerkin'"):
+        CrossDiffusionSolver(msh, p, degree=2)  # the default scheme is P1, as upwind was
+    with pytest.raises(ValueError, match="'upwind' supports degree=1$"):
+        CrossDiffusionSolver(msh, p, degree=2, scheme="upwind")
     with pytest.raises(ValueError, match="scheme"):
         CrossDiffusionSolver(msh, p, scheme="fv")
     with pytest.raises(ValueError, match="linear_solver"):

@@ -212,7 +212,10 @@ def test_gamg_step_from_exact_zeros():
     msh = unit_mesh(2, 64)
     out = {}
     for prec, ls in (("exact", "iterative"), ("auto", "iterative"), ("auto", "direct")):
-        s = CrossDiffusionSolver(msh, p, scheme="muscl", preconditioner=prec, linear_solver=ls)
+        # van Leer's kink is what breaks GAMG on the exact J (the default smooth-sensor
+        # limiter's exact J is solved by GAMG: 9 Newton iterations, accepted)
+        s = CrossDiffusionSolver(msh, p, scheme="muscl", limiter="vanleer", preconditioner=prec,
+                                 linear_solver=ls)
         s.set_initial([lambda x: _bench_state(x)[0], lambda x: _bench_state(x)[1]])
         m0 = s.masses()
         info = s.step(1e-2, "ie")

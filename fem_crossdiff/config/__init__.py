@@ -91,9 +91,13 @@ class StudyConfig:
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
-        if self.model.type == "nonlocal" and self.solver.scheme != "upwind":
+        if self.model.type == "nonlocal" and self.solver.scheme not in (None, "upwind"):
             raise ConfigError("solver.scheme", self.solver.scheme,
                               'must be "upwind" with model.type = "nonlocal"')
+        if self.model.type == "nonlocal" and self.solver.limiter is not None:
+            raise ConfigError("solver.limiter", self.solver.limiter,
+                              'only with solver.scheme = "muscl" (model.type = "nonlocal" is '
+                              '"upwind")')
         if len(self.initial) != self.model.n:
             raise ConfigError("initial", f"{len(self.initial)} table(s)",
                               f"needs one [[initial]] table per species ({self.model.n}, the "

@@ -137,6 +137,8 @@ def section_keys(cls) -> list[dict]:
             default = "`\"output/<study file stem>\"`"
         if key == "petsc":
             default = "`{}`"
+        if cls is SolverConfig and key == "scheme":  # None: resolved per model type
+            default = (f'`"{params.DEFAULT_SCHEME}"` (local), `"upwind"` (nonlocal)')
         if cls is TimeConfig and key == "method":
             allowed = "one of " + ", ".join(f'"{m}"' for m in params.TIME_METHODS)
         if not allowed:  # the parameter class checks it: its documented range

@@ -128,10 +128,13 @@ class SolverConfig(Section):
     """``[solver]``: discretisation and PETSc options.
 
     Attributes:
-        scheme: ``"upwind"`` (P1, positivity preserving), ``"muscl"`` (P1, positivity
-            preserving, limited second-order species fractions), ``"afc"`` (P1, positivity
-            preserving, algebraic flux correction of the fractions) or ``"galerkin"``.
-        degree: Lagrange degree, 1 or 2 (``upwind`` needs 1).
+        scheme: ``"muscl"`` (P1, positivity preserving, limited second-order species
+            fractions; the default for ``model.type = "local"``), ``"upwind"`` (P1,
+            positivity preserving, first order; the only scheme, and the default, of
+            ``model.type = "nonlocal"``), ``"afc"`` (P1, positivity preserving, algebraic
+            flux correction of the fractions) or ``"galerkin"`` (P1/P2).
+        degree: Lagrange degree, 1 or 2 (``upwind``, ``muscl`` and ``afc`` need 1; set
+            ``scheme = "galerkin"`` for 2).
         linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
             ``"direct"``.
         petsc: Extra PETSc options (sorted ``(name, value)`` pairs): only the solver settings
@@ -142,15 +145,18 @@ class SolverConfig(Section):
         negative_edges: Upwind and muscl schemes on non-Delaunay meshes (tetrahedra):
             ``"voronoi"`` (default: circumcentric dual weights, positive), ``"front"``,
             ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
-        limiter: Slope limiter of ``scheme = "muscl"`` (default ``"vanleer"``; only with
-            that scheme): ``"sensor"`` is compressive at fronts and van Leer on smooth data
-            (see ``docs/schemes.md``); ``"smooth"`` is van Leer regularised to be
-            differentiable, for fewer Newton iterations at large steps
-            (``docs/muscl-newton.md``); ``"smooth-sensor"`` blends ``"smooth"`` with the
-            sensor's front limiter, regularised the same way (``docs/muscl-newton.md``).
+        limiter: Slope limiter of ``scheme = "muscl"`` (default ``"smooth-sensor"``; only
+            with that scheme): ``"smooth-sensor"`` blends a differentiable van Leer with the
+            sensor's compressive front limiter, regularised the same way (sharp fronts, few
+            Newton iterations at large steps; ``docs/muscl-newton.md``); ``"vanleer"`` is the
+            classical TVD limiter; ``"sensor"`` is compressive at fronts and van Leer on
+            smooth data (``docs/schemes.md``); ``"smooth"`` is van Leer regularised to be
+            differentiable.
     """
 
-    scheme: str = "upwind"
+    # None: the model's default (resolved by :meth:`scheme_for`), so that a nonlocal study
+    # without the key keeps its only scheme
+    scheme: str | None = None
     degree: int = 1
     linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
@@ -164,15 +170,24 @@ class SolverConfig(Section):
               "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES),
               "limiter": s.one_of(core.LIMITERS)}
 
+    def scheme_for(self, model_type: str) -> str:
+        """The scheme used: ``scheme``, else ``"muscl"`` (local) or ``"upwind"`` (nonlocal)."""
+        if self.scheme is not None:
+            return self.scheme
+        return "upwind" if model_type == "nonlocal" else core.DEFAULT_SCHEME
+
     def validate(self) -> None:
         """``upwind``, ``muscl`` and ``afc`` are P1; only ``muscl`` has a limiter."""
-        if self.scheme in ("upwind", "muscl", "afc") and self.degree != 1:
+        # the nonlocal model's "upwind" default is P1 as well, so the local default decides
+        scheme = self.scheme_for("local")
+        if scheme in ("upwind", "muscl", "afc") and self.degree != 1:
             raise ConfigError("solver.degree", self.degree,
-                              f'must be 1 with solver.scheme = "{self.scheme}" (use "galerkin" '
-                              'for P2)')
-        if self.limiter is not None and self.scheme != "muscl":
+                              f'must be 1 with solver.scheme = "{scheme}"'
+                              + (" (the default)" if self.scheme is None else "")
+                              + ' (use "galerkin" for P2)')
+        if self.limiter is not None and scheme != "muscl":
             raise ConfigError("solver.limiter", self.limiter,
-                              f'only with solver.scheme = "muscl" (got "{self.scheme}")')
+                              f'only with solver.scheme = "muscl" (got "{scheme}")')
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ The registry maps the names used by the API and the TOML files to the classes. A
 one class decorated with :func:`register` (in the library or in user code); nothing else
 changes. Built in:
 
-* ``"upwind"``: local system (1.1), positivity-preserving P1 edge fluxes (default);
-* ``"muscl"``: local system (1.1), upwind fluxes with limited second-order species fractions;
+* ``"upwind"``: local system (1.1), positivity-preserving P1 edge fluxes (first order);
+* ``"muscl"``: local system (1.1), upwind fluxes with limited second-order species fractions
+  (the default, :data:`fem_crossdiff.params.DEFAULT_SCHEME`);
 * ``"afc"``: local system (1.1), upwind fluxes with algebraic flux correction of the fractions;
 * ``"galerkin"``: local system (1.1), standard Galerkin P1/P2;
 * ``"nonlocal"``: nonlocal system (1.5), linear or implicit coupling;
@@ -50,32 +51,34 @@ def model_names() -> tuple[str, ...]:
     return tuple(MODELS)
 
 
-def select_model(name: str = "upwind", *, nonlocal_params=None, potential=None,
+def select_model(name: str | None = None, *, nonlocal_params=None, potential=None,
                  negative_edges: str = "voronoi", **options) -> tuple[type, dict]:
     """The model class and constructor options for the API's keywords.
 
     ``nonlocal_params`` selects ``"nonlocal"`` and ``potential`` selects ``"potential"``
-    (both upwind discretisations, so ``name`` must then be ``"upwind"``). Options a model's
-    constructor does not take are errors, except ``negative_edges`` at its default.
+    (both upwind discretisations, so ``name`` must then be ``"upwind"`` or ``None``).
+    ``name=None`` is :data:`fem_crossdiff.params.DEFAULT_SCHEME` for the local system. Options
+    a model's constructor does not take are errors, except ``negative_edges`` at its default.
 
     Raises:
         ParameterError: unknown model, conflicting or unknown options.
     """
     import inspect
 
-    from fem_crossdiff.params import NEGATIVE_EDGE_MODES
+    from fem_crossdiff.params import DEFAULT_SCHEME, NEGATIVE_EDGE_MODES
 
     if nonlocal_params is not None and potential is not None:
         raise ParameterError("potential", "given with nonlocal_params",
                              "either potential or nonlocal_params, not both")
     if nonlocal_params is not None or potential is not None:
-        if name != "upwind":
+        # both are upwind discretisations: the local system's default does not apply
+        if name not in (None, "upwind"):
             raise ParameterError("scheme", name,
                                  "'upwind' (a potential or the nonlocal model needs it)")
         name = "nonlocal" if nonlocal_params is not None else "potential"
         options["nonlocal_params" if nonlocal_params is not None else "potential"] = (
             nonlocal_params if nonlocal_params is not None else potential)
-    cls = get_model(name)
+    cls = get_model(DEFAULT_SCHEME if name is None else name)
     if negative_edges not in NEGATIVE_EDGE_MODES:
         raise ParameterError("negative_edges", negative_edges,
                              f"one of {', '.join(NEGATIVE_EDGE_MODES)}")
