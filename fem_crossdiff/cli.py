@@ -298,11 +298,11 @@ def _output_folder_problem(folder: Path) -> str | None:
 
 def _release(prepared, comm) -> None:
     """Drop a checked solver now, collectively (``check`` does not keep it)."""
-    from fem_crossdiff.compat import PETSc
+    from fem_crossdiff.problem import free_released
 
     del prepared
     gc.collect()
-    PETSc.garbage_cleanup(comm)
+    free_released(comm)
 
 
 # --------------------------------------------------------------------------- the run

@@ -19,12 +19,117 @@ the UFL form and its derivative.
 from __future__ import annotations
 
 import functools
+import gc
+import weakref
 
 import numpy as np
 
-from fem_crossdiff.compat import PETSc, fem
+from fem_crossdiff.compat import MPI, PETSc, fem
 
-__all__ = ["CrossDiffusionProblem", "MultigridState"]
+__all__ = ["CrossDiffusionProblem", "MultigridState", "free_released"]
+
+
+class _Tracked:
+    """The PETSc communicator of one mesh whose problems go to PETSc's garbage list.
+
+    Every PETSc object that DOLFINx makes for a mesh (matrices, vectors, the SNES) lives on one
+    PETSc communicator, a duplicate of the mesh's: ``comm``. Objects freed on a parallel
+    communicator wait in its garbage list until ``PETSc.garbage_cleanup`` is called on it
+    collectively; the communicator itself is freed with its last object. Once the mesh is gone
+    nobody can name that communicator any more, so without this record its garbage, and two MPI
+    communicators per mesh, were kept for ever: a long sweep grew by megabytes per case and
+    MPICH aborted after about 1000 meshes ("Too many communicators").
+
+    ``anchor`` (an empty vector on ``comm``) keeps the communicator valid for as long as the
+    record exists, whatever else is destroyed; :func:`free_released` destroys it, and the
+    communicator with it, once the mesh is gone on every rank.
+    """
+
+    def __init__(self, msh, comm):
+        self.mesh = weakref.ref(msh)
+        self.comm = comm
+        self.anchor = PETSc.Vec().createMPI((0, PETSc.DECIDE), comm=comm)
+        self.group = msh.comm.Get_group()
+        self.live = 0  # problems not yet freed
+
+
+#: Agreed key -> record, for every mesh that carried a problem (see :func:`free_released`).
+_tracked: dict[int, _Tracked] = {}
+_next_key = 0
+
+
+def _track(msh, petsc_comm) -> int:
+    """Record ``msh``'s PETSc communicator (collective on the mesh's communicator).
+
+    The key is agreed over the communicator (the largest next key of its ranks), so every rank
+    names the record alike, whatever each rank did on other communicators before.
+    """
+    global _next_key
+    for key, rec in _tracked.items():
+        if rec.mesh() is msh:
+            rec.live += 1
+            return key
+    comm = msh.comm
+    key = comm.allreduce(_next_key, op=MPI.MAX) if comm.size > 1 else _next_key
+    _next_key = key + 1
+    rec = _tracked[key] = _Tracked(msh, petsc_comm)
+    rec.live = 1
+    return key
+
+
+def _untrack(key: int) -> None:
+    """A problem of record ``key`` was freed (local: no communication)."""
+    rec = _tracked.get(key)
+    if rec is not None:
+        rec.live -= 1
+
+
+def free_released(comm=None) -> int:
+    """Destroy the PETSc objects of freed solvers, and their communicators (collective).
+
+    Safe points are where every rank of ``comm`` calls this: each new problem calls it on its
+    mesh's communicator, the test suite after every test, sweeps between cases. For every
+    recorded mesh communicator with the same ranks as ``comm``, in an order agreed by all ranks,
+    PETSc destroys the objects that every rank has freed (PETSc itself agrees on them); when the
+    mesh is gone on every rank, the record is dropped with its communicator. Records of other
+    groups of ranks (``COMM_SELF`` meshes on some ranks) wait for a call on their own group.
+
+    A mesh still alive after all its problems were freed is usually held only by a reference
+    cycle (DOLFINx's compiled forms make some): a cycle collection is run first then.
+
+    Args:
+        comm: The communicator all calling ranks share (``None``: ``COMM_WORLD``).
+
+    Returns:
+        The number of records dropped on this rank.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if any(rec.live <= 0 and rec.mesh() is not None for rec in _tracked.values()):
+        gc.collect()
+    group = comm.Get_group()
+    try:
+        mine = [(key, rec.mesh() is None) for key, rec in _tracked.items()
+                if MPI.Group.Compare(rec.group, group) != MPI.UNEQUAL]
+    finally:
+        group.Free()
+    if comm.size > 1:
+        lists = comm.allgather(mine)
+        keys = set.intersection(*(set(k for k, _ in lst) for lst in lists))
+        gone = {k for k in keys if all(dict(lst)[k] for lst in lists)}
+    else:
+        keys, gone = {k for k, _ in mine}, {k for k, dead in mine if dead}
+    dropped = 0
+    for key in sorted(keys):
+        rec = _tracked[key]
+        PETSc.garbage_cleanup(rec.comm)
+        if key in gone:
+            # destroyed in the same agreed order on every rank: with nothing else left on the
+            # communicator (the mesh is gone), PETSc frees the communicator with it
+            del _tracked[key]
+            rec.anchor.destroy()
+            rec.group.Free()
+            dropped += 1
+    return dropped
 
 
 class MultigridState:
@@ -150,10 +255,14 @@ class _Released:
     collective (MUMPS finalises with a collective call): when the ranks free a problem at
     different moments (one rank still holds it in a traceback) the run deadlocks. Left to
     petsc4py, objects on a parallel communicator go to PETSc's garbage list instead, destroyed
-    collectively by ``PETSc.garbage_cleanup(comm)`` when the next problem is created.
+    collectively by :func:`free_released` when the next problem is created (or at any other
+    point where every rank calls it).
     """
 
     def __del__(self):
+        key = getattr(self, "_tracking_key", None)
+        if key is not None:
+            _untrack(key)
         data = getattr(self, "_data", None)
         if data is not None:
             data.release()
@@ -186,9 +295,11 @@ class CrossDiffusionProblem(_Released, fem.petsc.NonlinearProblem):
         v = ufl.TestFunction(u.function_space)
         spatial = model.form(u, v)
         F = time_form if spatial is None else time_form + spatial
-        PETSc.garbage_cleanup(u.function_space.mesh.comm)  # the problems freed since the last
+        msh = u.function_space.mesh
+        free_released(msh.comm)  # the problems freed since the last one was made
         super().__init__(F, u, petsc_options_prefix=petsc_options_prefix,
                          petsc_options=petsc_options)
+        self._tracking_key = _track(msh, self.solver.getComm())
         n = u.function_space.dofmap.index_map_bs
         self.model = model
         # the constant diagonal replaces the UFL Jacobian only when the whole form is the

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from mpi4py import MPI
 
-from fem_crossdiff.compat import PETSc  # (orders MPI before dolfinx/petsc4py)
+import fem_crossdiff.compat  # noqa: F401  (orders MPI before dolfinx/petsc4py)
+from fem_crossdiff.problem import free_released
 
 COMM = MPI.COMM_WORLD
 
@@ -51,10 +52,10 @@ def _collect_garbage():
     """Free each test's meshes and PETSc objects at the same point on every rank.
 
     Whatever a test leaves in reference cycles is collected here, and PETSc objects freed on
-    parallel communicators (kept in PETSc's garbage list, see ``fem_crossdiff.solver``) are
-    destroyed collectively: without this, duplicated MPI communicators accumulate until MPICH
-    runs out of context ids and aborts (exit code 15) a few hundred tests into the MPI run.
+    parallel communicators (kept in PETSc's garbage list, see
+    :func:`fem_crossdiff.problem.free_released`) are destroyed collectively, with their
+    communicators, so that the memory of one test does not carry into the next.
     """
     yield
     gc.collect()
-    PETSc.garbage_cleanup(COMM)
+    free_released(COMM)

@@ -10,6 +10,7 @@ from _fields import functionals
 from fem_crossdiff.compat import MPI, PETSc, fem, mesh
 from fem_crossdiff.exact import barenblatt
 from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.problem import free_released
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
@@ -463,7 +464,7 @@ def test_solver_is_freed():
 def test_solver_freed_on_one_rank_first_does_not_hang():
     """Ranks may free a solver at different moments (rank 0 holding a plot or a traceback).
 
-    Destroying MUMPS is collective; the solver defers it to ``PETSc.garbage_cleanup``, called
+    Destroying MUMPS is collective; the solver defers it to ``free_released``, called
     collectively, so this finishes instead of deadlocking under ``mpirun -n 2``.
     """
     import gc
@@ -478,5 +479,5 @@ def test_solver_freed_on_one_rank_first_does_not_hang():
     COMM.Barrier()
     holder.clear()
     gc.collect()
-    PETSc.garbage_cleanup(COMM)
+    free_released(COMM)
     COMM.Barrier()

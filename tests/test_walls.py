@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from fem_crossdiff import meshes
-from fem_crossdiff.compat import MPI, PETSc, mesh
+from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.nonlocal_ import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.problem import free_released
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
@@ -157,4 +158,4 @@ def test_eps_limit_with_mass_at_the_wall():
     assert rate >= 1.5, (l1, rate)
     zero = _l1_to_local("zero", eps[:1], n=800)
     assert zero[0] > 5 * l1[0]  # the zero extension is far off at the same eps
-    PETSc.garbage_cleanup(COMM)
+    free_released(COMM)
