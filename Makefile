@@ -15,7 +15,7 @@ demo: setup
 	$(PY) demos/demo_segregation.py
 
 test: setup
-	@bash scripts/run_tests.sh $(PYTEST_ARGS)
+	@NP=$(NP) bash scripts/run_tests.sh $(PYTEST_ARGS)
 
 test-serial: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -51,6 +51,7 @@ class _Tracked:
         self.anchor = PETSc.Vec().createMPI((0, PETSc.DECIDE), comm=comm)
         self.group = msh.comm.Get_group()
         self.live = 0  # problems not yet freed
+        self.collected = False  # a cycle collection ran since the last problem was freed
 
 
 #: Agreed key -> record, for every mesh that carried a problem (see :func:`free_released`).
@@ -82,6 +83,7 @@ def _untrack(key: int) -> None:
     rec = _tracked.get(key)
     if rec is not None:
         rec.live -= 1
+        rec.collected = False
 
 
 def free_released(comm=None) -> int:
@@ -104,8 +106,12 @@ def free_released(comm=None) -> int:
         The number of records dropped on this rank.
     """
     comm = MPI.COMM_WORLD if comm is None else comm
-    if any(rec.live <= 0 and rec.mesh() is not None for rec in _tracked.values()):
+    held = [rec for rec in _tracked.values()
+            if rec.live <= 0 and not rec.collected and rec.mesh() is not None]
+    if held:  # once per freed problem: a mesh its owner keeps is not collected again and again
         gc.collect()
+        for rec in held:
+            rec.collected = True
     group = comm.Get_group()
     try:
         mine = [(key, rec.mesh() is None) for key, rec in _tracked.items()
