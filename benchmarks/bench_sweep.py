@@ -61,9 +61,9 @@ def study(i: int, folder: Path) -> dict:
     }
     if i % 4 == 3:
         raw["model"]["type"] = "nonlocal"
-        raw["model"]["eps"] = 0.5
+        raw["model"]["eps"] = 0.6
     if i % 3 == 1:
-        raw["particles"] = {"N": 200, "seed": i, "eps": 0.5, "output_every": 1}
+        raw["particles"] = {"N": 200, "seed": i, "eps": 0.6, "output_every": 1}
     if i % 5 == 2:
         raw["output"].update({"formats": ["vtx", "csv", "png"], "every": 1,
                               "checkpoint_every": 1})
