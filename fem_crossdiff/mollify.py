@@ -87,6 +87,7 @@ from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
 from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.meshes.sizes import mesh_sizes
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 
 __all__ = ["MollificationOperator", "MollifiedPressure", "mollified_pressure",
@@ -196,24 +197,13 @@ def _owned_cell_geometry(msh) -> np.ndarray:
 
 
 def _global_mesh_sizes(msh) -> tuple[float, float]:
-    """Globally reduced largest cell diameter and bounding-box diameter of the mesh."""
-    gdim = msh.geometry.dim
-    G = _owned_cell_geometry(msh)
-    nv = basix.geometry(basix_cell(msh)).shape[0]
-    V = G[:, :nv, :]
-    hmax = 0.0
-    if V.shape[0]:
-        diff = V[:, :, None, :] - V[:, None, :, :]
-        hmax = float(np.sqrt(np.einsum("cabi,cabi->cab", diff, diff)).max())
-    x = msh.geometry.x[:, :gdim]
-    lo = x.min(axis=0) if x.shape[0] else np.full(gdim, np.inf)
-    hi = x.max(axis=0) if x.shape[0] else np.full(gdim, -np.inf)
-    comm = msh.comm
-    lo_g, hi_g = np.empty_like(lo), np.empty_like(hi)
-    comm.Allreduce(np.ascontiguousarray(lo), lo_g, op=MPI.MIN)
-    comm.Allreduce(np.ascontiguousarray(hi), hi_g, op=MPI.MAX)
-    lo, hi = lo_g, hi_g
-    return comm.allreduce(hmax, op=MPI.MAX), float(np.linalg.norm(hi - lo))
+    """Globally reduced largest cell diameter and bounding-box diameter of the mesh.
+
+    The pair that the MUSCL flux imports under this name; other code calls
+    :func:`fem_crossdiff.meshes.mesh_sizes`.
+    """
+    sizes = mesh_sizes(msh)
+    return sizes.h_max, sizes.diameter
 
 
 def _box(points: np.ndarray, gdim: int) -> np.ndarray:
@@ -294,7 +284,8 @@ class MollificationOperator:
         if degree < 1:
             raise ValueError(f"quadrature_degree must be an integer >= 1, got {degree!r}")
 
-        hmax, diam = _global_mesh_sizes(V.mesh)
+        sizes = mesh_sizes(V.mesh)
+        hmax, diam = sizes.h_max, sizes.diameter
         if eps_f > diam:
             raise ParameterError(
                 "eps", eps_f, f"at most the domain diameter {diam:g} (the operator would be "
