@@ -22,13 +22,10 @@ from pathlib import Path
 import numpy as np
 import ufl
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-from fem_crossdiff import meshes
-from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff import MPI, CrossDiffusionSolver, ModelParams, TimeParams, meshes
+from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
 from fem_crossdiff.log import demo_options, get_logger
-from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
-from fem_crossdiff.solver import CrossDiffusionSolver
 
 comm = MPI.COMM_WORLD
 log = get_logger(comm)

@@ -24,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-from fem_crossdiff import meshes
-from fem_crossdiff.compat import MPI
+from fem_crossdiff import (
+    MPI,
+    AnimationObserver,
+    CrossDiffusionSolver,
+    DiagnosticsPlotObserver,
+    ModelParams,
+    TimeParams,
+    meshes,
+)
 from fem_crossdiff.log import demo_options, get_logger
-from fem_crossdiff.observers import AnimationObserver, DiagnosticsPlotObserver
-from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
-from fem_crossdiff.solver import CrossDiffusionSolver
 
 comm = MPI.COMM_WORLD
 log = get_logger(comm)

@@ -34,9 +34,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import MPI
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI
 from fem_crossdiff.particles import Box, GridDrift, gather_positions, init_state
 from fem_crossdiff.particles import step as particle_step
 

@@ -27,9 +27,8 @@ import time
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import MPI
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
 from fem_crossdiff.particles.distances import wasserstein_1d
 

@@ -25,11 +25,10 @@ import time
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import MPI, ModelParams
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
-from fem_crossdiff.params import ModelParams
 from fem_crossdiff.particles.distances import wasserstein_1d
 
 EPS_REF, N_REF = 0.1, 100

@@ -28,9 +28,8 @@ import time
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import MPI
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI
 
 EPS_REF, N_REF = 0.1, 100
 

@@ -25,9 +25,8 @@ import time
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
+from fem_crossdiff import MPI
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI
 from fem_crossdiff.coupling import FETimeGradientField
 from fem_crossdiff.measures import lp_distance, mollified_density
 from fem_crossdiff.mollify import MollificationOperator

@@ -89,13 +89,18 @@ from pathlib import Path
 
 import numpy as np
 
-import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-from fem_crossdiff import meshes
+from fem_crossdiff import (
+    MPI,
+    CrossDiffusionSolver,
+    ModelParams,
+    NonlocalParams,
+    TimeParams,
+    mesh_sizes,
+    meshes,
+)
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
-from fem_crossdiff.nonlocal_ import NonlocalParams
-from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.particles import (
     FieldDrift,
     ParticleParams,
@@ -106,7 +111,6 @@ from fem_crossdiff.particles import step as particle_step
 from fem_crossdiff.particles.distances import random_directions, sliced_wasserstein
 from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
 from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift, SnapshotGradientField
-from fem_crossdiff.solver import CrossDiffusionSolver
 
 NAME = "study_walls"
 #: Coefficients of the case (two species).
@@ -175,14 +179,6 @@ def bump(centre, width: float, height: float):
 def initial() -> list:
     """The initial densities (callables of ``x (gdim, n)``)."""
     return [bump(*b) for b in BUMPS]
-
-
-def h_max(msh) -> float:
-    """Largest cell diameter (the solver's ``eps >= 2 h_max`` uses it)."""
-    tdim = msh.topology.dim
-    n = msh.topology.index_map(tdim).size_local
-    loc = float(np.max(msh.h(tdim, np.arange(n, dtype=np.int32)), initial=0.0))
-    return msh.comm.allreduce(loc, op=MPI.MAX)
 
 
 def fe_solver(msh, eps: float | None = None, boundary: str = "sinkhorn", init=None,
@@ -307,7 +303,7 @@ def l1_to(s1, s2) -> list[float]:
 def eps_part(comm, st: Settings, log):
     """Nonlocal (sinkhorn, and zero at one eps) vs local at ``T`` on one disk mesh."""
     msh = meshes.disk(comm, radius=1.0, h=st.h).mesh
-    hm = h_max(msh)
+    hm = mesh_sizes(msh).h_max  # the solver's eps >= 2 h_max uses it
     tp = TimeParams(T=st.T, dt=st.dt)
     local = fe_solver(msh)
     local.run(tp, progress=False)

@@ -76,21 +76,18 @@ import itertools
 import math
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import basix
 import numpy as np
 import scipy.sparse as sp
-import ufl
 from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
 from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.meshes.sizes import mesh_sizes
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 
-__all__ = ["MollificationOperator", "MollifiedPressure", "mollified_pressure",
-           "composite_quadrature"]
+__all__ = ["MollificationOperator", "composite_quadrature"]
 
 #: Number of (output dof, quadrature point) pairs processed at once; bounds peak memory.
 _PAIRS_PER_CHUNK = 4_000_000
@@ -196,24 +193,13 @@ def _owned_cell_geometry(msh) -> np.ndarray:
 
 
 def _global_mesh_sizes(msh) -> tuple[float, float]:
-    """Globally reduced largest cell diameter and bounding-box diameter of the mesh."""
-    gdim = msh.geometry.dim
-    G = _owned_cell_geometry(msh)
-    nv = basix.geometry(basix_cell(msh)).shape[0]
-    V = G[:, :nv, :]
-    hmax = 0.0
-    if V.shape[0]:
-        diff = V[:, :, None, :] - V[:, None, :, :]
-        hmax = float(np.sqrt(np.einsum("cabi,cabi->cab", diff, diff)).max())
-    x = msh.geometry.x[:, :gdim]
-    lo = x.min(axis=0) if x.shape[0] else np.full(gdim, np.inf)
-    hi = x.max(axis=0) if x.shape[0] else np.full(gdim, -np.inf)
-    comm = msh.comm
-    lo_g, hi_g = np.empty_like(lo), np.empty_like(hi)
-    comm.Allreduce(np.ascontiguousarray(lo), lo_g, op=MPI.MIN)
-    comm.Allreduce(np.ascontiguousarray(hi), hi_g, op=MPI.MAX)
-    lo, hi = lo_g, hi_g
-    return comm.allreduce(hmax, op=MPI.MAX), float(np.linalg.norm(hi - lo))
+    """Globally reduced largest cell diameter and bounding-box diameter of the mesh.
+
+    The pair that the MUSCL flux imports under this name; other code calls
+    :func:`fem_crossdiff.meshes.mesh_sizes`.
+    """
+    sizes = mesh_sizes(msh)
+    return sizes.h_max, sizes.diameter
 
 
 def _box(points: np.ndarray, gdim: int) -> np.ndarray:
@@ -294,7 +280,8 @@ class MollificationOperator:
         if degree < 1:
             raise ValueError(f"quadrature_degree must be an integer >= 1, got {degree!r}")
 
-        hmax, diam = _global_mesh_sizes(V.mesh)
+        sizes = mesh_sizes(V.mesh)
+        hmax, diam = sizes.h_max, sizes.diameter
         if eps_f > diam:
             raise ParameterError(
                 "eps", eps_f, f"at most the domain diameter {diam:g} (the operator would be "
@@ -507,84 +494,3 @@ class MollificationOperator:
 def _comm_all(comm, flag: bool) -> bool:
     """Logical AND of ``flag`` over all ranks of ``comm`` (collective)."""
     return bool(comm.allreduce(int(bool(flag)), op=MPI.MIN))
-
-
-# --------------------------------------------------------------------------------------------
-# Mollified pressure
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MollifiedPressure:
-    """Fields of the nonlocal model (1.5) at one instant.
-
-    Attributes:
-        u: ``u_l = V^eps * rho_l`` (nodal, on ``op.V_out``).
-        S: ``sum_l a_l u_l``.
-        P: ``max(S, 0)^(m-1)`` (nodal).
-        g: ``V^eps * P``; needs ``op.V_out`` equal to ``op.V``.
-        energy: ``(1/m) int_Omega max(S, 0)^m dx``, the interaction part of (1.4).
-    """
-
-    u: tuple
-    S: object
-    P: object
-    g: object
-    energy: float
-
-
-def mollified_pressure(rhos: Sequence, a: Sequence[float], m: float,
-                       op: MollificationOperator) -> MollifiedPressure:
-    """Compute ``u_l``, ``S``, ``P``, ``g`` and the regularised energy of (1.4)-(1.5).
-
-    A pure function: the inputs are not modified and new functions are returned. ``S`` is
-    clipped at zero before the power, which matters only for higher-degree spaces where
-    mollified nonnegative densities can undershoot between nodes.
-
-    Args:
-        rhos: Densities ``rho_l`` as functions on ``op.V``.
-        a: Positive weights ``a_l``, one per density.
-        m: Exponent ``m >= 2`` of the pressure ``P = S^(m-1)``.
-        op: A :class:`MollificationOperator` with ``op.V_out`` equal to ``op.V``.
-
-    Returns:
-        A :class:`MollifiedPressure`.
-
-    Raises:
-        ValueError: for mismatched lengths, non-positive ``a_l``, ``m < 2`` or an operator
-            whose output space differs from its input space.
-    """
-    rhos = tuple(rhos)
-    a = tuple(float(x) for x in a)
-    if len(rhos) == 0 or len(a) != len(rhos):
-        raise ValueError(f"a must have one weight per density: got {len(a)} weights for "
-                         f"{len(rhos)} densities")
-    if not all(math.isfinite(x) and x > 0.0 for x in a):
-        raise ValueError(f"a must contain finite positive weights, got {a}")
-    m = float(m)
-    if not (math.isfinite(m) and m >= 2.0):
-        raise ValueError(f"m must be a finite number >= 2, got {m!r}")
-    if op.V_out is not op.V:
-        raise ValueError("mollified_pressure needs an operator with V_out == V")
-    V = op.V
-    n = V.dofmap.index_map.size_local
-    X = np.stack([r.x.array[:n] for r in rhos], axis=1)
-    U = op.apply_array(X)
-    u = []
-    for k in range(len(rhos)):
-        uk = fem.Function(V, name=f"u{k}")
-        uk.x.array[:n] = U[:, k]
-        uk.x.scatter_forward()
-        u.append(uk)
-    S = fem.Function(V, name="S")
-    S.x.array[:n] = U @ np.asarray(a)
-    S.x.scatter_forward()
-    P = fem.Function(V, name="P")
-    P.x.array[:n] = np.maximum(S.x.array[:n], 0.0) ** (m - 1.0)
-    P.x.scatter_forward()
-    g = op(P)
-    g.name = "g"
-    p = V.element.basix_element.degree
-    mc = fem.Constant(V.mesh, PETSc.ScalarType(m))
-    form = fem.form(ufl.max_value(S, 0.0) ** mc / mc
-                    * ufl.dx(domain=V.mesh, metadata={"quadrature_degree": 2 * p + 4}))
-    energy = V.mesh.comm.allreduce(fem.assemble_scalar(form), op=MPI.SUM)
-    return MollifiedPressure(u=tuple(u), S=S, P=P, g=g, energy=float(energy))

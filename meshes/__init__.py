@@ -3,7 +3,8 @@
 Importing this package imports DOLFINx (through :mod:`fem_crossdiff.compat`). Builders:
 ``interval``, ``rectangle``, ``disk``, ``ellipse``, ``annulus``, ``l_shape``,
 ``rectangle_with_obstacles``, ``box``, ``ball``; by name via :func:`build` and :data:`BUILDERS`.
-User meshes: :func:`read_msh`; gmsh files of built geometries: :func:`write_msh`.
+User meshes: :func:`read_msh`; gmsh files of built geometries: :func:`write_msh`. Sizes of any
+mesh (``h_max``, ``h_min``, the domain's diameter, reduced over the ranks): :func:`mesh_sizes`.
 """
 
 from .builders import (
@@ -25,6 +26,7 @@ from .builders import (
     validate,
     write_msh,
 )
+from .sizes import MeshSizes, mesh_sizes
 from .specs import (
     DOMAIN_TAG,
     AnnulusSpec,
@@ -52,6 +54,7 @@ __all__ = [
     "exterior_facets",
     "interval",
     "l_shape",
+    "mesh_sizes",
     "read_msh",
     "rectangle",
     "rectangle_with_obstacles",
@@ -64,6 +67,7 @@ __all__ = [
     "EllipseSpec",
     "IntervalSpec",
     "LShapeSpec",
+    "MeshSizes",
     "ObstaclesSpec",
     "RectangleSpec",
 ]

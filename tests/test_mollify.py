@@ -14,8 +14,12 @@ from scipy.integrate import quad
 from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, fem, mesh
+from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.laws import PowerLaw
 from fem_crossdiff.mollifiers import get_mollifier
-from fem_crossdiff.mollify import MollificationOperator, composite_quadrature, mollified_pressure
+from fem_crossdiff.mollify import MollificationOperator, composite_quadrature
+from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
+from fem_crossdiff.params import ModelParams
 
 
 def _square(comm, n, cell=mesh.CellType.triangle, L=1.0):
@@ -194,31 +198,47 @@ def test_parallel_matches_serial_build(comm, dim):
 
 
 def test_mollified_pressure(comm):
+    # The nonlocal model's pressure g = K P(S), S = sum_l a_l K rho_l, with P the model's
+    # PowerLaw (the only pressure formula), on a state that is not constant.
     msh = _square(comm, 16)
     V = fem.functionspace(msh, ("Lagrange", 1))
     eps, a, m, c = 0.375, (1.0, 2.0), 3.0, (0.3, 0.5)
-    op = MollificationOperator(V, eps, "poly4", subdivisions=2)
-    rhos = []
-    for ck in c:
-        r = fem.Function(V)
-        r.x.array[:] = ck
-        rhos.append(r)
-    before = [r.x.array.copy() for r in rhos]
-    res = mollified_pressure(rhos, a, m, op)
+    params = ModelParams(a=a, b=(1.0, 1.0), m=m)
+    pot = NonlocalPotential(V, params, NonlocalParams(eps=eps, kernel="poly4", subdivisions=2))
+    assert pot.law == PowerLaw(m)
+    x_all = V.tabulate_dof_coordinates()[:, 0]
+    rho = np.stack([ck * (1.0 + 0.5 * x_all) for ck in c], axis=1)  # owned + ghost rows
+    before = rho.copy()
+    g = pot(rho)
+    assert np.array_equal(rho, before)  # the state is an input only
     x, nl = _owned_coords(V)
     dist_wall = np.min(1.0 - np.abs(x), axis=1)
+
+    def K(values):
+        xv, yv = pot.M.createVecRight(), pot.M.createVecLeft()
+        xv.array[:] = values
+        pot.M.mult(xv, yv)
+        return yv.array.copy()
+
+    S = sum(ak * K(rho[:nl, k]) for k, ak in enumerate(a))
+    assert _gmax(comm, np.abs(pot.S - S)) < 1e-14
+    assert _gmax(comm, np.abs(g[:nl] - K(S ** (m - 1.0)))) < 1e-13
+    # the kernel reproduces affine data (it is even with unit mass) away from the walls
+    far = dist_wall > 2 * eps
+    S_affine = sum(ak * ck * (1.0 + 0.5 * x[:, 0]) for ak, ck in zip(a, c, strict=True))
+    assert _gmax(comm, np.abs(S[far] - S_affine[far])) < 1e-6
+    # the raw operator (zero extension) keeps constants farther than eps from the walls
+    for k, ck in enumerate(c):
+        r = fem.Function(V)
+        r.x.array[:] = ck
+        assert _gmax(comm, np.abs(pot.op(r).x.array[:nl][dist_wall > eps] - ck)) < 1e-7
+    # constants: K 1 = 1 at every node (walls too), so g = S0^(m-1) and the lumped energy
+    # is |Omega| S0^m / m
     S0 = a[0] * c[0] + a[1] * c[1]
-    for k in range(2):
-        assert _gmax(comm, np.abs(res.u[k].x.array[:nl] - op(rhos[k]).x.array[:nl])) < 1e-14
-        assert _gmax(comm, np.abs(res.u[k].x.array[:nl][dist_wall > eps] - c[k])) < 1e-7
-        assert np.array_equal(rhos[k].x.array, before[k])
-    assert _gmax(comm, np.abs(res.S.x.array[:nl][dist_wall > eps] - S0)) < 1e-7
-    assert _gmax(comm, np.abs(res.P.x.array[:nl] - res.S.x.array[:nl] ** (m - 1))) < 1e-14
-    assert _gmax(comm, np.abs(res.g.x.array[:nl][dist_wall > 2 * eps] - S0 ** (m - 1))) < 1e-6
-    # 0 <= u <= c everywhere, and u = c farther than eps from the wall, bound the energy.
-    upper = S0**m / m * 4.0
-    lower = S0**m / m * (2.0 - 2 * eps - 2.0 / 16) ** 2
-    assert lower < res.energy < upper
+    const = np.tile(np.asarray(c), (x_all.shape[0], 1))
+    g0 = pot(const)
+    assert _gmax(comm, np.abs(g0[:nl] - S0 ** (m - 1.0))) < 1e-12
+    assert pot.energy(const) == pytest.approx(4.0 * S0**m / m, rel=1e-12)
 
 
 def test_invalid_input_raises_everywhere(comm):
@@ -243,15 +263,15 @@ def test_invalid_input_raises_everywhere(comm):
         MollificationOperator(Vd, 1.0)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        op = MollificationOperator(V, 0.5, allow_small_eps=True)
+        MollificationOperator(V, 0.5, allow_small_eps=True)
     assert any("2*h_max" in str(w.message) for w in rec)
-    rho = fem.Function(V)
-    with pytest.raises(ValueError, match="m must"):
-        mollified_pressure([rho], [1.0], 1.5, op)
-    with pytest.raises(ValueError, match="one weight per density"):
-        mollified_pressure([rho, rho], [1.0], 2.0, op)
-    with pytest.raises(ValueError, match="positive"):
-        mollified_pressure([rho], [-1.0], 2.0, op)
+    # the pressure's coefficients are refused by the model's parameters, before any operator
+    with pytest.raises(ParameterError, match="m must be >= 2"):
+        ModelParams(a=(1.0,), b=(1.0,), m=1.5)
+    with pytest.raises(ParameterError, match="one mobility per species"):
+        ModelParams(a=(1.0, 1.0), b=(1.0,))
+    with pytest.raises(ParameterError, match=r"a\[0\] must be > 0"):
+        ModelParams(a=(-1.0,), b=(1.0,))
 
 
 def test_output_space_may_differ(comm):
