@@ -5,11 +5,17 @@ PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 NP ?= 2
 PYTEST_ARGS ?=
+LOCK_ARGS ?=
 
-.PHONY: setup demo test test-serial test-mpi test-slow lint bench clean
+.PHONY: setup lock demo test test-serial test-mpi test-slow lint bench clean
 
 setup:
 	@bash scripts/setup.sh
+
+# Re-resolve requirements/lock.txt (the exact versions `setup` installs) to the newest versions
+# pyproject.toml allows; LOCK_ARGS=--keep keeps the current pins and only follows pyproject.toml.
+lock:
+	@bash scripts/lock.sh $(LOCK_ARGS)
 
 demo: setup
 	$(PY) demos/demo_segregation.py

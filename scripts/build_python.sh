@@ -12,6 +12,9 @@ command -v cc >/dev/null || fail "no Python >= 3.12 found and no C compiler to b
 mkdir -p "$work/lists/partial" "$work/src"
 echo "deb-src http://deb.debian.org/debian trixie main" > "$work/sources.list"
 aptopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null -o "Dir::State::Lists=$work/lists")
+# As root, apt downloads as its _apt user, which cannot write into this private folder: it warns,
+# then downloads as root anyway; say so up front instead of the warning.
+if [ "$(id -u)" = 0 ]; then aptopts+=(-o APT::Sandbox::User=root); fi
 echo "fem-crossdiff set-up: building CPython 3.13 into $prefix (about 2 minutes)" >&2
 apt-get "${aptopts[@]}" update >/dev/null || fail "cannot reach Debian's archive for the CPython source"
 ( cd "$work/src" && apt-get "${aptopts[@]}" source --download-only python3.13 >/dev/null ) \

@@ -1,10 +1,18 @@
-"""The numerical stack: imports, SNES, gmsh -> distributed mesh, VTX under MPI, rank invariance."""
+"""The numerical stack: the lock, imports, SNES, gmsh -> distributed mesh, VTX under MPI, ranks."""
 
 from __future__ import annotations
+
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
 import ufl
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from fem_crossdiff.compat import (
     MPI,
@@ -17,6 +25,97 @@ from fem_crossdiff.compat import (
     mesh,
     version_report,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "lock.txt"
+# scripts/setup.sh writes this stamp into the venv it made from the lock, and only there
+SETUP_STAMP = Path(sys.prefix) / ".fem-crossdiff-installed"
+
+
+def _lock_pins(text: str) -> dict[str, tuple[Version, Requirement]]:
+    """The pins of a lock file: canonical name -> (pinned version, requirement with its marker)."""
+    pins = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("#", " ")):
+            continue  # comments and uv's indented "# via" annotations
+        req = Requirement(line)
+        specs = list(req.specifier)
+        if len(specs) != 1 or specs[0].operator != "==" or "*" in specs[0].version:
+            raise ValueError(f"{LOCK.name}: {line!r} is not an exact pin (name==version)")
+        name = canonicalize_name(req.name)
+        if name in pins:
+            raise ValueError(f"{LOCK.name}: {req.name} is pinned twice")
+        pins[name] = (Version(specs[0].version), req)
+    return pins
+
+
+def _applies(req: Requirement) -> bool:
+    return req.marker is None or req.marker.evaluate()
+
+
+def test_lock_parser_rejects_loose_pins():
+    with pytest.raises(ValueError, match="not an exact pin"):
+        _lock_pins("numpy>=2\n")
+    with pytest.raises(ValueError, match="pinned twice"):
+        _lock_pins("numpy==2.0\nNumPy==2.1\n")
+    pins = _lock_pins("# c\nfoo==1.0 ; sys_platform == 'win32'\n    # via bar\nBar_Baz==2.0\n")
+    assert set(pins) == {"foo", "bar-baz"} and pins["bar-baz"][0] == Version("2")
+
+
+def test_lock_satisfies_pyproject():
+    """Every requirement of pyproject.toml is pinned in the lock at a version its range allows.
+
+    All extras and the build back-end count: editing pyproject.toml without `make lock` fails here.
+    """
+    pins = _lock_pins(LOCK.read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    wanted = list(project["project"]["dependencies"]) + list(project["build-system"]["requires"])
+    for extra in project["project"]["optional-dependencies"].values():
+        wanted += extra
+    wanted.append("pip")  # set-up installs pip itself at its locked version first
+    problems = []
+    for line in wanted:
+        req = Requirement(line)
+        if not _applies(req):
+            continue
+        pin = pins.get(canonicalize_name(req.name))
+        if pin is None:
+            problems.append(f"{req.name} is not in the lock")
+        elif not req.specifier.contains(pin[0], prereleases=True):
+            problems.append(f"{req.name}=={pin[0]} is outside pyproject.toml's {req.specifier}")
+    assert not problems, f"{LOCK} is stale, run `make lock`: " + "; ".join(problems)
+
+
+@pytest.mark.skipif(not SETUP_STAMP.is_file(),
+                    reason="this environment was not made by scripts/setup.sh from the lock")
+def test_installed_versions_equal_lock():
+    """The venv holds exactly the locked versions, and every requirement they have is locked.
+
+    A drifted .venv (say, a manual `pip install -U numpy`) fails here.
+    """
+    pins = _lock_pins(LOCK.read_text())
+    problems = []
+    for name, (version, req) in sorted(pins.items()):
+        if not _applies(req):
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name} is locked at {version} but not installed")
+            continue
+        if Version(installed) != version:
+            problems.append(f"{name} {installed} is installed, the lock says {version}")
+            continue
+        for dep in metadata.requires(name) or []:
+            dep_req = Requirement(dep)
+            # a dependency behind an extra is not installed unless someone asked for that extra
+            if dep_req.marker is not None and not dep_req.marker.evaluate({"extra": ""}):
+                continue
+            if canonicalize_name(dep_req.name) not in pins:
+                problems.append(f"{name} needs {dep_req.name}, which the lock does not pin")
+    fix = "rm .venv/.fem-crossdiff-installed && make setup"
+    assert not problems, f"the venv differs from the lock; reinstall it with `{fix}`: " + "; ".join(
+        problems)
 
 
 def test_versions():
