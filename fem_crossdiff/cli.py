@@ -232,8 +232,11 @@ def _command(args, comm) -> int:
         _echo(comm, f"# {args.config}: valid{mode} ({what}); resolved configuration:\n"
               + to_toml(cfg.to_dict()))
         return 0
+    from fem_crossdiff.watchdog import CLI_STALL_TIMEOUT
+
     result = run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
-                       log_level=args.log_level, output=args.output, overwrite=args.overwrite)
+                       log_level=args.log_level, output=args.output, overwrite=args.overwrite,
+                       default_stall_timeout=CLI_STALL_TIMEOUT)
     if args.quiet:  # the closing log line is INFO, hidden by --quiet: say where it went
         _echo(comm, f"crossdiff: {result.rows[-1]['step']} steps to t = {result.solver.t:.6g}; "
               f"output in {result.folder}")
@@ -526,7 +529,8 @@ def _particle_observer(cfg: StudyConfig, s):
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
               quiet: bool = False, log_level: str = "INFO",
-              output: str | Path | None = None, overwrite: bool = False) -> StudyResult:
+              output: str | Path | None = None, overwrite: bool = False,
+              default_stall_timeout: float = 0.0) -> StudyResult:
     """Run a validated study (collective).
 
     Everything is built and checked (mesh, initial data, restart checkpoint, particles) before
@@ -542,6 +546,9 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
         log_level: Logging level on rank 0.
         output: Output folder, overriding ``cfg.output.folder``.
         overwrite: Replace the files of an earlier run in the output folder.
+        default_stall_timeout: The stall watchdog's timeout where the study's ``[resources]
+            stall_timeout`` is not set (``0``: off; ``crossdiff run`` passes 600 s;
+            :mod:`fem_crossdiff.watchdog`).
 
     Returns:
         The :class:`StudyResult`.
@@ -559,7 +566,7 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
     log = get_logger(comm, level)
     try:
         return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output,
-                    overwrite)
+                    overwrite, default_stall_timeout)
     finally:
         get_logger(comm, before if comm.rank == 0 else None)
 
@@ -639,7 +646,8 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
     return action
 
 
-def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyResult:
+def _run(cfg, comm, restart, progress, log, output, overwrite=False,
+         default_stall_timeout=0.0) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
     from fem_crossdiff.particles import ParticleWriter
@@ -725,6 +733,12 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
         observers.append(parts)
         if "png" in formats and gdim == 2:
             observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
+    stall = cfg.resources.stall_timeout
+    stall = default_stall_timeout if stall is None else stall
+    if stall:  # last: its close (the helper's end) follows every other observer's
+        from fem_crossdiff.watchdog import StallWatchdog
+
+        observers.append(StallWatchdog(stall, prefix="crossdiff"))
     rows = driver.run(s, tp, observers, progress=progress, step0=step0)
     comm.barrier()
     first, end = rows[0], rows[-1]
