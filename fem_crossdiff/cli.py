@@ -346,13 +346,19 @@ def _make_solver(cfg: StudyConfig, msh):
         raise _config_error(err, "rejected on this mesh: ") from None
 
 
-def prepare(cfg: StudyConfig, comm):
+def prepare(cfg: StudyConfig, comm, folder: str | Path | None = None):
     """Everything ``run`` builds before its first output, each part checked (collective).
 
     The memory estimate (before any mesh), the mesh, the solver (which checks the model on
     the mesh: ``eps >= 2 h_max`` for the nonlocal model), the initial data (finite,
     nonnegative, positive mass) and :func:`validate_on_mesh`. ``crossdiff check`` calls it and
     drops the result; ``run`` calls it before it writes anything.
+
+    Args:
+        cfg: The study.
+        comm: Communicator.
+        folder: The output folder whose file system must hold the run's files (default:
+            ``output.folder``).
 
     Returns:
         ``(geometry, solver)``, the solver holding the initial data.
@@ -366,7 +372,8 @@ def prepare(cfg: StudyConfig, comm):
     verdict = None
     if comm.rank == 0:  # one rank reads the machine's memory and the .msh file
         try:
-            resources.check(cfg, machines=machines)
+            where = Path(cfg.output.folder if folder is None else folder).expanduser()
+            resources.check(cfg, machines=machines, folder=where)
             if cfg.geometry.msh is not None:
                 _check_msh(cfg.geometry.msh)
         except ParameterError as err:
@@ -659,7 +666,7 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False,
     formats = cfg.output.formats
     # 1. Build and validate everything (every check of the study, the mesh's included);
     # nothing is written before step 2.
-    geo, s = prepare(cfg, comm)
+    geo, s = prepare(cfg, comm, folder)
     msh = geo.mesh
     gdim = msh.geometry.dim
     tp = cfg.time.params()
