@@ -40,6 +40,10 @@ MAX_TIMEOUT = 1e7
 # so it starts in tens of milliseconds and imports nothing of the project.
 _HELPER = r"""
 import os, select, signal, sys, time
+# Ctrl-C or SIGTERM sent to the job's process group are the rank's to handle: it stops after
+# the step and closes the watchdog (or dies), which ends this helper quietly
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 fd, ppid, timeout, line = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 
 def stopped():
