@@ -588,10 +588,11 @@ def _identity_settings(cfg: StudyConfig) -> dict:
     """The study's part of the checkpoint identity: all but ``time.T``, output and paths.
 
     The mesh file's path is left out (its content is hashed by the identity), so a moved mesh
-    can continue; ``time.dt`` is kept: a changed first step changes every later step.
+    can continue; ``time.dt`` is kept: a changed first step changes every later step. The
+    ``[resources]`` limits change no result, so a restart may change them.
     """
     d = cfg.to_dict()
-    for key in ("output", "title", "particles"):
+    for key in ("output", "title", "particles", "resources"):
         d.pop(key, None)
     d["time"].pop("T")
     d["geometry"].pop("msh", None)

@@ -224,3 +224,25 @@ def test_sigstop_of_one_rank_ends_the_job_with_one_line(comm, tmp_path):
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid), pid
+
+
+def test_restart_may_change_the_resources_limits(comm, mpi_tmp_path, capsys):
+    """``[resources]`` changes no result: a restart with another stall timeout continues."""
+    from fem_crossdiff.cli import main
+
+    study = mpi_tmp_path / "s.toml"
+    out = mpi_tmp_path / "out"
+    if comm.rank == 0:
+        study.write_text(to_toml(_study(output={"folder": str(out)})))
+    comm.barrier()
+    assert main(["run", str(study), "--quiet"], comm=comm) == 0
+    if comm.rank == 0:
+        study.write_text(to_toml(_study(time={"T": 0.006}, output={"folder": str(out)},
+                                        resources={"stall_timeout": 300,
+                                                   "disk_limit_gb": 10.0})))
+    comm.barrier()
+    capsys.readouterr()
+    code = main(["run", str(study), "--quiet", "--restart",
+                 str(out / "checkpoints" / "step_000004.npz")], comm=comm)
+    err = comm.bcast(capsys.readouterr().err if comm.rank == 0 else None, root=0)
+    assert code == 0, err
