@@ -232,8 +232,11 @@ def _command(args, comm) -> int:
         _echo(comm, f"# {args.config}: valid{mode} ({what}); resolved configuration:\n"
               + to_toml(cfg.to_dict()))
         return 0
+    from fem_crossdiff.watchdog import CLI_STALL_TIMEOUT
+
     result = run_study(cfg, comm, restart=args.restart, quiet=args.quiet,
-                       log_level=args.log_level, output=args.output, overwrite=args.overwrite)
+                       log_level=args.log_level, output=args.output, overwrite=args.overwrite,
+                       default_stall_timeout=CLI_STALL_TIMEOUT)
     if args.quiet:  # the closing log line is INFO, hidden by --quiet: say where it went
         _echo(comm, f"crossdiff: {result.rows[-1]['step']} steps to t = {result.solver.t:.6g}; "
               f"output in {result.folder}")
@@ -343,13 +346,19 @@ def _make_solver(cfg: StudyConfig, msh):
         raise _config_error(err, "rejected on this mesh: ") from None
 
 
-def prepare(cfg: StudyConfig, comm):
+def prepare(cfg: StudyConfig, comm, folder: str | Path | None = None):
     """Everything ``run`` builds before its first output, each part checked (collective).
 
     The memory estimate (before any mesh), the mesh, the solver (which checks the model on
     the mesh: ``eps >= 2 h_max`` for the nonlocal model), the initial data (finite,
     nonnegative, positive mass) and :func:`validate_on_mesh`. ``crossdiff check`` calls it and
     drops the result; ``run`` calls it before it writes anything.
+
+    Args:
+        cfg: The study.
+        comm: Communicator.
+        folder: The output folder whose file system must hold the run's files (default:
+            ``output.folder``).
 
     Returns:
         ``(geometry, solver)``, the solver holding the initial data.
@@ -363,7 +372,8 @@ def prepare(cfg: StudyConfig, comm):
     verdict = None
     if comm.rank == 0:  # one rank reads the machine's memory and the .msh file
         try:
-            resources.check(cfg, machines=machines)
+            where = Path(cfg.output.folder if folder is None else folder).expanduser()
+            resources.check(cfg, machines=machines, folder=where)
             if cfg.geometry.msh is not None:
                 _check_msh(cfg.geometry.msh)
         except ParameterError as err:
@@ -526,7 +536,8 @@ def _particle_observer(cfg: StudyConfig, s):
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
               quiet: bool = False, log_level: str = "INFO",
-              output: str | Path | None = None, overwrite: bool = False) -> StudyResult:
+              output: str | Path | None = None, overwrite: bool = False,
+              default_stall_timeout: float = 0.0) -> StudyResult:
     """Run a validated study (collective).
 
     Everything is built and checked (mesh, initial data, restart checkpoint, particles) before
@@ -542,6 +553,9 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
         log_level: Logging level on rank 0.
         output: Output folder, overriding ``cfg.output.folder``.
         overwrite: Replace the files of an earlier run in the output folder.
+        default_stall_timeout: The stall watchdog's timeout where the study's ``[resources]
+            stall_timeout`` is not set (``0``: off; ``crossdiff run`` passes 600 s;
+            :mod:`fem_crossdiff.watchdog`).
 
     Returns:
         The :class:`StudyResult`.
@@ -559,7 +573,7 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
     log = get_logger(comm, level)
     try:
         return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output,
-                    overwrite)
+                    overwrite, default_stall_timeout)
     finally:
         get_logger(comm, before if comm.rank == 0 else None)
 
@@ -574,10 +588,11 @@ def _identity_settings(cfg: StudyConfig) -> dict:
     """The study's part of the checkpoint identity: all but ``time.T``, output and paths.
 
     The mesh file's path is left out (its content is hashed by the identity), so a moved mesh
-    can continue; ``time.dt`` is kept: a changed first step changes every later step.
+    can continue; ``time.dt`` is kept: a changed first step changes every later step. The
+    ``[resources]`` limits change no result, so a restart may change them.
     """
     d = cfg.to_dict()
-    for key in ("output", "title", "particles"):
+    for key in ("output", "title", "particles", "resources"):
         d.pop(key, None)
     d["time"].pop("T")
     d["geometry"].pop("msh", None)
@@ -639,7 +654,8 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
     return action
 
 
-def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyResult:
+def _run(cfg, comm, restart, progress, log, output, overwrite=False,
+         default_stall_timeout=0.0) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
     from fem_crossdiff.particles import ParticleWriter
@@ -651,7 +667,7 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
     formats = cfg.output.formats
     # 1. Build and validate everything (every check of the study, the mesh's included);
     # nothing is written before step 2.
-    geo, s = prepare(cfg, comm)
+    geo, s = prepare(cfg, comm, folder)
     msh = geo.mesh
     gdim = msh.geometry.dim
     tp = cfg.time.params()
@@ -725,6 +741,12 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False) -> StudyRes
         observers.append(parts)
         if "png" in formats and gdim == 2:
             observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))
+    stall = cfg.resources.stall_timeout
+    stall = default_stall_timeout if stall is None else stall
+    if stall:  # last: its close (the helper's end) follows every other observer's
+        from fem_crossdiff.watchdog import StallWatchdog
+
+        observers.append(StallWatchdog(stall, prefix="crossdiff"))
     rows = driver.run(s, tp, observers, progress=progress, step0=step0)
     comm.barrier()
     first, end = rows[0], rows[-1]

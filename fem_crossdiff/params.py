@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.laws import PowerLaw
 
+#: Largest initial density accepted, ``|rho_k| <= MAX_DENSITY`` at every node: the model's
+#: densities are O(1) (volume fractions under volume exclusion), and far larger values only
+#: come from a mistake; they would overflow the energy's ``rho^m`` terms (1e6^m overflows a
+#: double for m > 51) and the Newton system's scaling long before anything is learnt.
+MAX_DENSITY = 1e6
+
 
 def finite_number(name: str, value) -> float:
     """``float(value)``, or a :class:`ParameterError` keyed ``name`` if not a finite real number."""

@@ -28,11 +28,12 @@ from fem_crossdiff.compat import MPI, PETSc, fem, interpolate_any, la
 from fem_crossdiff.errors import ParameterError, species_name
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import select_model
-from fem_crossdiff.params import LINEAR_SOLVERS, ModelParams, TimeParams
+from fem_crossdiff.params import LINEAR_SOLVERS, MAX_DENSITY, ModelParams, TimeParams
 from fem_crossdiff.problem import CrossDiffusionProblem
 from fem_crossdiff.spaces import species_spaces
 
-__all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS", "SIGN_TOL"]
+__all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS", "SIGN_TOL",
+           "MAX_DENSITY"]
 
 #: Initial values down to ``-SIGN_TOL * max`` (per species) are round-off and set to 0.
 SIGN_TOL = 1e-12
@@ -242,7 +243,8 @@ class CrossDiffusionSolver:
         """Set ``rho_k(0)`` from callables of x, numbers, FE functions or UFL expressions.
 
         Raises:
-            ParameterError: wrong number of species, negative or NaN values, or zero mass (the
+            ParameterError: wrong number of species, negative, NaN/inf or absurd values
+                (``|rho| >`` :data:`MAX_DENSITY`), or zero mass, keyed ``initial[k]`` (the
                 same verdict on every rank: the checks are reduced over the communicator).
         """
         n = self.params.n
@@ -257,10 +259,25 @@ class CrossDiffusionSolver:
             self.rho.x.array[self.species_dofs[k]] = fk.x.array
         self.rho.x.scatter_forward()
         local = self.rho.x.array[: self._nowned() * n].reshape(-1, n)
-        bad_nan = self.comm.allreduce(int(np.count_nonzero(~np.isfinite(local))), op=MPI.SUM)
-        if bad_nan:
-            raise ParameterError("initial", f"{bad_nan} NaN/inf nodal values",
-                                 "initial data must be finite (no NaN/inf)")
+        bad = np.zeros(n, dtype=np.int64)
+        big = np.zeros(n)
+        with np.errstate(invalid="ignore"):
+            bad[:] = np.count_nonzero(~np.isfinite(local), axis=0)
+            finite = np.where(np.isfinite(local), np.abs(local), 0.0)
+            if finite.size:
+                big[:] = finite.max(axis=0)
+        self.comm.Allreduce(MPI.IN_PLACE, bad, op=MPI.SUM)
+        self.comm.Allreduce(MPI.IN_PLACE, big, op=MPI.MAX)
+        for k in range(n):  # the same verdict on every rank: reduced values
+            if bad[k]:
+                raise ParameterError(f"initial[{k}]", f"{int(bad[k])} NaN/inf nodal values",
+                                     f"initial data of {species_name(k)} must be finite "
+                                     "(no NaN/inf)")
+            if big[k] > MAX_DENSITY:
+                raise ParameterError(f"initial[{k}]", float(big[k]),
+                                     f"initial data of {species_name(k)} reaches |rho| = "
+                                     f"{big[k]:.3g}; densities must be <= {MAX_DENSITY:g} "
+                                     "at every node (rescale the data)")
         mins, maxs = self.extrema()
         for k in range(n):
             # interpolated data that is zero up to round-off (1 - x**2 - y**2 on the unit

@@ -185,6 +185,17 @@ PROFILES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 
 
+def _density(key: str, v: Any, dim: int | None) -> float:
+    """A density value: ``0 <= v <= MAX_DENSITY``."""
+    from fem_crossdiff.params import MAX_DENSITY
+
+    value = nonnegative(key, v)
+    if value > MAX_DENSITY:
+        raise ConfigError(key, v, f"must be <= {MAX_DENSITY:g} (densities are O(1); rescale "
+                          "the data)")
+    return value
+
+
 def _nonzero(key: str, v: Any, dim: int | None) -> tuple[float, ...]:
     if not any(vec := vector(key, v, dim)):
         raise ConfigError(key, v, "must be a nonzero vector")
@@ -196,7 +207,7 @@ _CHECKS: dict[str, Callable[[str, Any, int | None], Any]] = {
     "center": vector, "normal": _nonzero, "offset": lambda k, v, d: number(k, v),
     "expr": lambda k, v, d: SafeExpression(v, k).text,
     **dict.fromkeys(("width", "radius"), lambda k, v, d: positive(k, v)),
-    **dict.fromkeys(("height", "value", "background"), lambda k, v, d: nonnegative(k, v)),
+    **dict.fromkeys(("height", "value", "background"), _density),
 }
 
 

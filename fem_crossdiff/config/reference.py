@@ -16,6 +16,8 @@ import inspect
 import re
 from functools import partial
 
+from fem_crossdiff.params import MAX_DENSITY
+
 from . import schema as s
 from .initial import EXPR_FUNCTIONS, EXPR_NAMES, PROFILES
 from .sections import (
@@ -215,8 +217,15 @@ def key_reference() -> str:
         out.append(f"| `{profile}` | {', '.join(f'`{k}`' for k in required)} | {opt} |")
     out += ["", "`center` and `normal` are lists of as many numbers as the geometry has "
             "dimensions (`normal` nonzero); `width`, `radius` > 0; `height`, `value`, "
-            "`background` >= 0 and the main value (`height` or `value`) > 0. `expr` is an "
-            "arithmetic expression of " + ", ".join(f"`{n}`" for n in EXPR_NAMES)
+            f"`background` in [0, {MAX_DENSITY:g}] and the main value (`height` or `value`) "
+            "> 0. `expr` is an arithmetic expression of "
+            + ", ".join(f"`{n}`" for n in EXPR_NAMES)
             + " with `+ - * / ** %`, comparisons and the functions "
-            + ", ".join(f"`{f}`" for f in EXPR_FUNCTIONS) + ".", ""]
+            + ", ".join(f"`{f}`" for f in EXPR_FUNCTIONS) + ".", "",
+            "On the mesh, every nodal value of each species' initial data (any profile, "
+            "expressions included) must be finite, >= 0 (down to round-off) and at most "
+            f"{MAX_DENSITY:g} in magnitude, and each species needs positive mass; otherwise "
+            "`crossdiff check` and `crossdiff run` stop with exit code 2 and a message naming "
+            "the species' table (`initial[0]`, `initial[1]`, ...), before anything in the "
+            "output folder is touched.", ""]
     return "\n".join(out)

@@ -263,6 +263,13 @@ class OutputConfig(Section):
               "animation": s.one_of(ANIMATIONS), "animation_frames": partial(s.integer, lo=2)}
 
 
+def _stall_timeout(key: str, v: Any, allowed: str = "") -> float:
+    from fem_crossdiff.watchdog import check_timeout
+
+    with under(""):
+        return check_timeout(key, v)
+
+
 @dataclass(frozen=True)
 class ResourcesConfig(Section):
     """``[resources]``: limits checked before any mesh or particle is made.
@@ -271,12 +278,22 @@ class ResourcesConfig(Section):
         memory_limit_gb: Refuse a study whose memory estimate exceeds this many GB (all ranks
             together; default: the physical memory of the machines the job runs on, see
             :mod:`fem_crossdiff.resources`).
+        disk_limit_gb: Refuse a study whose files are estimated to exceed this many GB
+            (default: the free space of the output folder's file system, plus what the folder
+            holds already).
+        stall_timeout: Seconds without a completed time step after which the job is ended
+            with one line instead of hanging (a stopped or stuck rank; ``0``: off; default:
+            600 for ``crossdiff run``, off for ``run_study``; see docs/failsafe.md).
     """
 
     memory_limit_gb: float | None = None
+    disk_limit_gb: float | None = None
+    stall_timeout: float | None = None
 
     section = "resources"
-    checks = {"memory_limit_gb": s.positive}
+    checks = {"memory_limit_gb": s.positive, "disk_limit_gb": s.positive,
+              "stall_timeout": partial(_stall_timeout, allowed="must be 0 (off) or a number "
+                                       "of seconds in [1, 1e+07]")}
 
 
 def _tuples(v):
