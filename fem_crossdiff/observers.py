@@ -217,8 +217,7 @@ class FieldObserver:
 
 
 def _field_write_bound(solver) -> int:
-    """Bytes one field write may add: three times the mesh and species in float64, plus 8 KiB
-    of metadata per rank.
+    """Bytes one field write may add: 3 x (mesh and species in float64) + 8 KiB per rank.
 
     VTX writes the geometry and cells of the function space and the values of every species
     at every step, each rank its own block with its ghosts; XDMF the same into its ``.h5``.
