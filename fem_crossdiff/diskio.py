@@ -15,7 +15,9 @@ leave a destructor, ends the process with SIGABRT at the next garbage collection
   limit (``RLIMIT_FSIZE``), and the write is refused, collectively, before ADIOS2 or HDF5 is
   called (:func:`agreed_space_check`);
 * when a write fails anyway (the disk filled up between the check and the write), the writer
-  is kept alive until the process ends (:func:`disown`), so that its destructor never runs.
+  is kept alive until the process ends (:func:`disown`), so that its destructor never runs;
+  under MPI the failing rank ends the job (:func:`abort_job`): the ranks are no longer in
+  step after an exception from the middle of a collective write.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["OutputError", "plain", "writing", "names_file", "check_space",
-           "agreed_space_check", "disown", "SPACE_MARGIN"]
+           "agreed_space_check", "disown", "abort_job", "SPACE_MARGIN"]
 
 #: Bytes added to every bound of :func:`check_space`: what closing a writer adds (ADIOS2's
 #: index and profiling files, the XDMF text) with room to spare.
@@ -183,6 +185,22 @@ def agreed_space_check(comm, path: str | Path, nbytes: int,
     error = comm.bcast(error, root=0)
     if error is not None:
         raise error
+
+
+def abort_job(comm, err: BaseException) -> None:
+    """End the whole job now: a collective writer failed on this rank (``comm.size > 1``).
+
+    ADIOS2 and HDF5 raise from the middle of their collective calls, so the ranks are no
+    longer in step: the next collective call of one rank would be matched with another call
+    of the others and the job would hang. This rank prints the one line of
+    :meth:`fem_crossdiff.failsafe.Agreement.abort` (the CLI's) and calls ``MPI_Abort``.
+    """
+    from types import SimpleNamespace
+
+    from fem_crossdiff import failsafe
+
+    report = failsafe._state.get("report") or failsafe._default_report
+    failsafe.Agreement.abort(SimpleNamespace(comm=comm, grace=0.0, report=report), err)
 
 
 #: Writers whose close failed: kept so that their C++ destructor never runs (see

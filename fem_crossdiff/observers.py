@@ -11,6 +11,7 @@ checkpoints atomically.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,21 +78,29 @@ class CsvObserver:
 
     def _write(self, row):
         if self.file is not None:
+            end = self.file.tell()  # rows before are flushed: the file ends here
             try:
                 with diskio.writing(self.path):
                     self.writer.writerow({k: (f"{v:.16e}" if _is_float(v) else v)
                                           for k, v in row.items()})
                     self.file.flush()
             except diskio.OutputError:
-                self._drop()
+                self._drop(end)
                 raise
 
-    def _drop(self):
-        """Close after a failed write: the row that did not fit is dropped, not retried."""
+    def _drop(self, end: int):
+        """Close after a failed write and cut the file back to its last whole row.
+
+        A full disk may take part of a row; the file then ends with the rows before it.
+        """
         file, self.file = self.file, None
         try:
             file.close()
         except OSError:  # the buffered row could not be written: it is not in the file
+            pass
+        try:
+            os.truncate(self.path, end)
+        except OSError:  # the error being raised says what went wrong
             pass
 
     def close(self):
@@ -120,6 +129,8 @@ class FieldObserver:
         self.every = max(int(every), 1)
         self.vtx = self.xdmf = None
         self._last = None
+        self.comm = None
+        self._failed: set[str] = set()
 
     def _file(self, suffix: str) -> str:
         p = self.path
@@ -130,10 +141,10 @@ class FieldObserver:
         """Open the writers and write the first state."""
         from fem_crossdiff.compat import fem, io
 
+        self.comm = comm = solver.comm
         self.outs = [solver.species(k) for k in range(solver.params.n)]
         msh = solver.msh
         self._bound = _field_write_bound(solver)
-        comm = solver.comm
         if "vtx" in self.formats:
             name = self._file(".bp")
             diskio.agreed_space_check(comm, name, self._bound, Path(name) / "data.0")
@@ -182,7 +193,7 @@ class FieldObserver:
 
         A full disk is refused before ADIOS2/HDF5 is called (every rank agrees); a failure
         inside them disowns the writer (its destructor would abort the process) and raises
-        :class:`~fem_crossdiff.diskio.OutputError`.
+        :class:`~fem_crossdiff.diskio.OutputError`, or under MPI ends the job with it.
         """
         name = self._file(".bp" if kind == "vtx" else ".xdmf")
         grows = Path(name) / "data.0" if kind == "vtx" else Path(name).with_suffix(".h5")
@@ -191,18 +202,29 @@ class FieldObserver:
             write()
         except (RuntimeError, OSError) as err:
             self._disown(kind)
-            raise diskio.OutputError.from_error(name, err) from None
+            error = diskio.OutputError.from_error(name, err)
+            if comm.size > 1:
+                diskio.abort_job(comm, error)
+            raise error from None
 
     def _disown(self, kind: str):
         writer = getattr(self, kind)
         setattr(self, kind, None)
+        self._failed.add(kind)
         if writer is not None:
             diskio.disown(writer)
 
     def close(self):
-        """Close the writers (one that cannot be closed is disowned, see :mod:`.diskio`)."""
+        """Close the writers (one that cannot be closed is disowned, see :mod:`.diskio`).
+
+        Closing is collective: a writer that failed on some rank is disowned on every rank,
+        since the others would wait in its close for the rank that no longer takes part.
+        """
         error = None
         for kind, suffix in (("vtx", ".bp"), ("xdmf", ".xdmf")):
+            if self.comm is not None and self.comm.allreduce(int(kind in self._failed),
+                                                             op=_max_op()):
+                self._disown(kind)
             writer = getattr(self, kind)
             if writer is None:
                 continue
