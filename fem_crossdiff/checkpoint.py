@@ -16,7 +16,14 @@ on the partition nor on where the ``.msh`` file lies). A restart whose identity 
 refused with the differing keys named.
 
 Files are written atomically (temporary file in the same folder, then ``os.replace``): an
-interrupted run leaves either the previous checkpoint or the new one, never a torn file.
+interrupted run leaves either the previous checkpoint or the new one, never a torn file; a
+failed write (a full disk) raises :class:`~fem_crossdiff.diskio.OutputError` naming the file.
+
+Every file holds a SHA-256 of its content (:func:`content_checksum`, format 3), verified by
+:func:`read_state` together with the content (finite values and time, ``step >= 0``, shapes,
+distinct points): a file that numpy reads but that cannot be right is refused with a
+:class:`CheckpointError` before a restart changes anything. Format 2 files (no checksum) are
+read after the same content checks, with a warning.
 """
 
 from __future__ import annotations
