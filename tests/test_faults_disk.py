@@ -47,6 +47,9 @@ STUDY = {
 def _study(folder: Path, name: str, **output) -> Path:
     doc = {k: (dict(v) if isinstance(v, dict) else [dict(i) for i in v])
            for k, v in STUDY.items()}
+    particles = output.pop("particles", None)
+    if particles is not None:
+        doc["particles"] = particles
     doc["output"].update(output)
     path = folder / name
     path.write_text(to_toml(doc))
@@ -139,6 +142,9 @@ LIMITS = [
     ("png", {"formats": ["csv", "png"]}, 200_000, "densities.png", 1),
     ("gif", {"formats": ["csv"], "animation": "gif", "animation_frames": 3}, 100_000,
      "animation.gif", 1),
+    ("particles", {"formats": ["csv"], "checkpoint_every": 0,
+                   "particles": {"N": 3000, "eps": 0.7}}, 60_000,
+     "particles/positions_000000.npz", 1),
 ]
 
 
