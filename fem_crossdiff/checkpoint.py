@@ -16,7 +16,14 @@ on the partition nor on where the ``.msh`` file lies). A restart whose identity 
 refused with the differing keys named.
 
 Files are written atomically (temporary file in the same folder, then ``os.replace``): an
-interrupted run leaves either the previous checkpoint or the new one, never a torn file.
+interrupted run leaves either the previous checkpoint or the new one, never a torn file; a
+failed write (a full disk) raises :class:`~fem_crossdiff.diskio.OutputError` naming the file.
+
+Every file holds a SHA-256 of its content (:func:`content_checksum`, format 3), verified by
+:func:`read_state` together with the content (finite values and time, ``step >= 0``, shapes,
+distinct points): a file that numpy reads but that cannot be right is refused with a
+:class:`CheckpointError` before a restart changes anything. Format 2 files (no checksum) are
+read after the same content checks, with a warning.
 """
 
 from __future__ import annotations
@@ -31,11 +38,17 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["CheckpointError", "CheckpointInfo", "save_checkpoint", "load_checkpoint",
-           "read_state", "atomic_write", "mesh_hash", "run_identity", "identity_differences"]
+from fem_crossdiff import diskio
 
-#: 2: four state levels, ``dt_prev2`` and the identity (1 had three levels and a hash).
-FORMAT_VERSION = 2
+__all__ = ["CheckpointError", "CheckpointInfo", "save_checkpoint", "load_checkpoint",
+           "read_state", "atomic_write", "mesh_hash", "run_identity", "identity_differences",
+           "content_checksum"]
+
+#: 3: a content checksum (2: four state levels, ``dt_prev2`` and the identity; 1: three
+#: levels and a hash).
+FORMAT_VERSION = 3
+#: Versions read: 2 has no checksum (accepted after the content checks, with a warning).
+READ_VERSIONS = (2, 3)
 #: State levels stored per dof: rho, history[0], history[1], the state before history[1].
 LEVELS = 4
 #: Relative coordinate tolerance (to the bounding box size) for matching dofs.
@@ -151,6 +164,7 @@ def identity_differences(stored: Mapping, current: Mapping) -> list[str]:
             for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
 
 
+@diskio.names_file
 def atomic_write(path: str | Path, write) -> Path:
     """Write a file through ``write(file_object)`` into a temporary name, then rename it.
 
@@ -214,6 +228,7 @@ def save_checkpoint(path: str | Path, solver, *, step: int, next_dt: float,
     coords, vals = _local_state(solver)
     parts = comm.gather((coords, vals), root=0)
     path = Path(path)
+    error = None
     if comm.rank == 0:
         allc = np.concatenate([p[0] for p in parts])
         allv = np.concatenate([p[1] for p in parts])
@@ -224,18 +239,132 @@ def save_checkpoint(path: str | Path, solver, *, step: int, next_dt: float,
             "has_older": solver.older is not None,
         }
 
-        def write(f):
-            np.savez(f, coords=allc, values=allv,
-                     identity=np.array(json.dumps(identity, sort_keys=True)),
-                     **{k: np.array(v) for k, v in meta.items()})
-
-        atomic_write(path, write)
-    comm.barrier()
+        arrays = {"coords": allc, "values": allv,
+                  "identity": np.array(json.dumps(identity, sort_keys=True)),
+                  **{k: np.array(v) for k, v in meta.items()}}
+        arrays["checksum"] = np.array(content_checksum(arrays))
+        try:
+            atomic_write(path, lambda f: np.savez(f, **arrays))
+        except OSError as err:  # every rank raises it (the others must not wait in vain)
+            error = err
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise error
     return path
 
 
+def content_checksum(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 (hex) of a checkpoint's arrays: names, types, shapes and bytes, in name order.
+
+    The ``checksum`` entry itself is left out; any other change (a flipped bit that numpy
+    still reads, permuted coordinates, an edited time) gives another digest.
+    """
+    h = hashlib.sha256()
+    for name in sorted(k for k in arrays if k != "checksum"):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, arr.dtype.str, list(arr.shape)]).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+_META = ("version", "t", "step", "dt_prev", "dt_prev2", "next_dt", "n_species", "degree",
+         "has_older", "identity", "coords", "values")
+
+
+def _scalar(z, name: str, kind: str):
+    """The 0-d entry ``name`` of kind ``"int"``, ``"float"`` or ``"bool"`` (else ValueError)."""
+    arr = z[name]
+    ok = {"int": np.integer, "float": np.floating, "bool": np.bool_}[kind]
+    if arr.shape != () or not np.issubdtype(arr.dtype, ok):
+        raise ValueError(f"{name} must be one {kind}, is {arr.dtype} of shape {arr.shape}")
+    return arr.item()
+
+
+def _validated(z, path: Path) -> tuple[CheckpointInfo, np.ndarray, np.ndarray]:
+    """The content of an open ``.npz`` checkpoint, refused unless it can be right."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"--restart: {path} cannot be a valid checkpoint: {what}")
+
+    missing = [k for k in _META if k not in z.files]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    version = _scalar(z, "version", "int")
+    if version not in READ_VERSIONS:
+        raise CheckpointError(f"--restart: {path} has format version {version}, expected "
+                              f"{' or '.join(map(str, READ_VERSIONS))}")
+    arrays = {k: z[k] for k in z.files}
+    if version >= 3:
+        stored = arrays.get("checksum")
+        if stored is None or stored.shape != () or stored.dtype.kind != "U":
+            raise bad("no content checksum")
+        if str(stored) != content_checksum(arrays):
+            raise bad("its content does not match its checksum (the file was changed or "
+                      "damaged after it was written)")
+    else:
+        from fem_crossdiff.log import get_logger
+
+        get_logger().warning("%s has no content checksum (format version %d, written before "
+                             "checksums): its content is checked only for consistency", path,
+                             version)
+    t, step = _scalar(z, "t", "float"), _scalar(z, "step", "int")
+    next_dt = _scalar(z, "next_dt", "float")
+    n, degree = _scalar(z, "n_species", "int"), _scalar(z, "degree", "int")
+    has_older = _scalar(z, "has_older", "bool")
+    if not np.isfinite(t):
+        raise bad(f"time t = {t} is not finite")
+    if step < 0:
+        raise bad(f"step = {step} is negative")
+    if not (np.isfinite(next_dt) and next_dt > 0):
+        raise bad(f"next_dt = {next_dt} is not a finite step > 0")
+    steps = {}
+    for name in ("dt_prev", "dt_prev2"):
+        v = _scalar(z, name, "float")
+        if not (np.isnan(v) or (np.isfinite(v) and v > 0)):
+            raise bad(f"{name} = {v} is neither a finite step > 0 nor unset (NaN)")
+        steps[name] = None if np.isnan(v) else v
+    if n < 1 or degree < 1:
+        raise bad(f"n_species = {n} and degree = {degree} must be >= 1")
+    coords, values = arrays["coords"], arrays["values"]
+    if coords.ndim != 2 or coords.shape[0] < 1 or coords.shape[1] != 3 \
+            or not np.issubdtype(coords.dtype, np.floating):
+        raise bad(f"coords has shape {coords.shape} ({coords.dtype}), expected (N, 3) floats")
+    npts = coords.shape[0]
+    if values.shape != (npts, n, LEVELS) or not np.issubdtype(values.dtype, np.floating):
+        raise bad(f"values has shape {values.shape} ({values.dtype}), expected "
+                  f"({npts}, {n}, {LEVELS}) floats for {npts} points and {n} species")
+    if not np.isfinite(coords).all():
+        raise bad("coords holds non-finite values")
+    nonfinite = ~np.isfinite(values)
+    if nonfinite.any():
+        k = int(np.argwhere(nonfinite)[0][1])
+        raise bad(f"values of species {k + 1} hold {int(nonfinite.sum())} non-finite "
+                  "entries (NaN or inf)")
+    if npts > 1:  # two dofs at one point would make the restart's matching ambiguous
+        scale = max(float(np.ptp(coords, axis=0).max()), 1e-300)
+        dist = cKDTree(coords).query(coords, k=2)[0][:, 1]
+        if (dist <= MATCH_TOL * scale).any():
+            raise bad(f"{int(np.count_nonzero(dist <= MATCH_TOL * scale))} points coincide")
+    try:
+        identity = json.loads(str(z["identity"]))
+    except ValueError:
+        identity = None
+    if not isinstance(identity, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in identity.items()):
+        raise bad("identity is not a JSON object of text values")
+    info = CheckpointInfo(t=float(t), step=int(step), dt_prev=steps["dt_prev"],
+                          next_dt=float(next_dt), n_species=int(n), degree=int(degree),
+                          ndofs=int(npts), dt_prev2=steps["dt_prev2"] if has_older else None,
+                          identity=identity)
+    return info, np.array(coords, dtype=np.float64), np.array(values, dtype=np.float64)
+
+
 def read_state(path: str | Path) -> tuple[CheckpointInfo, np.ndarray, np.ndarray]:
-    """Read a checkpoint file (no MPI).
+    """Read and validate a checkpoint file (no MPI).
+
+    The content checksum is verified (format 3; format 2 files have none and are accepted
+    with a warning), then the content: finite time, ``step >= 0``, finite steps > 0 (or
+    unset), species and degree >= 1, ``coords (N, 3)`` and ``values (N, n, 4)`` finite
+    floats, no two points at one place, an identity of text values.
 
     Returns:
         ``(info, coords (N, 3), values (N, n, 4))``; ``values[:, k, j]`` is species ``k`` of
@@ -243,32 +372,23 @@ def read_state(path: str | Path) -> tuple[CheckpointInfo, np.ndarray, np.ndarray
         copy of 2 while ``info.dt_prev2`` is None).
 
     Raises:
-        CheckpointError: missing or unreadable file.
+        CheckpointError: missing, unreadable or invalid file (one line naming the file and
+            what is wrong).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--restart: checkpoint file not found: {str(path)!r}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if int(z["version"]) != FORMAT_VERSION:
-                raise CheckpointError(f"--restart: {path} has format version {int(z['version'])}"
-                                      f", expected {FORMAT_VERSION}")
-            def opt(name):
-                v = float(z[name])
-                return None if np.isnan(v) else v
-
-            info = CheckpointInfo(
-                t=float(z["t"]), step=int(z["step"]), dt_prev=opt("dt_prev"),
-                next_dt=float(z["next_dt"]), n_species=int(z["n_species"]),
-                degree=int(z["degree"]), ndofs=int(z["coords"].shape[0]),
-                dt_prev2=opt("dt_prev2") if bool(z["has_older"]) else None,
-                identity=json.loads(str(z["identity"])))
-            return info, np.array(z["coords"]), np.array(z["values"])
+            if not hasattr(z, "files"):
+                raise ValueError("a single array, not an .npz archive")
+            return _validated(z, path)
     except CheckpointError:
         raise
     except Exception as err:  # a torn or foreign file: say which, whatever numpy raised
+        text = " ".join(str(err).split())
         raise CheckpointError(f"--restart: cannot read checkpoint {str(path)!r} "
-                              f"({type(err).__name__}: {err})") from None
+                              f"({type(err).__name__}: {text})") from None
 
 
 def load_checkpoint(path: str | Path, solver, *, identity: Mapping | None = None

@@ -56,6 +56,7 @@ from fem_crossdiff.config import (
     to_toml,
 )
 from fem_crossdiff.config.schema import path_text
+from fem_crossdiff.diskio import OutputError, plain
 from fem_crossdiff.errors import ParameterError
 
 __all__ = ["main", "run_study", "prepare", "validate_on_mesh", "check_output_folder",
@@ -207,12 +208,16 @@ def message(err: BaseException, source: str) -> str:
                 "written so far are intact")
     elif isinstance(err, (StepSizeError, MemoryError)):
         text = f"crossdiff: run failed: {failsafe.one_line(err)}"
+    elif isinstance(err, OutputError):  # a full disk, an I/O error: not a bug
+        rank = getattr(err, "failed_rank", None)
+        where = f" on rank {rank}" if rank is not None and rank != 0 else ""
+        text = f"crossdiff: run failed{where}: {err}"
     else:
         rank = getattr(err, "failed_rank", None)
         where = f" on rank {rank}" if rank is not None else ""
         text = (f"crossdiff: run failed{where}: {failsafe.one_line(err)} (unexpected: "
                 "CROSSDIFF_TRACEBACK=1 shows the traceback)")
-    return " ".join(text.split())  # one line, whatever the message held
+    return plain(text)  # one line without colour codes, whatever the message held
 
 
 def _abort_line(source: str, err: BaseException, rank: int, grace: float) -> str:
@@ -711,10 +716,16 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False,
         raise msg
     log.info("output folder %s: %s", folder, action)
     # 3. Write.
+    error = None
     if comm.rank == 0:
-        ckpt.atomic_write(folder / "config.toml", lambda f: f.write(
-            (f"# resolved from {cfg.source}\n" + to_toml(cfg.to_dict())).encode()))
-    comm.barrier()
+        try:
+            ckpt.atomic_write(folder / "config.toml", lambda f: f.write(
+                (f"# resolved from {cfg.source}\n" + to_toml(cfg.to_dict())).encode()))
+        except OSError as err:  # raised on every rank: none waits for rank 0 in vain
+            error = err
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise error
     observers = []
     csv_obs = None
     if "csv" in formats:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fem_crossdiff.checkpoint import atomic_write
+
 from .state import ParticleState, gather_positions
 
 __all__ = ["ParticleWriter", "moments"]
@@ -79,8 +81,9 @@ class ParticleWriter:
             pos = gather_positions(state, self.comm, root=0)
             if self.rank == 0:
                 tag = f"{state.step_index:06d}"
-                np.savez(self.dir / f"positions_{tag}.npz", positions=pos, time=state.time,
-                         step=state.step_index)
+                # atomically: a full disk leaves no torn file, and the error names this one
+                atomic_write(self.dir / f"positions_{tag}.npz", lambda f: np.savez(
+                    f, positions=pos, time=state.time, step=state.step_index))
                 if self.csv_points:
                     n, npart, d = pos.shape
                     pts = np.zeros((n * npart, 4))
