@@ -41,6 +41,9 @@ STUDY = {
                 {"profile": "uniform", "value": 0.2}],
     "time": {"T": 0.01, "dt": 1e-3},
     "output": {"formats": ["csv", "vtx"], "progress": False, "checkpoint_every": 2},
+    # an explicit limit: the up-front disk estimate (which would refuse these studies on the
+    # small disks before they start) is not what these tests exercise, the writers are
+    "resources": {"disk_limit_gb": 1.0},
 }
 
 
