@@ -405,12 +405,12 @@ def validate_on_mesh(cfg: StudyConfig, s) -> None:
     Raises:
         ConfigError: naming the TOML key, on every rank (the checks use reduced values).
     """
-    from fem_crossdiff.mollify import _global_mesh_sizes  # the operator's own h_max
+    from fem_crossdiff.discretisation import mesh_sizes  # the operator's own h_max
 
     comm = s.comm
     if cfg.particles is not None and not (cfg.model.type == "nonlocal"
                                           and cfg.model.allow_small_eps):
-        hmax = _global_mesh_sizes(s.msh)[0]
+        hmax = mesh_sizes(s.msh)[0]
         if cfg.particles.eps < 2.0 * hmax:
             raise ConfigError("particles.eps", cfg.particles.eps,
                               f"must be >= 2 h_max = {2.0 * hmax:.4g} on this mesh (the "

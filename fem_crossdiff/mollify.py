@@ -86,6 +86,7 @@ import ufl
 from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
+from fem_crossdiff.discretisation.mesh_sizes import mesh_sizes, owned_cell_geometry
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 
@@ -187,35 +188,6 @@ def _check_space(V, role: str) -> None:
                          f"{msh.geometry.dim}, tdim={msh.topology.dim})")
 
 
-def _owned_cell_geometry(msh) -> np.ndarray:
-    """Geometry node coordinates of the owned cells, shape ``(ncells, nnodes, gdim)``."""
-    tdim, gdim = msh.topology.dim, msh.geometry.dim
-    ncells = msh.topology.index_map(tdim).size_local
-    gdofs = msh.geometry.dofmaps[0][:ncells]
-    return msh.geometry.x[gdofs][:, :, :gdim]
-
-
-def _global_mesh_sizes(msh) -> tuple[float, float]:
-    """Globally reduced largest cell diameter and bounding-box diameter of the mesh."""
-    gdim = msh.geometry.dim
-    G = _owned_cell_geometry(msh)
-    nv = basix.geometry(basix_cell(msh)).shape[0]
-    V = G[:, :nv, :]
-    hmax = 0.0
-    if V.shape[0]:
-        diff = V[:, :, None, :] - V[:, None, :, :]
-        hmax = float(np.sqrt(np.einsum("cabi,cabi->cab", diff, diff)).max())
-    x = msh.geometry.x[:, :gdim]
-    lo = x.min(axis=0) if x.shape[0] else np.full(gdim, np.inf)
-    hi = x.max(axis=0) if x.shape[0] else np.full(gdim, -np.inf)
-    comm = msh.comm
-    lo_g, hi_g = np.empty_like(lo), np.empty_like(hi)
-    comm.Allreduce(np.ascontiguousarray(lo), lo_g, op=MPI.MIN)
-    comm.Allreduce(np.ascontiguousarray(hi), hi_g, op=MPI.MAX)
-    lo, hi = lo_g, hi_g
-    return comm.allreduce(hmax, op=MPI.MAX), float(np.linalg.norm(hi - lo))
-
-
 def _box(points: np.ndarray, gdim: int) -> np.ndarray:
     if points.shape[0] == 0:
         return np.concatenate([np.full(gdim, np.inf), np.full(gdim, -np.inf)])
@@ -294,7 +266,7 @@ class MollificationOperator:
         if degree < 1:
             raise ValueError(f"quadrature_degree must be an integer >= 1, got {degree!r}")
 
-        hmax, diam = _global_mesh_sizes(V.mesh)
+        hmax, diam = mesh_sizes(V.mesh)
         if eps_f > diam:
             raise ParameterError(
                 "eps", eps_f, f"at most the domain diameter {diam:g} (the operator would be "
@@ -328,7 +300,7 @@ class MollificationOperator:
         cel = basix.create_element(basix.ElementFamily.P, cell, cmap.degree,
                                    basix.LagrangeVariant(cmap.variant))
         tab = cel.tabulate(1, X)[..., 0]  # (1 + tdim, nq, nnodes)
-        G = _owned_cell_geometry(msh)  # (ncells, nnodes, gdim)
+        G = owned_cell_geometry(msh)  # (ncells, nnodes, gdim)
         Y = np.einsum("qn,cng->cqg", tab[0], G)
         J = np.einsum("tqn,cng->cqgt", tab[1:], G)
         detJ = np.abs(np.linalg.det(J)) if G.shape[0] else np.zeros((0, X.shape[0]))

@@ -40,10 +40,11 @@ import numpy as np
 import ufl
 
 from fem_crossdiff.compat import MPI, PETSc, dolfinx, fem
+from fem_crossdiff.discretisation.edges import edge_weights, limit_fluxes, limiter_ratio
+from fem_crossdiff.discretisation.pattern import BlockPattern
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import KERNELS
 from fem_crossdiff.params import COUPLINGS, ModelParams
-from fem_crossdiff.upwind import BlockPattern, edge_weights, limit_fluxes, limiter_ratio
 
 #: Treatments of the mollification at the walls (see :class:`NonlocalParams`).
 BOUNDARIES = ("sinkhorn", "diagonal", "zero")
@@ -115,19 +116,19 @@ class PotentialFlux(BlockPattern):
     Jacobian blocks are diagonal (species decouple for a given potential).
 
     Edges of negative total weight are limited as in the local scheme
-    (:func:`fem_crossdiff.upwind.positivity_limiter`).
+    (:func:`fem_crossdiff.discretisation.edges.positivity_limiter`).
 
     Args:
         V: Blocked P1 space with one component per species.
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see
-            :func:`fem_crossdiff.upwind.edge_weights`.
+            :func:`fem_crossdiff.discretisation.edges.edge_weights`.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi"):
         self.params, self.n = params, params.n
-        self.I, self.J, self.W, self._lim, self.negative_edges = edge_weights(V, negative_edges)
-        self._beta = limiter_ratio(negative_edges)
+        self.I, self.J, self.W, self.limited, self.negative_edges = edge_weights(V, negative_edges)
+        self.beta = limiter_ratio(negative_edges)
         self.nloc = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
         self.b = np.asarray(params.b)
         # scalar CSR pattern of (ii, ij, ji, jj) entries, built once
@@ -135,9 +136,9 @@ class PotentialFlux(BlockPattern):
         keys, self._pos = np.unique(np.concatenate([I * nloc + I, I * nloc + J,
                                                     J * nloc + I, J * nloc + J]),
                                     return_inverse=True)
-        self._indptr = np.zeros(nloc + 1, dtype=PETSc.IntType)
-        np.cumsum(np.bincount(keys // nloc, minlength=nloc), out=self._indptr[1:])
-        self._indices = (keys % nloc).astype(PETSc.IntType)
+        self.indptr = np.zeros(nloc + 1, dtype=PETSc.IntType)
+        np.cumsum(np.bincount(keys // nloc, minlength=nloc), out=self.indptr[1:])
+        self.indices = (keys % nloc).astype(PETSc.IntType)
         self._nnzb = keys.size
         self._cache_key = self._cache = None
 
@@ -156,7 +157,7 @@ class PotentialFlux(BlockPattern):
         r_up = np.where(up_i[:, None], ri, rj)
         q = self.b * r_up * dg[:, None] + self.params.sigma * (ri - rj)  # G = w q
         G = self.W[:, None] * q
-        lim = limit_fluxes(G, q, ri, rj, self._lim, self._beta)
+        lim = limit_fluxes(G, q, ri, rj, self.limited, self.beta)
         self._cache_key, self._cache = (rho.copy(), g.copy()), (G, dg, up_i, r_up, lim)
         return self._cache
 
@@ -177,7 +178,7 @@ class PotentialFlux(BlockPattern):
         ddg = dpot[self.I] - dpot[self.J]
         G = self.b * r_up * (self.W * ddg)[:, None]
         if lim is not None:
-            G[self._lim] *= lim[0]
+            G[self.limited] *= lim[0]
         return self._scatter(G)
 
     def jacobian_blocks(self, rho, potential):
@@ -188,7 +189,7 @@ class PotentialFlux(BlockPattern):
         Ji = np.where(up_i[:, None], diag, 0.0) + self.params.sigma * w[:, None]
         Jj = np.where(up_i[:, None], 0.0, diag) - self.params.sigma * w[:, None]
         if lim is not None:  # d(theta G) = theta dG + G dtheta, species by species
-            e, (theta, g_dth_i, g_dth_j) = self._lim, lim
+            e, (theta, g_dth_i, g_dth_j) = self.limited, lim
             Ji[e] = theta * Ji[e] + g_dth_i
             Jj[e] = theta * Jj[e] + g_dth_j
         vals = np.concatenate([Ji, Jj, -Ji, -Jj])  # diagonal of each n x n block
@@ -198,7 +199,7 @@ class PotentialFlux(BlockPattern):
         return data
 
     def add_jacobian(self, A: PETSc.Mat, rho, potential):
-        """Set ``A`` to the edge Jacobian (COO assembly, see ``upwind.BlockPattern``)."""
+        """Set ``A`` to the edge Jacobian (COO assembly, see ``pattern.BlockPattern``)."""
         self.set_matrix(A, self.jacobian_blocks(rho, potential))
 
 

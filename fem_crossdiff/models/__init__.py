@@ -93,11 +93,6 @@ def select_model(name: str | None = None, *, nonlocal_params=None, potential=Non
 
 def _load_builtin() -> None:
     # imported on first use: the model modules import DOLFINx, the registry does not
-    from fem_crossdiff.models import (  # noqa: F401
-        afc,
-        local_galerkin,
-        local_upwind,
-        muscl,
-        nonlocal_model,
-        potential,
-    )
+    from fem_crossdiff.models import local_galerkin, nonlocal_model, potential, upwind  # noqa: F401
+    from fem_crossdiff.models.afc import model as _afc  # noqa: F401
+    from fem_crossdiff.models.muscl import model as _muscl  # noqa: F401

@@ -11,6 +11,7 @@ conditionally stable, so steps that raise the energy are rejected), ``"implicit"
 from __future__ import annotations
 
 from fem_crossdiff.compat import PETSc
+from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
@@ -21,7 +22,6 @@ from fem_crossdiff.nonlocal_ import (
     PotentialFlux,
 )
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import negative_edges_message
 
 
 @register("nonlocal")
