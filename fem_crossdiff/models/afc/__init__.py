@@ -8,6 +8,8 @@ mobilities.
 
 * :mod:`.flux`: :class:`~.flux.AfcFlux`, the limiter and the edge Jacobian (its docstring
   derives the scheme);
+* :mod:`.options`: :class:`~.options.AfcOptions` (Jacobian, preconditioner, the limiter's
+  smoothing);
 * :mod:`.model`: :class:`~.model.LocalAfc`, registered as ``"afc"``.
 """
 

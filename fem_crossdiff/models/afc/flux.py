@@ -116,11 +116,11 @@ class AfcFlux(EdgeFlux):
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.discretisation.edges.edge_weights`.
         smooth_width: Half width of the smoothing of ``min(1, x)`` in the limiter
-            (:func:`smooth_min1`).
+            (:func:`smooth_min1`; :attr:`.options.AfcOptions.smooth_width`).
     """
 
-    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str = "voronoi",
-                 smooth_width: float = 0.25):
+    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str,
+                 smooth_width: float):
         super().__init__(V, params, negative_edges)
         self.smooth_width = smooth_width
         self.comm = V.mesh.comm

@@ -9,14 +9,10 @@ import numpy as np
 from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.models import register
 from fem_crossdiff.models.afc.flux import AfcFlux
+from fem_crossdiff.models.afc.options import AfcOptions
 from fem_crossdiff.models.base import Model
 from fem_crossdiff.models.jacobians import MatrixFreeJacobian
 from fem_crossdiff.params import ModelParams
-
-#: Jacobians of :class:`LocalAfc`.
-JACOBIANS = ("edge", "mf")
-#: Assembled matrices of :class:`LocalAfc` (with ``"mf"``: the preconditioner).
-PRECONDITIONERS = ("edge", "upwind")
 
 
 @register("afc")
@@ -37,23 +33,26 @@ class LocalAfc(MatrixFreeJacobian, Model):
         preconditioner: The assembled matrix: ``"edge"`` (default, the edge Jacobian) or,
             with ``jacobian="mf"`` only, ``"upwind"`` (the first-order scheme's Jacobian at
             the iterate, as ``muscl``'s default: multigrid on an M-matrix-like operator).
+        options: All of the above but ``negative_edges`` as one
+            :class:`~fem_crossdiff.models.afc.options.AfcOptions` (with the limiter's
+            ``smooth_width``); the keywords given besides replace its fields.
+
+    Attributes:
+        options: The options in effect.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 jacobian: str = "edge", preconditioner: str = "edge"):
-        from fem_crossdiff.errors import ParameterError
-
-        if jacobian not in JACOBIANS:
-            raise ParameterError("jacobian", jacobian, f"one of {', '.join(JACOBIANS)}")
-        if preconditioner not in PRECONDITIONERS or (preconditioner == "upwind"
-                                                     and jacobian != "mf"):
-            raise ParameterError("preconditioner", preconditioner,
-                                 "edge, or upwind with jacobian='mf'")
-        self.preconditioner = preconditioner
+                 jacobian: str | None = None, preconditioner: str | None = None,
+                 options: AfcOptions | None = None):
+        given = {key: value for key, value in (("jacobian", jacobian),
+                                               ("preconditioner", preconditioner))
+                 if value is not None}
+        self.options = dataclasses.replace(options or AfcOptions(), **given)
+        self.preconditioner = self.options.preconditioner
         super().__init__(V, params)
         self.negative_edges = negative_edges
-        self.flux = AfcFlux(V, params, negative_edges)
-        self.jacobian = jacobian
+        self.flux = AfcFlux(V, params, negative_edges, self.options.smooth_width)
+        self.jacobian = self.options.jacobian
         self._ctx = None
 
     def residual(self, rho):
