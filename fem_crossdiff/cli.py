@@ -495,7 +495,7 @@ def _particle_observer(cfg: StudyConfig, s):
     treatment as the nonlocal model), reflected at the walls.
     """
     from fem_crossdiff.compat import fem
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
     from fem_crossdiff.observers import ParticleObserver, p1_species
     from fem_crossdiff.particles import ParticleParams, init_state
     from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain

@@ -108,7 +108,7 @@ LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor
 DEFAULT_LIMITER = "smooth-sensor"
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
-#: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).
+#: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.models.nonlocal_system`).
 COUPLINGS = ("linear", "implicit")
 #: Treatments of edges whose total stiffness weight is negative (non-Delaunay meshes: about a
 #: fifth of the edges of a gmsh tetrahedral ball, whatever gmsh's algorithm; upwind and muscl

@@ -42,7 +42,7 @@ def _potential(rho):
 
 def _cases() -> dict[str, dict]:
     """Case name -> keyword arguments of :class:`CrossDiffusionSolver`."""
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
     cases = {
         "local-upwind": dict(scheme="upwind"),

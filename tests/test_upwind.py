@@ -7,8 +7,8 @@ import pytest
 
 from fem_crossdiff.compat import MPI, fem, la, mesh
 from fem_crossdiff.discretisation.edges import p1_edge_weights, positivity_limiter
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
 from fem_crossdiff.models.upwind import UpwindFlux
-from fem_crossdiff.nonlocal_ import PotentialFlux
 from fem_crossdiff.params import ModelParams
 
 

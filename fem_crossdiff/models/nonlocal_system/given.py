@@ -11,7 +11,7 @@ from collections.abc import Callable
 from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.nonlocal_ import PotentialFlux
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
 from fem_crossdiff.params import ModelParams
 
 

@@ -1,11 +1,10 @@
 """Nonlocal system (1.5): upwind P1 fluxes in the mollified pressure ``g``.
 
 The potential ``g = M_s (a . M_s rho)^(m-1)`` and its derivative are
-:class:`fem_crossdiff.nonlocal_.NonlocalPotential`; the fluxes
-:class:`fem_crossdiff.nonlocal_.PotentialFlux`. Two time couplings (see
-:mod:`fem_crossdiff.nonlocal_`): ``"linear"`` lags ``g`` (one linear solve per step, only
-conditionally stable, so steps that raise the energy are rejected), ``"implicit"`` solves with
-``g`` of the new state and a matrix-free Jacobian.
+:class:`.potential.NonlocalPotential`; the fluxes :class:`.flux.PotentialFlux`. Two time
+couplings (see :mod:`fem_crossdiff.models.nonlocal_system`): ``"linear"`` lags ``g`` (one
+linear solve per step, only conditionally stable, so steps that raise the energy are
+rejected), ``"implicit"`` solves with ``g`` of the new state and a matrix-free Jacobian.
 """
 
 from __future__ import annotations
@@ -15,12 +14,9 @@ from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.nonlocal_ import (
-    NonlocalJacobian,
-    NonlocalParams,
-    NonlocalPotential,
-    PotentialFlux,
-)
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
+from fem_crossdiff.models.nonlocal_system.params import NonlocalParams
+from fem_crossdiff.models.nonlocal_system.potential import NonlocalJacobian, NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
 
