@@ -1,4 +1,4 @@
-"""No test and no model reads a private member of a flux object.
+"""No test and no model reads a private member of a flux object; no model imports a sibling.
 
 The fluxes publish what their models, Jacobians and tests need (``edge_state`` and its frozen
 per-edge state, ``block_values``, the pattern's ``indptr``/``indices``/``slots``, ``limited``,
@@ -55,3 +55,39 @@ def test_no_private_flux_members_in_tests_and_models():
            for path in files
            for line, expr in flux_private_reads(path.read_text())]
     assert not bad, "private flux members read:\n" + "\n".join(bad)
+
+
+#: The models: one module or folder each under ``fem_crossdiff/models/``.
+MODEL_UNITS = {"upwind", "local_galerkin", "muscl", "afc", "nonlocal_system"}
+
+
+def _imported(path: Path) -> set[str]:
+    """Dotted names imported by ``path`` (``from a import b`` gives ``a`` and ``a.b``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_model_imports_a_sibling_and_discretisation_imports_no_model():
+    """Each model reads alone; the P1 machinery below them imports none of them."""
+    models = ROOT / "fem_crossdiff" / "models"
+    bad = []
+    for path in sorted(models.rglob("*.py")):
+        rel = path.relative_to(models)
+        unit = rel.parts[0].removesuffix(".py")
+        if unit not in MODEL_UNITS:
+            continue  # base, registry, shared Jacobians: used by all
+        for name in _imported(path):
+            parts = name.split(".")
+            if (parts[:2] == ["fem_crossdiff", "models"] and len(parts) > 2
+                    and parts[2] in MODEL_UNITS - {unit}):
+                bad.append(f"models/{rel} imports {name}")
+    for path in sorted((ROOT / "fem_crossdiff" / "discretisation").glob("*.py")):
+        bad += [f"discretisation/{path.name} imports {name}" for name in _imported(path)
+                if name.startswith("fem_crossdiff.models")]
+    assert not bad, "\n".join(bad)
