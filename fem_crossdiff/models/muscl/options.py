@@ -67,39 +67,19 @@ class Limiter:
         return hash(self._key())
 
 
-@dataclass(frozen=True, eq=False)
-class VanLeer(Limiter):
-    """Van Leer's ``(r + |r|) / (1 + |r|)``."""
-
-    name: ClassVar[str] = "vanleer"
-
-
-@dataclass(frozen=True, eq=False)
-class Minmod(Limiter):
-    """``max(0, min(1, r))``."""
-
-    name: ClassVar[str] = "minmod"
+def _tvd(cls_name: str, name: str, doc: str) -> type[Limiter]:
+    """A limiter class without tuning numbers (a TVD function of ``r`` alone)."""
+    cls = type(cls_name, (Limiter,), {"__doc__": doc, "__module__": __name__,
+                                      "__qualname__": cls_name, "name": name})
+    return dataclass(frozen=True, eq=False)(cls)
 
 
-@dataclass(frozen=True, eq=False)
-class VanAlbada(Limiter):
-    """``(r^2 + r) / (r^2 + 1)`` for ``r > 0``."""
-
-    name: ClassVar[str] = "vanalbada"
-
-
-@dataclass(frozen=True, eq=False)
-class Superbee(Limiter):
-    """``max(0, min(2 r, 1), min(r, 2))``."""
-
-    name: ClassVar[str] = "superbee"
-
-
-@dataclass(frozen=True, eq=False)
-class Compressive(Limiter):
-    """``min(2 r, 2)^+``, the upper edge of the TVD region (``phi(1) = 2``)."""
-
-    name: ClassVar[str] = "compressive"
+VanLeer = _tvd("VanLeer", "vanleer", "Van Leer's ``(r + |r|) / (1 + |r|)``.")
+Minmod = _tvd("Minmod", "minmod", "``max(0, min(1, r))``.")
+VanAlbada = _tvd("VanAlbada", "vanalbada", "``(r^2 + r) / (r^2 + 1)`` for ``r > 0``.")
+Superbee = _tvd("Superbee", "superbee", "``max(0, min(2 r, 1), min(r, 2))``.")
+Compressive = _tvd("Compressive", "compressive",
+                   "``min(2 r, 2)^+``, the upper edge of the TVD region (``phi(1) = 2``).")
 
 
 @dataclass(frozen=True, eq=False)
