@@ -24,7 +24,7 @@ import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.log import demo_options, get_logger
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.plotting import plot_species_snapshots
 from fem_crossdiff.solver import CrossDiffusionSolver

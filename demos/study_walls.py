@@ -94,7 +94,7 @@ from fem_crossdiff import meshes
 from fem_crossdiff import studies as sc
 from fem_crossdiff.compat import MPI, fem
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.particles import (
     FieldDrift,
