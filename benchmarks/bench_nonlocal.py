@@ -15,7 +15,7 @@ import numpy as np
 
 import fem_crossdiff.compat  # noqa: F401
 from fem_crossdiff.compat import MPI, mesh
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 

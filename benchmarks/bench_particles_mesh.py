@@ -51,7 +51,7 @@ import numpy as np
 
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.particles import FreeSpace, GridDrift, ParticleParams, counter_rng, kernels
 from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain
 from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift

@@ -38,15 +38,15 @@ import ufl
 
 from fem_crossdiff import exact, meshes
 from fem_crossdiff.compat import MPI, fem
-from fem_crossdiff.measures import exact_lp_error
-from fem_crossdiff.params import ModelParams, TimeParams
-from fem_crossdiff.solver import CrossDiffusionSolver
-from fem_crossdiff.upwind import (
+from fem_crossdiff.discretisation.edges import (
     circumcentric_weights,
     dual_volumes,
     p1_edge_weights,
     total_edge_weights,
 )
+from fem_crossdiff.measures import exact_lp_error
+from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
 M, C = 2.0, 0.0185  # support radius 0.53 at tau = 1/2, 0.61 at tau = 1 (ball radius 1)
@@ -93,7 +93,8 @@ def run_mode(mode: str, geo, h: float, method: str = "ie"):
 
     ``mode`` is a ``negative_edges`` mode with optional suffixes ``@delaunay`` (the mesh: the
     caller passes the Delaunay ball) and ``@dualmass``: the time term's masses are the
-    circumcentric dual volumes (:func:`fem_crossdiff.upwind.dual_volumes`) instead of P1's
+    circumcentric dual volumes (:func:`fem_crossdiff.discretisation.edges.dual_volumes`)
+    instead of P1's
     lumped masses, the finite-volume scheme on the dual mesh (an experiment: the errors change
     by <= 3%, docs/tets.md). The errors are the relative L1 errors ``interp`` (against the
     interpolant, one-point quadrature), ``exact`` (against the profile,

@@ -51,7 +51,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "MeshSizes": ("fem_crossdiff.meshes", "MeshSizes"),
     "mesh_sizes": ("fem_crossdiff.meshes", "mesh_sizes"),
     "CrossDiffusionSolver": ("fem_crossdiff.solver", "CrossDiffusionSolver"),
-    "NonlocalParams": ("fem_crossdiff.nonlocal_", "NonlocalParams"),
+    "NonlocalParams": ("fem_crossdiff.models.nonlocal_system", "NonlocalParams"),
     "run": ("fem_crossdiff.driver", "run"),
     "StepSizeError": ("fem_crossdiff.driver", "StepSizeError"),
     "CsvObserver": ("fem_crossdiff.observers", "CsvObserver"),
@@ -116,7 +116,7 @@ if TYPE_CHECKING:  # the same names for type checkers and editors; never execute
     from fem_crossdiff.errors import ParameterError
     from fem_crossdiff.laws import PowerLaw, PressureLaw
     from fem_crossdiff.meshes import Geometry, MeshSizes, mesh_sizes
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
     from fem_crossdiff.observers import (
         AnimationObserver,
         CallbackObserver,

@@ -420,7 +420,7 @@ def validate_on_mesh(cfg: StudyConfig, s) -> None:
     Raises:
         ConfigError: naming the TOML key, on every rank (the checks use reduced values).
     """
-    from fem_crossdiff.meshes import mesh_sizes  # the h_max the mollification operator checks
+    from fem_crossdiff.discretisation import mesh_sizes  # the h_max the operator checks
 
     comm = s.comm
     if cfg.particles is not None and not (cfg.model.type == "nonlocal"
@@ -510,7 +510,7 @@ def _particle_observer(cfg: StudyConfig, s):
     treatment as the nonlocal model), reflected at the walls.
     """
     from fem_crossdiff.compat import fem
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
     from fem_crossdiff.observers import ParticleObserver, p1_species
     from fem_crossdiff.particles import ParticleParams, init_state
     from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain

@@ -83,8 +83,8 @@ import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
 from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
+from fem_crossdiff.discretisation.mesh_sizes import mesh_sizes, owned_cell_geometry
 from fem_crossdiff.errors import ParameterError
-from fem_crossdiff.meshes.sizes import mesh_sizes
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 
 __all__ = ["MollificationOperator", "composite_quadrature"]
@@ -182,24 +182,6 @@ def _check_space(V, role: str) -> None:
     if msh.geometry.dim != msh.topology.dim:
         raise ValueError(f"{role}: the mesh must not be a manifold (gdim="
                          f"{msh.geometry.dim}, tdim={msh.topology.dim})")
-
-
-def _owned_cell_geometry(msh) -> np.ndarray:
-    """Geometry node coordinates of the owned cells, shape ``(ncells, nnodes, gdim)``."""
-    tdim, gdim = msh.topology.dim, msh.geometry.dim
-    ncells = msh.topology.index_map(tdim).size_local
-    gdofs = msh.geometry.dofmaps[0][:ncells]
-    return msh.geometry.x[gdofs][:, :, :gdim]
-
-
-def _global_mesh_sizes(msh) -> tuple[float, float]:
-    """Globally reduced largest cell diameter and bounding-box diameter of the mesh.
-
-    The pair that the MUSCL flux imports under this name; other code calls
-    :func:`fem_crossdiff.meshes.mesh_sizes`.
-    """
-    sizes = mesh_sizes(msh)
-    return sizes.h_max, sizes.diameter
 
 
 def _box(points: np.ndarray, gdim: int) -> np.ndarray:
@@ -315,7 +297,7 @@ class MollificationOperator:
         cel = basix.create_element(basix.ElementFamily.P, cell, cmap.degree,
                                    basix.LagrangeVariant(cmap.variant))
         tab = cel.tabulate(1, X)[..., 0]  # (1 + tdim, nq, nnodes)
-        G = _owned_cell_geometry(msh)  # (ncells, nnodes, gdim)
+        G = owned_cell_geometry(msh)  # (ncells, nnodes, gdim)
         Y = np.einsum("qn,cng->cqg", tab[0], G)
         J = np.einsum("tqn,cng->cqgt", tab[1:], G)
         detJ = np.abs(np.linalg.det(J)) if G.shape[0] else np.zeros((0, X.shape[0]))

@@ -106,7 +106,7 @@ SCHEMES = ("upwind", "galerkin", "muscl", "afc")
 #: The scheme of the local system when none is named (API and ``[solver] scheme``): second
 #: order at fronts, positive and conservative like ``"upwind"`` (``docs/default-scheme.md``).
 DEFAULT_SCHEME = "muscl"
-#: Slope limiters of the ``"muscl"`` scheme (:func:`fem_crossdiff.upwind.slope_limiter`).
+#: Slope limiters of the ``"muscl"`` scheme (:mod:`fem_crossdiff.models.muscl.limiters`).
 LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor",
             "smooth", "smooth-sensor")
 #: The ``"muscl"`` scheme's limiter when none is named: differentiable (few Newton iterations
@@ -114,7 +114,7 @@ LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor
 DEFAULT_LIMITER = "smooth-sensor"
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
-#: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.nonlocal_`).
+#: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.models.nonlocal_system`).
 COUPLINGS = ("linear", "implicit")
 #: Treatments of edges whose total stiffness weight is negative (non-Delaunay meshes: about a
 #: fifth of the edges of a gmsh tetrahedral ball, whatever gmsh's algorithm; upwind and muscl
@@ -122,13 +122,13 @@ COUPLINGS = ("linear", "implicit")
 #: tetrahedra the weights of the circumcentric (Voronoi) dual instead of ``-K_ij``: >= 0 by
 #: construction on Delaunay meshes (``meshes.ball(..., delaunay=True)``), negative on about 1%
 #: of the edges of gmsh's default ball, whose fluxes are limited as in "front" (in 1D/2D the
-#: dual weights are P1's). ``"front"`` keeps P1's weights and limits the fluxes of negative
-#: ones only where the node the mass leaves holds less than a quarter of the other node's
-#: density, i.e. next to vacuum fronts (:func:`fem_crossdiff.upwind.positivity_limiter` with
-#: ``beta = 1/4``); ``"limit"`` limits them wherever the source is the emptier node
-#: (``beta = 1``: positive, but an O(1) truncation error, 3D rate about 0.75); ``"drop"``
-#: leaves those edges out (positive but inconsistent); ``"keep"`` uses them as they are
-#: (consistent, undershoots of several percent at fronts). ``docs/tets.md`` has the figures.
+#: dual weights are P1's). ``"front"`` keeps P1's weights and limits the fluxes of negative ones
+#: only where the node the mass leaves holds less than a quarter of the other node's density,
+#: i.e. next to vacuum fronts (:func:`fem_crossdiff.discretisation.edges.positivity_limiter`
+#: with ``beta = 1/4``); ``"limit"`` limits them wherever the source is the emptier node (``beta
+#: = 1``: positive, but an O(1) truncation error, 3D rate about 0.75); ``"drop"`` leaves those
+#: edges out (positive but inconsistent); ``"keep"`` uses them as they are (consistent,
+#: undershoots of several percent at fronts). ``docs/tets.md`` has the figures.
 NEGATIVE_EDGE_MODES = ("voronoi", "front", "limit", "drop", "keep")
 
 

@@ -146,7 +146,7 @@ class CrossDiffusionSolver:
             upwind fluxes ``b_k rho_k grad potential`` (model ``"potential"``).
         nonlocal_params: Solve the nonlocal model (1.5) (model ``"nonlocal"``).
         negative_edges: Upwind models on non-Delaunay meshes, see
-            :func:`fem_crossdiff.upwind.edge_weights`.
+            :func:`fem_crossdiff.discretisation.edges.edge_weights`.
         model_options: Further keyword arguments of the model's constructor.
     """
 

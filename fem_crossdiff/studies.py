@@ -178,7 +178,7 @@ def fe_solve(case: Case1D, cells: int, eps: float | None = None, comm=None,
         msh = mesh.create_interval(comm, cells, [case.lo, case.hi])
     kw = {}
     if eps is not None:
-        from fem_crossdiff.nonlocal_ import NonlocalParams
+        from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
         kw["nonlocal_params"] = NonlocalParams(eps=eps, kernel=case.kernel, coupling=coupling)
     # the local limit of the nonlocal (upwind) discretisation is the same upwind scheme: with the

@@ -7,6 +7,8 @@ User meshes: :func:`read_msh`; gmsh files of built geometries: :func:`write_msh`
 mesh (``h_max``, ``h_min``, the domain's diameter, reduced over the ranks): :func:`mesh_sizes`.
 """
 
+from fem_crossdiff.discretisation.mesh_sizes import MeshSizes, mesh_sizes
+
 from .builders import (
     BUILDERS,
     Geometry,
@@ -26,7 +28,6 @@ from .builders import (
     validate,
     write_msh,
 )
-from .sizes import MeshSizes, mesh_sizes
 from .specs import (
     DOMAIN_TAG,
     AnnulusSpec,

@@ -340,7 +340,7 @@ def ball(comm, *, center: Sequence[float] = (0.0, 0.0, 0.0), radius: float = 1.0
         h: Mesh size, > 0.
         order: Geometry order, 1 or 2.
         delaunay: Delaunay tetrahedra without gmsh's optimiser (the mesh a circumcentric
-            dual needs: :func:`fem_crossdiff.upwind.circumcentric_weights`).
+            dual needs: :func:`fem_crossdiff.discretisation.edges.circumcentric_weights`).
         ghost_mode: ``"shared_facet"`` (default, as DOLFINx's built-in meshes) or
             ``"none"``.
 

@@ -1,9 +1,9 @@
 """The drift of (1.6) on a mesh domain from the FE model's own operator (DOLFINx).
 
 :class:`MeshOperatorDrift` is the particle counterpart of the nonlocal FE model
-(:mod:`fem_crossdiff.nonlocal_`) on a bounded mesh domain with reflecting walls: the particles
-see the same mollification operator ``K`` (with the same treatment of the walls) as the PDE
-solver. Each call, collective over the mesh communicator:
+(:mod:`fem_crossdiff.models.nonlocal_system`) on a bounded mesh domain with reflecting walls:
+the particles see the same mollification operator ``K`` (with the same treatment of the
+walls) as the PDE solver. Each call, collective over the mesh communicator:
 
 1. **Deposit.** The empirical measure of species ``l`` (``N`` particles of weight
    ``w = M_l / N``, ``M_l`` the species mass :attr:`ParticleParams.mass
@@ -26,8 +26,9 @@ solver. Each call, collective over the mesh communicator:
    skip the routing: the deposit goes into the local vector and ``scatter_reverse`` alone sums
    the shared nodes.
 2. **Potential.** ``g = K P(sum_l a_l K rho_l)`` at the nodes
-   (:class:`~fem_crossdiff.nonlocal_.NonlocalPotential`: the same matrix, wall normalisation
-   and pressure law as the FE solver; ``NonlocalParams.boundary`` chooses the walls).
+   (:class:`~fem_crossdiff.models.nonlocal_system.potential.NonlocalPotential`: the same
+   matrix, wall normalisation and pressure law as the FE solver; ``NonlocalParams.boundary``
+   chooses the walls).
 3. **Gradient.** ``-b_k grad g`` at every particle, on the rank owning its cell (sent back to
    the particle's rank by :meth:`MeshOperatorDrift.__call__`). ``gradient="cell"``
    (default): the gradient of the P1 function ``g``, constant on each cell (what the FE
@@ -79,7 +80,8 @@ from __future__ import annotations
 import numpy as np
 
 from fem_crossdiff.compat import MPI, fem, geometry, la
-from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
+from fem_crossdiff.models.nonlocal_system.potential import NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
 from . import kernels
@@ -177,7 +179,8 @@ class MeshOperatorDrift:
         params: :class:`~fem_crossdiff.particles.params.ParticleParams` (``a``, ``m``,
             ``eps``, ``kernel`` define the operator) or :class:`~fem_crossdiff.params.ModelParams`
             (then ``nonlocal_params`` is required).
-        nonlocal_params: :class:`~fem_crossdiff.nonlocal_.NonlocalParams` of the operator;
+        nonlocal_params: The operator's
+            :class:`~fem_crossdiff.models.nonlocal_system.NonlocalParams`;
             default with ``ParticleParams``: ``NonlocalParams(params.eps, params.kernel)``
             (``boundary="sinkhorn"``, the FE solver's default).
         gradient: ``"cell"`` or ``"recovered"``, see the module docstring.
@@ -187,12 +190,13 @@ class MeshOperatorDrift:
             ValueError on every rank.
 
     Use :meth:`from_potential` to share the operator of an existing
-    :class:`~fem_crossdiff.nonlocal_.NonlocalPotential` (e.g. ``solver.model.potential`` of a
-    nonlocal :class:`~fem_crossdiff.solver.CrossDiffusionSolver`); a call of the drift
-    overwrites the potential's last state (``S``, ``g``), so call it between solver steps.
+    :class:`~fem_crossdiff.models.nonlocal_system.potential.NonlocalPotential` (e.g.
+    ``solver.model.potential`` of a nonlocal :class:`~fem_crossdiff.solver.CrossDiffusionSolver`);
+    a call of the drift overwrites the potential's last state (``S``, ``g``), so call it between
+    solver steps.
 
     Attributes:
-        potential: The :class:`~fem_crossdiff.nonlocal_.NonlocalPotential`.
+        potential: The :class:`~fem_crossdiff.models.nonlocal_system.potential.NonlocalPotential`.
         V0: The scalar P1 space.
         last_density: Nodal densities ``(nloc, n)`` (owned + ghost) of the last call.
         last_potential: Nodal ``g`` (owned + ghost) of the last call.

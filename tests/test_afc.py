@@ -19,7 +19,7 @@ from _cases import (
 from _fields import functionals
 from _jacobian import fd_jacobian_error
 
-from fem_crossdiff.compat import MPI, fem
+from fem_crossdiff.compat import MPI, fem, la
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.exact import barenblatt, steady_source
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -157,8 +157,8 @@ def test_limiter_bounds(smooth_solvers):
     s = smooth_solvers["edge"]
     f = s.model.flux
     rho = s.rho.x.array.reshape(-1, f.n)
-    _, terms = f._edge_terms(rho)
-    alpha, F = terms[7], terms[9]
+    _, state = f.edge_state(rho)
+    alpha, F = state.phi, state.F
     assert alpha.min() >= 0.0 and alpha.max() <= 1.0
     assert COMM.allreduce(int(np.count_nonzero(alpha > 0.999)), op=MPI.SUM) > 0
     assert COMM.allreduce(int(np.count_nonzero(alpha < 0.9)), op=MPI.SUM) > 0
@@ -169,16 +169,16 @@ def test_limiter_bounds(smooth_solvers):
     net = np.empty((f.nloc, f.n))  # net change towards higher c at each node
     both = np.concatenate([-flux, flux])
     for k in range(f.n):
-        net[:, k] = np.bincount(f._IJ, both[:, k], f.nloc)
-    vec = f._sums  # reuse the limiter's scatter (additive) for the sums over ranks
+        net[:, k] = np.bincount(f.ends, both[:, k], f.nloc)
+    vec = la.vector(s.V.dofmap.index_map, bs=f.n + 1)  # the sums over ranks (additive)
     arr = vec.array.reshape(f.nloc, -1)
     arr[:] = 0.0
     arr[:, :f.n] = net
-    arr[:, 2 * f.n] = np.bincount(f._IJ, np.concatenate([D, D]), f.nloc)
-    vec.scatter_reverse(f._add)
+    arr[:, f.n] = np.bincount(f.ends, np.concatenate([D, D]), f.nloc)
+    vec.scatter_reverse(la.InsertMode.add)
     vec.scatter_forward()
-    net, q = arr[:, :f.n].copy(), arr[:, 2 * f.n:2 * f.n + 1].copy()
-    cmax, cmin = f._node_bounds(c)
+    net, q = arr[:, :f.n].copy(), arr[:, f.n:f.n + 1].copy()
+    cmax, cmin = f.node_bounds(c)
     nown = s.V.dofmap.index_map.size_local
     tol = 1e-12 * np.abs(q).max()
     assert np.all(net[:nown] <= (q * (cmax - c))[:nown] + tol)

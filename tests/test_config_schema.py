@@ -84,7 +84,7 @@ def test_keys_and_defaults_come_from_the_parameter_classes():
     assert isinstance(cfg.model, ModelParams) and isinstance(cfg.time, TimeParams)
     assert cfg.model.params() == ModelParams(a=(1.0, 2.0), b=(1.0, 0.5))
     assert not hasattr(config, "_param_key")
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
     nonlocal_fields = [f.name for f in dataclasses.fields(NonlocalParams)]
     assert config.ModelConfig.nonlocal_keys() == nonlocal_fields  # one field per TOML key
@@ -154,7 +154,7 @@ def test_missing_values_and_sections():
 
 
 def test_resolved_config_round_trips():
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
     doc = {**BASE, "model": {**BASE["model"], "type": "nonlocal", "eps": 0.3},
            "solver": {"petsc": {"ksp_rtol": 1e-9, "pc_type": "lu"}},

@@ -23,7 +23,7 @@ from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.laws import PowerLaw, PressureLaw
 from fem_crossdiff.models import MODELS, get_model, register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.models.local_upwind import LocalUpwind
+from fem_crossdiff.models.upwind import LocalUpwind
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 

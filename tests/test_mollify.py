@@ -16,9 +16,10 @@ from scipy.spatial import cKDTree
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.laws import PowerLaw
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
+from fem_crossdiff.models.nonlocal_system.potential import NonlocalPotential
 from fem_crossdiff.mollifiers import get_mollifier
 from fem_crossdiff.mollify import MollificationOperator, composite_quadrature
-from fem_crossdiff.nonlocal_ import NonlocalParams, NonlocalPotential
 from fem_crossdiff.params import ModelParams
 
 

@@ -16,7 +16,8 @@ import pytest
 from _cases import unit_mesh
 
 from fem_crossdiff.compat import MPI
-from fem_crossdiff.models import muscl_kernels as mk
+from fem_crossdiff.models.base import FaceState
+from fem_crossdiff.models.muscl import kernels as mk
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -102,15 +103,15 @@ def test_block_slots_equals_write_blocks(flux):
     nE, n = f.I.size, f.n
     ui, uj, di, dj = (rng.normal(size=(nE, n)) for _ in range(4))
     Ji, Jj = rng.normal(size=(nE, n, n)), rng.normal(size=(nE, n, n))
-    ref = np.empty((f._nnzb, n * n))
-    f._write_blocks(ui, uj, di, dj, ref)
+    ref = np.empty((f.nnzb, n * n))
+    f.write_blocks(ui, uj, di, dj, ref)
     refd = []
     r = np.arange(n)
     for Jb, u, d in ((Ji.copy(), ui, di), (Jj.copy(), uj, dj)):
         Jb -= u[:, :, None] * f.a
         Jb[:, r, r] -= d
         refd.append(Jb)
-    out = np.full((f._nnzb, n, n), np.nan)
+    out = np.full((f.nnzb, n, n), np.nan)
     mk.block_slots(f.I, f.J, *ctx._slots(), ui, uj, di, dj, f.a, Ji, Jj, out)
     np.testing.assert_array_equal(out.reshape(ref.shape), ref)
     np.testing.assert_array_equal(Ji, refd[0])
@@ -142,11 +143,11 @@ def test_edge_gathers_equal_numpy(flux):
     upc = up_i[:, None]
     c_up = np.where(upc, ci, cj)
     d_dn = np.where(upc, cj, ci) - c_up
-    d_vec = np.where(upc, f._d, -f._d)
+    d_vec = np.where(upc, f.d, -f.d)
     g_up = np.where(upc[:, :, None], grad[f.I], grad[f.J])
     d_up = 2.0 * np.einsum("ekg,eg->ek", g_up, d_vec) - d_dn
     out = tuple(np.empty_like(r) for r in (c_up, d_dn, d_vec, d_up))
-    mk.upstream_terms(f.I, f.J, up_i, ci, cj, f._d, grad, *out)
+    mk.upstream_terms(f.I, f.J, up_i, ci, cj, f.d, grad, *out)
     for r, o in zip((c_up, d_dn, d_vec), out[:3], strict=True):
         np.testing.assert_array_equal(o, r)
     # einsum may sum the directions in another order: round-off
@@ -154,7 +155,7 @@ def test_edge_gathers_equal_numpy(flux):
 
 
 def test_held_blocks_equals_numpy(flux):
-    """The preconditioner's factors, bitwise those of ``UpwindFlux._held_factor_blocks``."""
+    """The preconditioner's factors, bitwise those of ``EdgeFlux.held_factor_blocks``."""
     f = flux.model.flux
     rng = np.random.default_rng(11 + COMM.rank)
     nE, n = f.I.size, f.n
@@ -163,8 +164,9 @@ def test_held_blocks_equals_numpy(flux):
     inv_i, inv_j = 1.0 / (Si + 0.1), 1.0 / (Sj + 0.1)
     inv_j[:5] = 0.0  # vacuum
     up_i = rng.random(nE) < 0.5
-    terms = (ci, cj, Si, Sj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, None)
-    ref = f._held_factor_blocks(terms)[:4]
+    terms = FaceState(c_i=ci, c_j=cj, S_i=Si, S_j=Sj, inv_i=inv_i, inv_j=inv_j, up_i=up_i,
+                      phi=phi, c_f=cf, F=F, S_m=Sm, dP=dP, lim=None)
+    ref = f.held_factor_blocks(terms)[:4]
     out = tuple(np.empty((nE, n)) for _ in range(4))
     mk.held_blocks(ci, cj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, f.law.derivative(Si),
                    f.law.derivative(Sj), f.W, f.b, float(f.params.sigma), *out)

@@ -8,7 +8,7 @@ import ufl
 from _fields import functionals
 
 from fem_crossdiff.compat import MPI, fem, mesh
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -126,7 +126,7 @@ def test_bad_eps_for_mesh(eps, match):
 @pytest.mark.parametrize("boundary", ["zero", "sinkhorn", "diagonal"])
 def test_symmetrised_operator(boundary):
     """M_s = (M + D^-1 M^T D) / 2 (and its wall normalisations) is D-symmetric; M survives."""
-    from fem_crossdiff.nonlocal_ import NonlocalPotential
+    from fem_crossdiff.models.nonlocal_system.potential import NonlocalPotential
 
     msh = mesh.create_unit_square(COMM, 9, 7)
     V = fem.functionspace(msh, ("Lagrange", 1))

@@ -242,7 +242,7 @@ def test_particles_live_on_the_rank_owning_their_cell(domains, name, comm):
     Also: particle counts, identities and the deposited mass are conserved, and the local
     drift (no routing) equals the routed one.
     """
-    from fem_crossdiff.nonlocal_ import NonlocalParams
+    from fem_crossdiff.models.nonlocal_system import NonlocalParams
     from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
     from fem_crossdiff.particles.state import init_state
 

@@ -16,7 +16,7 @@ import pytest
 
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.measures import density_moments
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.particles import ParticleParams, drift_bruteforce
 from fem_crossdiff.particles.mesh_domain import FEDensitySampler, MeshDomain

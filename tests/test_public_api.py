@@ -73,7 +73,7 @@ def test_mpi_name_orders_mpi_before_dolfinx():
 
 #: Where some public names live (the objects must be those, not copies).
 HOMES = {"CrossDiffusionSolver": "fem_crossdiff.solver", "ModelParams": "fem_crossdiff.params",
-         "PowerLaw": "fem_crossdiff.laws", "NonlocalParams": "fem_crossdiff.nonlocal_",
+         "PowerLaw": "fem_crossdiff.laws", "NonlocalParams": "fem_crossdiff.models.nonlocal_system",
          "mesh_sizes": "fem_crossdiff.meshes", "run": "fem_crossdiff.driver",
          "SnapshotObserver": "fem_crossdiff.observers", "MPI": "fem_crossdiff.compat",
          "load_checkpoint": "fem_crossdiff.checkpoint"}

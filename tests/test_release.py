@@ -18,7 +18,7 @@ import pytest
 from fem_crossdiff.cli import run_study
 from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.config import parse_config
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.problem import _tracked, free_released
 from fem_crossdiff.solver import CrossDiffusionSolver

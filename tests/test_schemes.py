@@ -163,7 +163,7 @@ def test_exact_jacobian_on_fronts(limiter):
     s._set_coefficients(0.1, "ie")
     s.model.begin_step(s.rho.x.array.reshape(-1, 2))
     err = fd_jacobian_error(s, 1e-7, 7)
-    clamp = s.model.flux._aux["clamp"] < s.model.flux._aux["phi_lim"]
+    clamp = s.model.flux.state.clamp < s.model.flux.state.phi_lim
     assert COMM.allreduce(int(clamp.sum())) > 0  # the clamp's branch is exercised
     assert err < 1e-6, err
 
@@ -249,7 +249,7 @@ def test_factored_jacobian_on_tetrahedra(limiter):
     s = CrossDiffusionSolver(geo.mesh, p, scheme="muscl", negative_edges="front",
                              limiter=limiter)
     assert s.model.preconditioner == "upwind" and s.model.matrix_free
-    assert COMM.allreduce(int(s.model.flux._lim.size)) > 0
+    assert COMM.allreduce(int(s.model.flux.limited.size)) > 0
     s.set_initial([lambda x: 1 + 0.5 * np.cos(np.pi * x[0]) * np.cos(np.pi * x[1]) + 0.2 * x[2],
                    lambda x: 0.8 - 0.3 * np.cos(2 * np.pi * x[0]) + 0.1 * x[2] ** 2])
     s._set_coefficients(0.1, "ie")
@@ -330,11 +330,11 @@ def _steep_contact(limiter: str) -> CrossDiffusionSolver:
 
 def _edges_in_band(s: CrossDiffusionSolver) -> int:
     """Edges (all ranks) whose limiting species has a sensor weight strictly in (0, 1)."""
-    from fem_crossdiff import upwind
+    from fem_crossdiff.models.muscl import limiters
 
-    aux = s.model.flux._aux
-    w = upwind.sensor_weight(aux["jump"])
-    kstar = np.argmin(aux["phi_k"], axis=1)
+    state = s.model.flux.state
+    w = limiters.sensor_weight(state.jump)
+    kstar = np.argmin(state.phi_k, axis=1)
     w = w[np.arange(w.shape[0]), kstar]
     return COMM.allreduce(int(np.count_nonzero((w > 0.0) & (w < 1.0))))
 
@@ -347,13 +347,13 @@ def test_sensor_exact_jacobian(monkeypatch):
     without the weight's derivative (``slope_limiter_jump_slope`` set to 0) 7e-4, which
     shows that the check sees it.
     """
-    from fem_crossdiff import upwind
+    from fem_crossdiff.models.muscl import limiters
 
     s = _steep_contact("sensor")
     err = fd_jacobian_error(s, 1e-7, 7)
     assert _edges_in_band(s) > 0
     assert err < 1e-6, err
-    monkeypatch.setattr(upwind, "slope_limiter_jump_slope",
+    monkeypatch.setattr(limiters, "slope_limiter_jump_slope",
                         lambda name, up, dn, jump: np.zeros(np.shape(dn)))
     assert fd_jacobian_error(s, 1e-7, 7) > 1e-5
 
@@ -366,7 +366,7 @@ def test_smooth_limiter_values_and_derivatives():
     argument), the smooth minimum against both of its arguments, and the positivity bound
     ``|c_f - c_up| = g |dn| / 2 <= |c_up|`` on random data over six decades.
     """
-    from fem_crossdiff.upwind import slope_limiter, smooth_clamped, smooth_limiter
+    from fem_crossdiff.models.muscl.limiters import slope_limiter, smooth_clamped, smooth_limiter
 
     rng = np.random.default_rng(3)
     N = 4000
@@ -443,18 +443,19 @@ def test_smooth_newton_at_large_steps():
 def test_smooth_sensor_limiter_values_and_derivatives():
     """``"smooth-sensor"``: ``"smooth"`` below the band, the front limiter above it, C1.
 
-    Below ``SENSOR_BAND[0]`` it equals :func:`smooth_limiter` exactly, above ``SENSOR_BAND[1]``
+    Below ``sensor_band[0]`` it equals :func:`smooth_limiter` exactly, above ``sensor_band[1]``
     the regularised front limiter, which is ``2 tanh(K r / 2)^+`` where ``|up dn| >>
     eps^2``; in ``[0, 2)``. ``d / d up`` against a complex step (the weight depends on ``dn``
     only), ``d / d dn`` (the weight's derivative included) against a central difference.
     """
-    from fem_crossdiff.upwind import (
-        SENSOR_BAND,
-        SENSOR_SLOPE,
+    from fem_crossdiff.models.muscl.limiters import (
         smooth_front_limiter,
         smooth_limiter,
         smooth_sensor_limiter,
     )
+    from fem_crossdiff.models.muscl.options import SmoothSensor
+
+    SENSOR_BAND, SENSOR_SLOPE = SmoothSensor().sensor_band, SmoothSensor().slope
 
     rng = np.random.default_rng(5)
     N = 4000
@@ -494,11 +495,14 @@ def test_compact_clamped_values_and_derivatives():
     where the two differ by more than the band's factor ``(1 + omega) / (1 - omega)``;
     ``min / (1 + omega / 2)`` where they are equal (``omega`` 1 on small jumps, 0.2 on large
     ones); derivatives against central differences (including the width's dependence on the
-    jump inside :data:`SMOOTH_SENSOR_WIDTH_BAND`); finite at round-off-sized arguments.
+    jump inside ``SmoothSensor().band``); finite at round-off-sized arguments.
     """
     import itertools
 
-    from fem_crossdiff.upwind import SMOOTH_SENSOR_WIDTH, SMOOTH_SENSOR_WIDTH_BAND, compact_clamped
+    from fem_crossdiff.models.muscl.limiters import compact_clamped
+    from fem_crossdiff.models.muscl.options import SmoothSensor
+
+    SMOOTH_SENSOR_WIDTH, SMOOTH_SENSOR_WIDTH_BAND = SmoothSensor().width, SmoothSensor().band
 
     rng = np.random.default_rng(8)
     N = 6000
@@ -561,31 +565,32 @@ def test_smooth_sensor_exact_jacobian(monkeypatch):
     central difference at this state is off by 2e-5 (``"smooth"`` 6e-6, ``"sensor"`` 6e-10;
     serial 4e-10), a feature of the 2-rank residual narrower than 1e-7 along the direction,
     found here and not explained (``docs/muscl-newton.md``). The clamp's width
-    (:func:`~fem_crossdiff.upwind.compact_clamped`) also moves with the jump: without that
-    derivative alone the check fails too.
+    (:func:`~fem_crossdiff.models.muscl.limiters.compact_clamped`) also moves with the jump:
+    without that derivative alone the check fails too.
     """
-    from fem_crossdiff import upwind
+    from fem_crossdiff.models.muscl import limiters
+    from fem_crossdiff.models.muscl.options import SmoothSensor
 
     s = _steep_contact("smooth-sensor")
     x0 = s.rho.x.array.copy()  # the check leaves s.rho at x - eps dx: reset before the second
     err = fd_jacobian_error(s, 1e-8, 7)
     assert _edges_in_band(s) > 0
     assert err < 1e-6, err
-    weight = upwind.sensor_weight
+    weight = limiters.sensor_weight
 
     def no_slope(jump, derivative=False, **band):
         return (weight(jump, **band), 0.0 * jump) if derivative else weight(jump, **band)
 
-    monkeypatch.setattr(upwind, "sensor_weight", no_slope)
+    monkeypatch.setattr(limiters, "sensor_weight", no_slope)
     s.rho.x.array[:] = x0
     assert fd_jacobian_error(s, 1e-8, 7) > 1e-5
 
     def no_width_slope(jump, derivative=False, **band):  # the clamp's width only
-        if derivative and band:
+        if derivative and band.get("band") == SmoothSensor().band:
             return weight(jump, **band), 0.0 * jump
         return weight(jump, derivative, **band)
 
-    monkeypatch.setattr(upwind, "sensor_weight", no_width_slope)
+    monkeypatch.setattr(limiters, "sensor_weight", no_width_slope)
     s.rho.x.array[:] = x0
     # measured 1.1e-5 serial, 9.9e-7 on 2 ranks (the exact Jacobian: 4e-9)
     assert fd_jacobian_error(s, 1e-8, 7) > 2e-7

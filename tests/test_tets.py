@@ -3,8 +3,8 @@
 A gmsh ball is not Delaunay: about a fifth of its edges have negative P1 stiffness weights.
 ``"voronoi"`` replaces the weights by those of the circumcentric dual (nonnegative on Delaunay
 meshes); ``"front"`` keeps P1's and limits the fluxes of negative edges only next to vacuum
-(:func:`fem_crossdiff.upwind.positivity_limiter` with ``beta = 1/4``); both limit the fluxes
-of the negative edges that remain.
+(:func:`fem_crossdiff.discretisation.edges.positivity_limiter` with ``beta = 1/4``); both limit
+the fluxes of the negative edges that remain.
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from _fields import functionals
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, fem, la
 from fem_crossdiff.config import ConfigError, parse_config
-from fem_crossdiff.errors import ParameterError
-from fem_crossdiff.exact import barenblatt
-from fem_crossdiff.forms import VERTEX
-from fem_crossdiff.params import ModelParams, TimeParams
-from fem_crossdiff.solver import CrossDiffusionSolver
-from fem_crossdiff.upwind import (
+from fem_crossdiff.discretisation.edges import (
     LIMITER_RATIO,
-    UpwindFlux,
     circumcentric_weights,
     dual_volumes,
     limiter_ratio,
@@ -32,6 +26,12 @@ from fem_crossdiff.upwind import (
     positivity_limiter,
     total_edge_weights,
 )
+from fem_crossdiff.errors import ParameterError
+from fem_crossdiff.exact import barenblatt
+from fem_crossdiff.forms import VERTEX
+from fem_crossdiff.models.upwind import UpwindFlux
+from fem_crossdiff.params import ModelParams, TimeParams
+from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
 
@@ -218,7 +218,7 @@ def test_positivity_and_mass_on_a_3d_front(ball, delaunay_ball, scheme, mode):
     msh = (ball if mode == "front" else delaunay_ball).mesh
     s = CrossDiffusionSolver(msh, p, scheme=scheme, positivity_tol=tol, negative_edges=mode)
     flux = s.model.flux
-    assert flux.negative_edges > 0 and flux._beta == LIMITER_RATIO[mode]
+    assert flux.negative_edges > 0 and flux.beta == LIMITER_RATIO[mode]
     s.set_initial([lambda x: np.where(x[0] < -0.1, 1.0, 0.0),
                    lambda x: np.where(x[0] > 0.1, 0.5, 0.0)])
     rows = s.run(TimeParams(T=0.05, dt=0.01), progress=False)
@@ -227,8 +227,8 @@ def test_positivity_and_mass_on_a_3d_front(ball, delaunay_ball, scheme, mode):
         for k in (1, 2):
             assert r[f"min_{k}"] >= -tol * r[f"max_{k}"]
             assert abs(r[f"mass_{k}"] - rows[0][f"mass_{k}"]) <= 1e-10 * rows[0][f"mass_{k}"]
-    _, terms = flux._edge_terms(s.rho.x.array.reshape(-1, 2))
-    theta = terms[-1][0]  # the limiter's theta on the negative edges
+    _, state = flux.edge_state(s.rho.x.array.reshape(-1, 2))
+    theta = state.lim[0]  # the limiter's theta on the negative edges
     active = COMM.allreduce(int(np.count_nonzero((theta > 0.0) & (theta < 1.0))))
     assert active > 0
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fem_crossdiff.compat import MPI, fem, la, mesh
-from fem_crossdiff.nonlocal_ import PotentialFlux
+from fem_crossdiff.discretisation.edges import p1_edge_weights, positivity_limiter
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
+from fem_crossdiff.models.upwind import UpwindFlux
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import UpwindFlux, p1_edge_weights, positivity_limiter
 
 
 def _dense(flux, data, n):
@@ -16,8 +17,8 @@ def _dense(flux, data, n):
     nloc = flux.nloc
     J = np.zeros((nloc * n, nloc * n))
     for r in range(nloc):
-        for idx in range(flux._indptr[r], flux._indptr[r + 1]):
-            c = flux._indices[idx]
+        for idx in range(flux.indptr[r], flux.indptr[r + 1]):
+            c = flux.indices[idx]
             J[r * n:(r + 1) * n, c * n:(c + 1) * n] += data[idx]
     return J
 
@@ -68,7 +69,7 @@ def test_limited_edges_jacobian_and_positivity_mechanism(sigma):
     V = fem.functionspace(msh, ("Lagrange", 1, (n,)))
     rng = np.random.default_rng(2)
     for flux, extra in ((UpwindFlux(V, p), ()), (PotentialFlux(V, p), None)):
-        assert flux.negative_edges > 0 and flux._lim.size > 0
+        assert flux.negative_edges > 0 and flux.limited.size > 0
         rho = rng.uniform(0.1, 1.0, (flux.nloc, n))
         # one species empty at 30% of the nodes (the limiter at full strength); never both,
         # where c_k = rho_k / S has no limit
@@ -84,7 +85,7 @@ def test_limited_edges_jacobian_and_positivity_mechanism(sigma):
         assert np.abs(J - Jfd).max() < 1e-5 * np.abs(Jfd).max()
         assert np.abs(res(rho).sum(axis=0)).max() < 1e-13 * np.abs(Jfd).max()
         # the limiter is really active: empty nodes get no outflow on limited edges
-        e = flux._lim
+        e = flux.limited
         ri, rj = rho[flux.I[e]], rho[flux.J[e]]
         theta, _, _ = positivity_limiter(np.where(ri > rj, 1.0, -1.0), ri, rj)
         assert np.any(theta == 0.0) and np.any((theta > 0) & (theta < 1))

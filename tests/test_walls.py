@@ -13,7 +13,7 @@ import pytest
 
 from fem_crossdiff import meshes
 from fem_crossdiff.compat import MPI, mesh
-from fem_crossdiff.nonlocal_ import NonlocalParams
+from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.problem import free_released
 from fem_crossdiff.solver import CrossDiffusionSolver

@@ -105,7 +105,8 @@ def _value(v) -> str:
 
 def section_keys(cls) -> list[dict]:
     """One entry per TOML key of a section dataclass: key, type, default, allowed, meaning."""
-    from fem_crossdiff import mollifiers, nonlocal_, params
+    from fem_crossdiff import mollifiers, params
+    from fem_crossdiff.models import nonlocal_system as nonlocal_
 
     choices = {"kernel": mollifiers.KERNELS, "coupling": params.COUPLINGS,
                "boundary": nonlocal_.BOUNDARIES}

@@ -74,7 +74,7 @@ class ModelConfig(Section, core.ModelParams):
             if self.eps is None:
                 raise ConfigError("model.eps", MISSING, 'required when model.type = '
                                   '"nonlocal" (mollifier radius > 0)')
-            from fem_crossdiff.nonlocal_ import NonlocalParams
+            from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
             filled = NonlocalParams(**given)
             for key in self.nonlocal_keys():
@@ -85,8 +85,8 @@ class ModelConfig(Section, core.ModelParams):
         return core.ModelParams(**{k: getattr(self, k) for k in _CORE_MODEL_KEYS})
 
     def nonlocal_params(self):
-        """The ``NonlocalParams`` of :mod:`fem_crossdiff.nonlocal_` (nonlocal models only)."""
-        from fem_crossdiff.nonlocal_ import NonlocalParams
+        """The ``NonlocalParams`` of :mod:`fem_crossdiff.models.nonlocal_system` (nonlocal only)."""
+        from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
         return NonlocalParams(**{k: getattr(self, k) for k in self.nonlocal_keys()})
 

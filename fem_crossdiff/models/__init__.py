@@ -93,11 +93,8 @@ def select_model(name: str | None = None, *, nonlocal_params=None, potential=Non
 
 def _load_builtin() -> None:
     # imported on first use: the model modules import DOLFINx, the registry does not
-    from fem_crossdiff.models import (  # noqa: F401
-        afc,
-        local_galerkin,
-        local_upwind,
-        muscl,
-        nonlocal_model,
-        potential,
-    )
+    from fem_crossdiff.models import local_galerkin, upwind  # noqa: F401
+    from fem_crossdiff.models.afc import model as _afc  # noqa: F401
+    from fem_crossdiff.models.muscl import model as _muscl  # noqa: F401
+    from fem_crossdiff.models.nonlocal_system import given as _given  # noqa: F401
+    from fem_crossdiff.models.nonlocal_system import model as _nonlocal  # noqa: F401

@@ -15,13 +15,52 @@ local nodes and summed over ranks by the problem (PETSc's reverse ghost update).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from fem_crossdiff.params import ModelParams
 
-__all__ = ["Model"]
+__all__ = ["FaceState", "Model"]
+
+
+@dataclass(frozen=True)
+class FaceState:
+    """Per-edge state of a face-fraction flux ``G = b w c_f F + sigma w (rho_i - rho_j)``.
+
+    The public state of the edge fluxes with a reconstructed face fraction ``c_f = c_up +
+    phi / 2 (c_dn - c_up)``: what their Jacobians need besides the fluxes. Arrays are per
+    edge, ``(E, n)`` for species quantities and ``(E,)`` otherwise; subclasses add what a
+    scheme's exact Jacobian needs.
+
+    Attributes:
+        c_i, c_j: Species fractions at the first and second end.
+        S_i, S_j: Total densities ``max(sum_k a_k rho_k, 0)`` at the ends.
+        inv_i, inv_j: ``1 / S`` at the ends (0 in vacuum).
+        up_i: The first end is upstream (the larger pressure).
+        phi: The reconstruction factor of the face fraction, per edge.
+        c_f: The face fractions.
+        F: ``S_m (P_i - P_j)``.
+        S_m: ``(S_i + S_j) / 2``.
+        dP: ``P_i - P_j``.
+        lim: The positivity limiter's ``(theta, G dtheta_i, G dtheta_j)`` on the limited
+            edges (:func:`fem_crossdiff.discretisation.edges.limit_fluxes`), or ``None``.
+    """
+
+    c_i: np.ndarray
+    c_j: np.ndarray
+    S_i: np.ndarray
+    S_j: np.ndarray
+    inv_i: np.ndarray
+    inv_j: np.ndarray
+    up_i: np.ndarray
+    phi: np.ndarray
+    c_f: np.ndarray
+    F: np.ndarray
+    S_m: np.ndarray
+    dP: np.ndarray
+    lim: tuple | None
 
 
 class Model:

@@ -1,25 +1,18 @@
-"""Local system (1.1), upwind P1 edge fluxes with algebraic flux correction of the fractions.
-
-The flux kernel is :class:`fem_crossdiff.afc.AfcFlux` (see ``docs/afc.md``): the first-order
-scheme of :mod:`fem_crossdiff.models.local_upwind` plus the antidiffusive fluxes towards the
-central species fractions, limited by a Zalesak-type limiter with local bounds and one
-correction factor per edge for all species. Positive for every ``sigma >= 0`` with implicit
-Euler, conservative, and reducing exactly to the one-species scheme for equal mobilities.
-"""
+"""The ``"afc"`` model: binds :class:`.flux.AfcFlux` to the interface (see the package)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.models import register
+from fem_crossdiff.models.afc.flux import AfcFlux
+from fem_crossdiff.models.afc.options import AfcOptions
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.models.muscl import MatrixFreeJacobian
+from fem_crossdiff.models.jacobians import MatrixFreeJacobian
 from fem_crossdiff.params import ModelParams
-
-#: Jacobians of :class:`LocalAfc`.
-JACOBIANS = ("edge", "mf")
-#: Assembled matrices of :class:`LocalAfc` (with ``"mf"``: the preconditioner).
-PRECONDITIONERS = ("edge", "upwind")
 
 
 @register("afc")
@@ -30,7 +23,8 @@ class LocalAfc(MatrixFreeJacobian, Model):
         V: Blocked P1 space.
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see
-            :func:`fem_crossdiff.upwind.edge_weights` (those edges stay first order).
+            :func:`fem_crossdiff.discretisation.edges.edge_weights` (those edges stay first
+            order).
         jacobian: ``"edge"`` (default: the first-order scheme's edge pattern, exact but for
             the dependence of the Zalesak factors on the nodes' neighbourhoods, which is held;
             Newton converges linearly, measured contraction about 0.25 per iteration) or
@@ -39,24 +33,26 @@ class LocalAfc(MatrixFreeJacobian, Model):
         preconditioner: The assembled matrix: ``"edge"`` (default, the edge Jacobian) or,
             with ``jacobian="mf"`` only, ``"upwind"`` (the first-order scheme's Jacobian at
             the iterate, as ``muscl``'s default: multigrid on an M-matrix-like operator).
+        options: All of the above but ``negative_edges`` as one
+            :class:`~fem_crossdiff.models.afc.options.AfcOptions` (with the limiter's
+            ``smooth_width``); the keywords given besides replace its fields.
+
+    Attributes:
+        options: The options in effect.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 jacobian: str = "edge", preconditioner: str = "edge"):
-        from fem_crossdiff.afc import AfcFlux
-        from fem_crossdiff.errors import ParameterError
-
-        if jacobian not in JACOBIANS:
-            raise ParameterError("jacobian", jacobian, f"one of {', '.join(JACOBIANS)}")
-        if preconditioner not in PRECONDITIONERS or (preconditioner == "upwind"
-                                                     and jacobian != "mf"):
-            raise ParameterError("preconditioner", preconditioner,
-                                 "edge, or upwind with jacobian='mf'")
-        self.preconditioner = preconditioner
+                 jacobian: str | None = None, preconditioner: str | None = None,
+                 options: AfcOptions | None = None):
+        given = {key: value for key, value in (("jacobian", jacobian),
+                                               ("preconditioner", preconditioner))
+                 if value is not None}
+        self.options = dataclasses.replace(options or AfcOptions(), **given)
+        self.preconditioner = self.options.preconditioner
         super().__init__(V, params)
         self.negative_edges = negative_edges
-        self.flux = AfcFlux(V, params, negative_edges)
-        self.jacobian = jacobian
+        self.flux = AfcFlux(V, params, negative_edges, self.options.smooth_width)
+        self.jacobian = self.options.jacobian
         self._ctx = None
 
     def residual(self, rho):
@@ -74,19 +70,14 @@ class LocalAfc(MatrixFreeJacobian, Model):
         if self.preconditioner != "upwind":
             f.add_jacobian(A, rho)
             return
-        terms = f._edge_terms(rho)[1]
+        state = f.edge_state(rho)[1]
         # c_f = c_up: the held-factor blocks with alpha = 0 (the matrix-free correction
-        # subtracts these same blocks, f._data)
-        terms = (*terms[:7], np.zeros_like(terms[7]), terms[13][3], *terms[9:13])
-        ui, uj, di, dj, _ = f._held_factor_blocks(terms)
-        if f._data is None:
-            f._data = np.empty((f._nnzb, f.n * f.n))
-        f._write_blocks(ui, uj, di, dj, f._data)
-        f.set_matrix(A, f._data)
+        # subtracts these same blocks, f.block_values)
+        upwind = dataclasses.replace(state, phi=np.zeros_like(state.phi), c_f=state.c_up)
+        ui, uj, di, dj, _ = f.held_factor_blocks(upwind)
+        f.set_blocks(A, ui, uj, di, dj)
 
     def describe(self):
         """Non-Delaunay meshes: how many edges, and what is done with them."""
-        from fem_crossdiff.upwind import negative_edges_message
-
         msg = negative_edges_message(self.flux.negative_edges, self.negative_edges)
         return None if msg is None else msg + " (and stay first order)"

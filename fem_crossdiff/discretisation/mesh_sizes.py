@@ -16,7 +16,15 @@ import numpy as np
 
 from fem_crossdiff.compat import MPI, basix_cell
 
-__all__ = ["MeshSizes", "mesh_sizes"]
+__all__ = ["MeshSizes", "mesh_sizes", "owned_cell_geometry"]
+
+
+def owned_cell_geometry(msh) -> np.ndarray:
+    """Geometry node coordinates of the owned cells, shape ``(ncells, nnodes, gdim)``."""
+    tdim, gdim = msh.topology.dim, msh.geometry.dim
+    ncells = msh.topology.index_map(tdim).size_local
+    gdofs = msh.geometry.dofmaps[0][:ncells]
+    return msh.geometry.x[gdofs][:, :, :gdim]
 
 
 class MeshSizes(NamedTuple):
@@ -57,10 +65,10 @@ def mesh_sizes(msh) -> MeshSizes:
     if not (hasattr(msh, "topology") and hasattr(msh, "geometry") and hasattr(msh, "comm")):
         raise TypeError(f"mesh_sizes needs a DOLFINx mesh or a meshes.Geometry, got "
                         f"{type(msh).__name__}")
-    tdim, gdim = msh.topology.dim, msh.geometry.dim
-    ncells = msh.topology.index_map(tdim).size_local  # owned cells: each cell counted once
+    gdim = msh.geometry.dim
     nverts = basix.geometry(basix_cell(msh)).shape[0]
-    corners = msh.geometry.x[msh.geometry.dofmaps[0][:ncells, :nverts]][:, :, :gdim]
+    corners = owned_cell_geometry(msh)[:, :nverts, :]  # owned cells: each counted once
+    ncells = corners.shape[0]
     h_max, h_min = 0.0, np.inf  # neutral values for a rank that owns no cell
     if ncells:
         diff = corners[:, :, None, :] - corners[:, None, :, :]

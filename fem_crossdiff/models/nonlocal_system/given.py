@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.nonlocal_ import PotentialFlux
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import negative_edges_message
 
 
 @register("potential")

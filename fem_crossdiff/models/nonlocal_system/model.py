@@ -1,27 +1,23 @@
 """Nonlocal system (1.5): upwind P1 fluxes in the mollified pressure ``g``.
 
 The potential ``g = M_s (a . M_s rho)^(m-1)`` and its derivative are
-:class:`fem_crossdiff.nonlocal_.NonlocalPotential`; the fluxes
-:class:`fem_crossdiff.nonlocal_.PotentialFlux`. Two time couplings (see
-:mod:`fem_crossdiff.nonlocal_`): ``"linear"`` lags ``g`` (one linear solve per step, only
-conditionally stable, so steps that raise the energy are rejected), ``"implicit"`` solves with
-``g`` of the new state and a matrix-free Jacobian.
+:class:`.potential.NonlocalPotential`; the fluxes :class:`.flux.PotentialFlux`. Two time
+couplings (see :mod:`fem_crossdiff.models.nonlocal_system`): ``"linear"`` lags ``g`` (one
+linear solve per step, only conditionally stable, so steps that raise the energy are
+rejected), ``"implicit"`` solves with ``g`` of the new state and a matrix-free Jacobian.
 """
 
 from __future__ import annotations
 
 from fem_crossdiff.compat import PETSc
+from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
-from fem_crossdiff.nonlocal_ import (
-    NonlocalJacobian,
-    NonlocalParams,
-    NonlocalPotential,
-    PotentialFlux,
-)
+from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
+from fem_crossdiff.models.nonlocal_system.params import NonlocalParams
+from fem_crossdiff.models.nonlocal_system.potential import NonlocalJacobian, NonlocalPotential
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import negative_edges_message
 
 
 @register("nonlocal")

@@ -1,6 +1,6 @@
 """Algebraic flux correction of the upwind species fractions (Zalesak-type limiter, local bounds).
 
-The first-order scheme (:class:`fem_crossdiff.upwind.UpwindFlux`) transports species ``k``
+The first-order scheme (:mod:`fem_crossdiff.models.upwind`) transports species ``k``
 across edge ``ij`` with the upstream fraction ``c_k,up``. Written against the central fraction
 ``c_k,avg = (c_k,i + c_k,j) / 2`` it is the central scheme plus an artificial diffusion of the
 fractions,
@@ -55,16 +55,40 @@ updates of the space's index map, so ``alpha`` is the same on every rank holding
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fem_crossdiff.compat import MPI, PETSc, fem, la
+from fem_crossdiff.discretisation.edges import limit_fluxes
+from fem_crossdiff.models.base import FaceState
+from fem_crossdiff.models.edge_flux import EdgeFlux
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.upwind import UpwindFlux, limit_fluxes
 
-#: Half width of the smoothing of ``min(1, x)`` in the limiter.
-SMOOTH_WIDTH = 0.25
+__all__ = ["AfcFlux", "AfcState", "smooth_min1", "smooth_min1_slope"]
 
-def smooth_min1(x: np.ndarray, delta: float = SMOOTH_WIDTH) -> np.ndarray:
+
+@dataclass(frozen=True)
+class AfcState(FaceState):
+    """The per-edge state of :class:`AfcFlux` (``phi`` is the correction factor ``alpha``).
+
+    Attributes:
+        cand: The candidates of the factor per edge: the Zalesak factors, then the clamps.
+        mfac: ``min(min cand, 1)`` on the edges the correction may act on, else 0.
+        kappa: The vacuum factor ``2 S_i S_j / (S_i^2 + S_j^2)``.
+        c_up: Upstream fractions; ``d_dn``: ``c_dn - c_up``.
+        c: Fractions at every local node.
+    """
+
+    cand: np.ndarray
+    mfac: np.ndarray
+    kappa: np.ndarray
+    c_up: np.ndarray
+    d_dn: np.ndarray
+    c: np.ndarray
+
+
+def smooth_min1(x: np.ndarray, delta: float) -> np.ndarray:
     """C1 approximation of ``min(1, x)``: exact outside ``|x - 1| < delta``, quadratic inside."""
     x = np.minimum(x, 2.0)  # no overflow where P is tiny; the result is 1 there anyway
     t = x - 1.0 + delta
@@ -72,12 +96,12 @@ def smooth_min1(x: np.ndarray, delta: float = SMOOTH_WIDTH) -> np.ndarray:
     return np.where(x <= 1.0 - delta, x, np.where(x >= 1.0 + delta, 1.0, blend))
 
 
-def smooth_min1_slope(x: np.ndarray, delta: float = SMOOTH_WIDTH) -> np.ndarray:
+def smooth_min1_slope(x: np.ndarray, delta: float) -> np.ndarray:
     """Derivative of :func:`smooth_min1`."""
     return np.clip(1.0 - (x - 1.0 + delta) / (2.0 * delta), 0.0, 1.0)
 
 
-class AfcFlux(UpwindFlux):
+class AfcFlux(EdgeFlux):
     """Upwind edge fluxes plus limited antidiffusive fluxes of the species fractions.
 
     ``G_k,ij = b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)``,
@@ -90,11 +114,15 @@ class AfcFlux(UpwindFlux):
         V: Blocked P1 space with one component per species.
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see
-            :func:`fem_crossdiff.upwind.edge_weights`.
+            :func:`fem_crossdiff.discretisation.edges.edge_weights`.
+        smooth_width: Half width of the smoothing of ``min(1, x)`` in the limiter
+            (:func:`smooth_min1`; :attr:`.options.AfcOptions.smooth_width`).
     """
 
-    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str = "voronoi"):
+    def __init__(self, V: fem.FunctionSpace, params: ModelParams, negative_edges: str,
+                 smooth_width: float):
         super().__init__(V, params, negative_edges)
+        self.smooth_width = smooth_width
         self.comm = V.mesh.comm
         imap = V.dofmap.index_map
         n = self.n
@@ -116,7 +144,7 @@ class AfcFlux(UpwindFlux):
         self._has_nbr = counts > 0
         self._nbr_start = (np.cumsum(counts) - counts)[self._has_nbr]
         self._free = np.ones(self.I.size, dtype=bool)  # edges the correction may act on
-        self._free[self._lim] = False
+        self._free[self.limited] = False
 
     def _node_sums(self, terms: np.ndarray) -> np.ndarray:
         """Sum per-edge terms ``(E, 2, m)`` (first end, second end) over each node's edges."""
@@ -124,10 +152,10 @@ class AfcFlux(UpwindFlux):
         out = np.empty((self.nloc, m))
         both = np.concatenate([terms[:, 0], terms[:, 1]])
         for k in range(m):
-            out[:, k] = np.bincount(self._IJ, both[:, k], self.nloc)
+            out[:, k] = np.bincount(self.ends, both[:, k], self.nloc)
         return out
 
-    def _node_bounds(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def node_bounds(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(c^max, c^min)`` over every node's neighbourhood (collective)."""
         n, nloc = self.n, self.nloc
         arr = np.empty((nloc, 2 * n))
@@ -190,7 +218,7 @@ class AfcFlux(UpwindFlux):
         vec.scatter_forward()
         sums = vec.array.reshape(self.nloc, m)
         Pp, Pm, q = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:2 * n + 1]
-        cmax, cmin = self._node_bounds(c)
+        cmax, cmin = self.node_bounds(c)
         Qp = q * np.maximum(cmax - c, 0.0)
         Qm = q * np.maximum(c - cmin, 0.0)
         I, J = self.I, self.J
@@ -236,8 +264,7 @@ class AfcFlux(UpwindFlux):
                        s_j * (room_j - x_j * adc) * inv_j)
         return Z, dZi, dZj, dZD
 
-    @staticmethod
-    def _ratio(Q: np.ndarray, P: np.ndarray, q: np.ndarray | None = None):
+    def _ratio(self, Q: np.ndarray, P: np.ndarray, q: np.ndarray | None = None):
         """``smin(Q / P)`` (1 where ``P = 0``), and ``smin'``, ``1 / P``, ``min(Q / P, 2)``.
 
         The last three are for the Jacobian. They vanish where ``P < 1e-8 q`` (fraction
@@ -247,14 +274,15 @@ class AfcFlux(UpwindFlux):
         pos = P > 0.0
         safe = np.where(pos, P, 1.0)
         x = np.minimum(Q, 2.0 * safe) / safe  # Q / P up to 2, where smin is 1 already
+        delta = self.smooth_width
         if q is None:
-            return np.where(pos, smooth_min1(x), 1.0)
+            return np.where(pos, smooth_min1(x, delta), 1.0)
         usable = (P > 1e-8 * q) & (P > 1e-200)  # 1e-200: no overflow of 1 / P
         inv = np.where(usable, 1.0 / np.where(usable, P, 1.0), 0.0)
-        slope = np.where(usable, smooth_min1_slope(x), 0.0)
-        return np.where(pos, smooth_min1(x), 1.0), slope, inv, np.where(usable, x, 0.0)
+        slope = np.where(usable, smooth_min1_slope(x, delta), 0.0)
+        return np.where(pos, smooth_min1(x, delta), 1.0), slope, inv, np.where(usable, x, 0.0)
 
-    def _edge_terms(self, rho: np.ndarray):
+    def edge_state(self, rho: np.ndarray) -> tuple[np.ndarray, AfcState]:
         """Edge fluxes and the quantities of the edge Jacobian (collective).
 
         The cache test is reduced over the ranks: the limiter communicates, so every rank
@@ -293,14 +321,15 @@ class AfcFlux(UpwindFlux):
         cf = c_up + (0.5 * alpha)[:, None] * d_dn
         q = (self.b * cf) * F[:, None] + p.sigma * (ri - rj)
         G = self.W[:, None] * q
-        lim = limit_fluxes(G, q, ri, rj, self._lim, self._beta)
-        out = G, (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-                  (cand, mfac, kappa, c_up, d_dn, c))
+        lim = limit_fluxes(G, q, ri, rj, self.limited, self.beta)
+        out = G, AfcState(c_i=ci, c_j=cj, S_i=Si, S_j=Sj, inv_i=inv_i, inv_j=inv_j, up_i=up_i,
+                          phi=alpha, c_f=cf, F=F, S_m=Sm, dP=dP, lim=lim, cand=cand,
+                          mfac=mfac, kappa=kappa, c_up=c_up, d_dn=d_dn, c=c)
         self._cache_key = rho.copy()
         self._cache = out
         return out
 
-    def _alpha_derivatives(self, terms) -> tuple[np.ndarray, np.ndarray]:
+    def _alpha_derivatives(self, s: AfcState) -> tuple[np.ndarray, np.ndarray]:
         """``d alpha / d rho`` at both ends ``(E, n)`` through ``kappa`` and the clamp.
 
         ``kappa`` and the clamp depend on the edge's two nodes only; of a Zalesak factor only
@@ -309,8 +338,9 @@ class AfcFlux(UpwindFlux):
         a Zalesak factor of species ``k``) enters through ``d c_k / d rho = (e_k - c_k a) / S``
         at each end.
         """
-        (ci, cj, Si, Sj, inv_i, inv_j, up_i, alpha, cf, F, Sm, dP, lim,
-         (cand, mfac, kappa, c_up, d_dn, c)) = terms
+        ci, cj, Si, Sj, inv_i, inv_j, up_i = s.c_i, s.c_j, s.S_i, s.S_j, s.inv_i, s.inv_j, s.up_i
+        F, Sm, dP = s.F, s.S_m, s.dP
+        cand, mfac, kappa, c_up, d_dn, c = s.cand, s.mfac, s.kappa, s.c_up, s.d_dn, s.c
         # the Zalesak factors' own-edge derivatives: a second pass of the limiter
         _, dz_i, dz_j, dz_D = self.limiter(c, 0.5 * self.W * np.abs(F), derivatives=True)
         # d d_ij / d S_end = W sign(F) (dF / dS_end) / 2 (this rank's part of W)
@@ -352,12 +382,12 @@ class AfcFlux(UpwindFlux):
             da_j[act] += (zd * dD_j[act])[:, None] * a
         return da_i, da_j
 
-    def _fill_blocks(self, rho: np.ndarray, out: np.ndarray):
+    def fill_blocks(self, rho: np.ndarray, out: np.ndarray):
         """Edge Jacobian: exact but for the Zalesak factors' neighbourhood dependence."""
-        terms = self._edge_terms(rho)[1]
-        F, d_dn = terms[9], terms[13][4]
+        terms = self.edge_state(rho)[1]
+        F, d_dn = terms.F, terms.d_dn
         # alpha held (as muscl's phi in its frozen Jacobian), then its own derivatives
-        ui, uj, di, dj, bw = self._held_factor_blocks(terms)
+        ui, uj, di, dj, bw = self.held_factor_blocks(terms)
         # d G_k = b_k w F d_k / 2 d alpha: a rank-one term with its own row vector
         ext = bw * (0.5 * F)[:, None] * d_dn
         da_i, da_j = self._alpha_derivatives(terms)
@@ -367,4 +397,4 @@ class AfcFlux(UpwindFlux):
         r = np.arange(n)
         Ji[:, r, r] += di
         Jj[:, r, r] += dj
-        self._write_dense(Ji, Jj, out)
+        self.write_dense(Ji, Jj, out)

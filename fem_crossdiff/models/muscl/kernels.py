@@ -1,6 +1,7 @@
 """Compiled (numba) kernels of the MUSCL exact Jacobian's operator.
 
-Why: the product ``E M x`` of :class:`fem_crossdiff.models.muscl.ExactOperator` runs once per
+Why: the product ``E M x`` of :class:`fem_crossdiff.models.muscl.jacobian.ExactOperator` runs
+once per
 Krylov iteration; in numpy its edge part (a gather of the upstream gradients, a dot product
 along the edge, two scatters per species) made several passes over the edges with fresh
 temporaries. Here it is one pass.
@@ -73,7 +74,7 @@ def edge_blocks_apply(I, J, Di, Dj, x, out):
 @njit(cache=True)
 def direct_blocks(ci, cj, inv_i, inv_j, coef_i, coef_j, dk_i, dk_j, lam_i, alpha_i, alpha_j,
                   kappa, Phi, kstar, d_dn, F, cf, w, a, b, sigma, Ji, Jj):
-    """The direct blocks of :meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`.
+    """The direct blocks of :meth:`fem_crossdiff.models.muscl.flux.MusclFlux.exact_derivatives`.
 
     Per edge and end ``e`` (``sgn = +1`` first, ``-1`` second, ``lam_j = 1 - lam_i``):
     ``dc[k, l] = (delta_kl - c_k a_l) / S_e``, ``v[l] = kappa coef_e dc[k*, l] + Phi dkappa_e
@@ -155,7 +156,8 @@ def node_products(D, x, out):
 def block_slots(I, J, slot_ij, slot_ji, diag_slot, ui, uj, di, dj, a, Ji, Jj, out):
     """Block-CSR values of ``B_e = u_e a^T + diag(d_e)`` per edge end, and ``J_e -= B_e``.
 
-    In place of :meth:`fem_crossdiff.upwind.UpwindFlux._write_blocks` and of the difference
+    In place of :meth:`fem_crossdiff.discretisation.pattern.EdgeBlocks.write_blocks` and of the
+    difference
     ``J_direct - A`` of :class:`.ExactOperator`, with the same floating-point operations in
     the same order (the values are bitwise those of the numpy form): the block ``(i, j)``
     gets ``B_j``, ``(j, i)`` gets ``-B_i``, the diagonal block of a node ``(sum u) a^T +
@@ -224,7 +226,7 @@ def block_slots(I, J, slot_ij, slot_ji, diag_slot, ui, uj, di, dj, a, Ji, Jj, ou
 def exact_blocks(I, J, S, up_i, act, A_up, A_dn, A_c, kstar, d_dn, ci, cj, inv_i, inv_j, Si,
                  Sj, dPi, dPj, dP, Sm, phi, kappa, Phi, F, cf, w, a, b, sigma, hold_below, Ji,
                  Jj, Y):
-    """The tail of :meth:`fem_crossdiff.upwind.MusclFlux.exact_derivatives`, in one pass.
+    """The tail of :meth:`fem_crossdiff.models.muscl.flux.MusclFlux.exact_derivatives`, in one pass.
 
     From the limiter's branch coefficients ``A_up, A_dn, A_c`` (per edge, of the limiting
     species ``k*``) to the direct blocks and ``Y``; per edge, in the order of the numpy
@@ -404,7 +406,7 @@ def upstream_terms(I, J, up_i, ci, cj, d, grad, c_up, d_dn, d_vec, d_up):
 @njit(cache=True)
 def held_blocks(ci, cj, inv_i, inv_j, up_i, phi, cf, F, Sm, dP, dPi, dPj, w, b, sigma, ui, uj,
                 di, dj):
-    """The factors of :meth:`fem_crossdiff.upwind.UpwindFlux._held_factor_blocks`, one pass.
+    """The factors of :meth:`fem_crossdiff.models.edge_flux.EdgeFlux.held_factor_blocks`, one pass.
 
     ``J_end = u_end a^T + diag(d_end)`` with ``u = b w (c_f alpha - g c_end)``, ``d = b w g
     +- sigma w``, ``g = lam F / S_end`` (``lam_i = 1 - phi/2`` upstream, ``phi/2``
