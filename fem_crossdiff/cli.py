@@ -457,7 +457,9 @@ def _check_msh(path: str) -> None:
 
     own = not gmsh.isInitialized()
     if own:
-        gmsh.initialize(["-noenv"], readConfigFiles=False)
+        # interruptible=False: gmsh's Python API otherwise sets SIGINT to SIG_DFL and never
+        # restores it, so Ctrl-C would kill the process (CLI in-process, notebooks) for good
+        gmsh.initialize(["-noenv"], readConfigFiles=False, interruptible=False)
         gmsh.option.setNumber("General.Terminal", 0)
     before = gmsh.model.getCurrent() if not own else None
     name = "fem-crossdiff-check"

@@ -95,7 +95,12 @@ def _case_id(c) -> str:
 
 @pytest.mark.parametrize("case,ranks,code,text", CASES, ids=[_case_id(c) for c in CASES])
 def test_failure_on_one_rank_ends_the_job(case, ranks, code, text, comm, tmp_path):
-    """The job ends within 10 s of the failure with one message and a non-zero exit code."""
+    """The job ends soon after the failure with one message and a non-zero exit code.
+
+    A job left hanging runs into the subprocess timeout; one that ends but takes more than 20
+    grace periods (``failsafe.GRACE``) from the failure did not abort as designed. The bound
+    is that loose so that a loaded machine cannot fail the test.
+    """
     _serial_only(comm)
     study = tmp_path / "small.toml"
     study.write_text(to_toml(_doc()))
@@ -109,7 +114,7 @@ def test_failure_on_one_rank_ends_the_job(case, ranks, code, text, comm, tmp_pat
     lines = _lines(proc.stderr)
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 1 and text in lines[0], proc.stderr
-    assert end - min(marks) < 10.0, (end - min(marks), proc.stderr)
+    assert end - min(marks) < 20 * failsafe.GRACE, (end - min(marks), proc.stderr)
 
 
 def _checksums(folder: Path, hidden: bool = True) -> dict:
@@ -144,12 +149,12 @@ def test_signal_is_an_interrupt_with_checkpoints_intact(ranks, sig, comm, tmp_pa
             time.sleep(0.05)
         assert first.exists()
         before = _checksums(out / "checkpoints", hidden=False)  # a write may be under way
-        t0 = time.time()
         proc.send_signal(sig)
+        # the run stops after the current step: without the signal it would go on for minutes
+        # (1e5 steps), so the timeout tells a stop from a run that ignored the signal
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert time.time() - t0 < 10.0
     assert proc.returncode == 128 + sig, err
     lines = [ln for ln in _lines(err) if "received" not in ln]
     assert len(lines) == 1 and f"interrupted by {signal.Signals(sig).name}" in lines[0], err
@@ -217,8 +222,34 @@ def test_driver_agrees_on_an_observer_error(small_solver, comm):
     assert abs(s.t - 0.01) < 1e-12
 
 
-def test_ctrl_c_inside_newton_is_an_interrupt_not_a_rejection(small_solver, comm):
-    """SIGINT during the SNES residual: the step is not taken, Interrupted is raised."""
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler during the test, whatever the process inherited.
+
+    A job started in the background by a non-interactive shell (or under ``nohup``) inherits
+    SIGINT ignored, and gmsh's Python API initialised as interruptible leaves SIG_DFL behind:
+    the first would swallow the test's signal, the second would kill the test session.
+    """
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("handlers", ["library", "cli"])
+def test_ctrl_c_inside_newton_is_an_interrupt_not_a_rejection(handlers, small_solver, comm,
+                                                               python_sigint):
+    """SIGINT during the SNES residual: Interrupted, never a rejected step.
+
+    ``library``: Python's default handler (a script calling the driver): the step under way
+    is not taken. ``cli``: :func:`failsafe.interrupt_handlers` (``crossdiff run``): the step
+    is finished and the run stops after it. ``signal.raise_signal`` delivers the signal to
+    this thread and runs the Python handler before it returns, inside the residual callback
+    of the Newton solve, so the test does not depend on when a signal reaches the process.
+    """
+    from contextlib import nullcontext
+
     from fem_crossdiff import driver
     from fem_crossdiff.params import TimeParams
 
@@ -226,27 +257,47 @@ def test_ctrl_c_inside_newton_is_an_interrupt_not_a_rejection(small_solver, comm
         pytest.skip("a signal to one process: serial")
     s = small_solver
     s.set_initial([lambda x: 1.0 + 0.5 * x[0]])
-    real, calls = s.model.residual, [0]
+    real, calls, rows, taken = s.model.residual, [0], [], []
 
     def residual(*args):
         calls[0] += 1
-        if calls[0] == 5:  # inside the second step's Newton iteration
-            os.kill(os.getpid(), signal.SIGINT)
+        if calls[0] == 5:  # inside a Newton iteration past the first step
+            taken.append(len(rows))
+            signal.raise_signal(signal.SIGINT)
         return real(*args)
 
     s.model.residual = residual
-    rows = []
+    context = failsafe.interrupt_handlers(comm) if handlers == "cli" else nullcontext()
     try:
-        with pytest.raises(failsafe.Interrupted) as info:
+        with context, pytest.raises(failsafe.Interrupted) as info:
             driver.run(s, TimeParams(T=1.0, dt=0.01), [type("R", (), {
                 "step": lambda self, solver, row: rows.append(row)})()], progress=False)
     finally:
         del s.model.residual
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert failsafe.interrupt_pending() == 0
     assert info.value.signum == signal.SIGINT
     assert failsafe.exit_code(info.value) == 130
+    assert taken and taken[0] >= 1  # the signal came inside the solve of a later step
     assert all(r["rejected"] == 0 for r in rows)  # never taken for a failed step
-    assert abs(s.t - rows[-1]["t"]) < 1e-15  # the interrupted step was not taken
-    assert np.array_equal(s.rho.x.array, s.history[0].x.array)
+    # the step under way: dropped by the default handler, finished under the CLI's handlers
+    assert len(rows) == taken[0] + (handlers == "cli")
+    assert abs(s.t - rows[-1]["t"]) < 1e-15
+    assert np.array_equal(s.rho.x.array, s.history[0].x.array)  # the state of the last row
+
+
+def test_msh_check_keeps_the_sigint_handler(comm, mpi_tmp_path, python_sigint):
+    """Checking a ``.msh`` study (gmsh in-process, outside ``main``) leaves Ctrl-C to Python."""
+    from fem_crossdiff.cli import prepare
+    from fem_crossdiff.config import ConfigError
+
+    msh = mpi_tmp_path / "nogroups.msh"
+    if comm.rank == 0:
+        _msh(msh, "nogroups")
+    path = _write(comm, mpi_tmp_path / "msh.toml", to_toml(_doc(geometry={"msh": str(msh)})))
+    with pytest.raises(ConfigError, match="no physical group"):  # gmsh did read the file
+        prepare(load_config(path), comm)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --------------------------------------------------------------------------- bad input: exit 2
@@ -350,21 +401,29 @@ def _bad_files(tmp: Path) -> list[tuple[str, bytes | str, str, str]]:
     ]
 
 
-def test_bad_inputs_are_one_line_exit_2(comm, mpi_tmp_path, capsys):
+def test_bad_inputs_are_one_line_exit_2(comm, mpi_tmp_path, capsys, monkeypatch):
     """Every class of bad input: exit 2, one line naming the key, the value and the rule."""
+    from fem_crossdiff import cli
+
     if comm.rank == 0:
         (mpi_tmp_path / "a_file").write_text("not a folder")
     comm.barrier()
+    built = []
+    build = cli._build_geometry
+
+    def no_mesh(cfg, comm):  # the oversized cases must be refused before any mesh exists
+        built.append(cfg)
+        raise RuntimeError("a mesh was built")
+
     failures = []
     for name, text, key, hint in _bad_files(mpi_tmp_path):
         path = _write(comm, mpi_tmp_path / f"{name}.toml", text)
-        t0 = time.perf_counter()
+        heavy = name in ("many-particles", "tiny-h")  # particles come after the mesh
+        monkeypatch.setattr(cli, "_build_geometry", no_mesh if heavy else build)
+        built.clear()
         code, lines = _check(comm, capsys, path)
-        took = time.perf_counter() - t0
         ok = (code == 2 and len(lines) == 1 and lines[0].startswith("crossdiff: config error")
-              and f"{key} = " in lines[0] and hint in lines[0])
-        if name in ("many-particles", "tiny-h"):
-            ok = ok and took < 1.0  # refused before any mesh or particle exists
+              and f"{key} = " in lines[0] and hint in lines[0] and not built)
         if not ok:
             failures.append((name, code, lines))
     assert not failures, "\n".join(map(str, failures))
@@ -393,7 +452,7 @@ def test_config_path_problems(comm, mpi_tmp_path, capsys):
 def _msh(path: Path, kind: str) -> None:
     import gmsh
 
-    gmsh.initialize(["-noenv"], readConfigFiles=False)
+    gmsh.initialize(["-noenv"], readConfigFiles=False, interruptible=False)  # SIGINT kept
     try:
         gmsh.option.setNumber("General.Terminal", 0)
         gmsh.model.add(kind)

@@ -150,8 +150,9 @@ def test_bdf2_positivity_guard():
     msh = _mesh(1, 100)
     p = ModelParams(a=(1.0, 1.0), b=(1.0, 1.0), m=2.0, sigma=0.0)
     s = CrossDiffusionSolver(msh, p)
-    s.set_initial([lambda x: np.where(x[0] < 0.3, 1.0, 0.0),
-                   lambda x: np.where(x[0] > 0.7, 1.0, 0.0)])
+    # jumps half a cell off the nodes x = 0.3, 0.7 (h = 0.01)
+    s.set_initial([lambda x: np.where(x[0] < 0.305, 1.0, 0.0),
+                   lambda x: np.where(x[0] > 0.695, 1.0, 0.0)])
     rows = s.run(TimeParams(T=0.2, dt=0.01, method="bdf2", adaptive=True), progress=False)
     for r in rows:
         assert min(r["min_1"], r["min_2"]) >= -1e-10
@@ -166,9 +167,9 @@ def test_equal_mobilities_reduce_to_pme():
     """
     msh = _mesh(1, 200, lo=-1.0, hi=1.0)
     p = ModelParams(a=(1.0, 2.0, 0.5), b=(0.7, 0.7, 0.7), m=2.5, sigma=1e-3)
-    init = [lambda x: np.where(x[0] < -0.2, 0.8, 0.0),
-            lambda x: np.where(np.abs(x[0]) < 0.2, 0.4, 0.0),
-            lambda x: np.where(x[0] > 0.2, 1.0, 0.0)]
+    init = [lambda x: np.where(x[0] < -0.205, 0.8, 0.0),  # jumps half a cell off the nodes
+            lambda x: np.where(np.abs(x[0]) < 0.205, 0.4, 0.0),
+            lambda x: np.where(x[0] > 0.205, 1.0, 0.0)]
     tp = TimeParams(T=0.1, dt=0.005)
     s = CrossDiffusionSolver(msh, p)
     s.set_initial(init)
