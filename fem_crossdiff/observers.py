@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fem_crossdiff import checkpoint as ckpt
+from fem_crossdiff import outdir
 from fem_crossdiff.driver import row_fields
 
 __all__ = ["CsvObserver", "FieldObserver", "SnapshotObserver", "AnimationObserver",
@@ -50,17 +51,16 @@ class CsvObserver:
         if solver.comm.rank != 0:
             return
         if self.keep_until is not None and self.path.is_file():
-            with open(self.path, newline="") as f:
+            with outdir.open_read(self.path) as f:
                 old = [r for r in csv.DictReader(f) if int(r["step"]) <= self.keep_until]
             text = [",".join(fields)] + [",".join(r.get(k) or "" for k in fields) for r in old]
             ckpt.atomic_write(self.path, lambda f: f.write(("\n".join(text) + "\n").encode()))
             self.previous = [{k: float(v) for k, v in r.items() if v not in (None, "")}
                              for r in old]
-            self.file = open(self.path, "a", newline="")
+            self.file = outdir.open_append(self.path)
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "w", newline="")
+            self.file = outdir.open_append(self.path, truncate=True)
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
             self.writer.writeheader()
         if not self.previous:
