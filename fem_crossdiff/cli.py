@@ -205,7 +205,7 @@ def message(err: BaseException, source: str) -> str:
         sig = err if isinstance(err, failsafe.Interrupted) else failsafe.Interrupted()
         text = (f"crossdiff: {sig} (exit code {failsafe.exit_code(sig)}); the checkpoints "
                 "written so far are intact")
-    elif isinstance(err, (StepSizeError, MemoryError)):
+    elif isinstance(err, (StepSizeError, MemoryError, outdir.UnsafePathError)):
         text = f"crossdiff: run failed: {failsafe.one_line(err)}"
     else:
         rank = getattr(err, "failed_rank", None)

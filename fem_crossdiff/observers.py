@@ -417,6 +417,7 @@ class CheckpointObserver:
         self._first = self._last = row["step"]
         if self.identity is None:
             self.identity = ckpt.run_identity(solver)
+        outdir.refuse_link_on_all(self.folder, solver.comm)  # never remove through a link
         if solver.comm.rank == 0 and self.folder.is_dir():
             for p in sorted(self.folder.glob("step_*.npz")):
                 num = p.stem[len("step_"):]

@@ -41,7 +41,8 @@ from pathlib import Path
 
 __all__ = ["LOCK_NAME", "TMP_PREFIX", "FolderLock", "LockedError", "UnsafePathError",
            "atomic_write", "open_append", "open_read", "reserve_temporary", "replace_file",
-           "temporary_path", "find_links", "remove_temporaries", "is_temporary"]
+           "temporary_path", "ensure_folder", "refuse_link_on_all", "find_links",
+           "remove_temporaries", "is_temporary"]
 
 #: The lock file's name, in the output folder.
 LOCK_NAME = ".crossdiff.lock"
@@ -61,12 +62,27 @@ class LockedError(RuntimeError):
 class UnsafePathError(OSError):
     """A write would go through a symbolic link (refused, nothing written)."""
 
+    def __str__(self):
+        return f"{self.strerror}: {self.filename}"
+
 
 # --------------------------------------------------------------------------- safe writers
 def _refuse_link(path: Path) -> None:
     if path.is_symlink():
-        raise UnsafePathError(errno.ELOOP, "refusing to write through a symbolic link "
-                              f"(-> {os.readlink(path)})", str(path))
+        raise UnsafePathError(errno.ELOOP, "refusing to write through a symbolic link",
+                              f"{path} (-> {os.readlink(path)})")
+
+
+def ensure_folder(path: str | Path) -> Path:
+    """Create the folder ``path`` (and its parents) unless it exists; refuse a link there.
+
+    Raises:
+        UnsafePathError: ``path`` is a symbolic link (to a folder or not).
+    """
+    path = Path(path)
+    _refuse_link(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _open(path: Path, flags: int, mode: int = 0o666) -> int:
@@ -74,9 +90,8 @@ def _open(path: Path, flags: int, mode: int = 0o666) -> int:
     try:
         return os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
     except OSError as err:
-        if err.errno == errno.ELOOP or (err.errno == errno.EEXIST and path.is_symlink()):
-            raise UnsafePathError(errno.ELOOP, "refusing to write through a symbolic link",
-                                  str(path)) from None
+        if err.errno in (errno.ELOOP, errno.EEXIST):
+            _refuse_link(path)  # the link's own error (else: a plain ELOOP/EEXIST)
         raise
 
 
@@ -158,6 +173,22 @@ def open_read(path: str | Path, *, newline: str | None = ""):
     """A text file opened for reading, never through a symbolic link."""
     path = Path(path)
     return open(_open(path, os.O_RDONLY), newline=newline, encoding="utf-8")
+
+
+def refuse_link_on_all(path: str | Path, comm) -> None:
+    """Raise :class:`UnsafePathError` on every rank when ``path`` is a link (rank 0 looks).
+
+    For collective writers: every rank raises at the same point, none is left waiting.
+    """
+    error = None
+    if comm.rank == 0:
+        try:
+            _refuse_link(Path(path))
+        except UnsafePathError as err:
+            error = err
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise error
 
 
 # --------------------------------------------------------------------------- folder checks

@@ -68,14 +68,26 @@ class ParticleWriter:
         self._file = None
         self._csv = None
         self._kept: set[int] = set()  # steps whose diagnostics row the earlier run wrote
+        error = None
         if self.rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            if self.keep_until is not None:
-                for pattern in ("positions_*.npz", "points_*.csv"):
-                    for p in self.dir.glob(pattern):
-                        num = p.name.split("_", 1)[1].split(".", 1)[0]
-                        if num.isdigit() and int(num) > self.keep_until:
-                            p.unlink()
+            try:
+                self._prepare()
+            except OSError as err:  # shared below: every rank raises it, none waits
+                error = err
+        if comm is not None and comm.size > 1:
+            error = comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+
+    def _prepare(self) -> None:
+        """Rank 0: create the folder (never through a link); drop a restart's later files."""
+        outdir.ensure_folder(self.dir)  # (a link there would take the files elsewhere)
+        if self.keep_until is not None:
+            for pattern in ("positions_*.npz", "points_*.csv"):
+                for p in self.dir.glob(pattern):
+                    num = p.name.split("_", 1)[1].split(".", 1)[0]
+                    if num.isdigit() and int(num) > self.keep_until:
+                        p.unlink()
 
     def _open_diagnostics(self, head: list[str]) -> None:
         """Rank 0: open ``diagnostics.csv``, keeping the earlier run's rows on a restart."""
@@ -99,22 +111,15 @@ class ParticleWriter:
     def write(self, state: ParticleState) -> None:
         """Record the diagnostics of ``state``, and its positions on output steps."""
         mean, second = moments(state, self.comm)
+        failed = None
         if self.rank == 0:
-            if self._csv is None:
-                n, d = mean.shape
-                head = ["step", "time"]
-                for k in range(1, n + 1):  # species numbered from 1, as everywhere
-                    head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
-                self._open_diagnostics(head)
-            if state.step_index not in self._kept:
-                row = [state.step_index, repr(state.time)]
-                for k in range(mean.shape[0]):
-                    row += [repr(float(v)) for v in mean[k]] + [repr(float(second[k]))]
-                self._csv.writerow(row)
-                self._file.flush()
+            try:
+                self._write_row(state, mean, second)
+            except OSError as err:  # raised after the gather below, which rank 0 must join
+                failed = err
         if state.step_index % self.every == 0:
             pos = gather_positions(state, self.comm, root=0)
-            if self.rank == 0:
+            if self.rank == 0 and failed is None:
                 tag = f"{state.step_index:06d}"
                 self._save(f"positions_{tag}.npz", state.step_index, lambda f: np.savez(
                     f, positions=pos, time=state.time, step=state.step_index))
@@ -125,6 +130,23 @@ class ParticleWriter:
                     pts[:, 3] = np.repeat(np.arange(1, n + 1), npart)
                     self._save(f"points_{tag}.csv", state.step_index, lambda f: np.savetxt(
                         f, pts, delimiter=",", header="x,y,z,species", comments=""))
+        if failed is not None:
+            raise failed
+
+    def _write_row(self, state: ParticleState, mean, second) -> None:
+        """Rank 0: the diagnostics row of ``state`` (unless the earlier run's is kept)."""
+        if self._csv is None:
+            n, d = mean.shape
+            head = ["step", "time"]
+            for k in range(1, n + 1):  # species numbered from 1, as everywhere
+                head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
+            self._open_diagnostics(head)
+        if state.step_index not in self._kept:
+            row = [state.step_index, repr(state.time)]
+            for k in range(mean.shape[0]):
+                row += [repr(float(v)) for v in mean[k]] + [repr(float(second[k]))]
+            self._csv.writerow(row)
+            self._file.flush()
 
     def _save(self, name: str, step: int, write) -> None:
         """Rank 0: write ``name`` atomically, unless it is an earlier run's file to keep."""

@@ -468,3 +468,46 @@ def test_restart_continues_particle_numbering(comm, mpi_tmp_path, capsys, with_p
     assert abs(times[8] - 0.008) < 1e-12 and abs(times[4] - 0.004) < 1e-12
     assert files[6][0] == 6 and files[8][0] == 8
     assert abs(files[6][1] - times[6]) < 1e-12 and abs(files[8][1] - times[8]) < 1e-12
+
+
+APPEARING = {  # link planted after the check -> exit code (0: a later file, only unlinked)
+    "diagnostics.csv": 1, "particles/diagnostics.csv": 1, "particles": 1, "checkpoints": 1,
+    "animation.gif": 1, "particles/positions_000006.npz": 0, "checkpoints/step_000006.npz": 0,
+}
+
+
+@pytest.mark.parametrize("name", list(APPEARING))
+def test_link_appearing_during_the_run_is_not_followed(name, comm, mpi_tmp_path, capsys,
+                                                       with_particles, monkeypatch):
+    """A link that the check before the restart did not see (planted later) is not followed.
+
+    The writer refuses it (exit 1, one line naming it), or the restart drops it with the
+    later outputs it stands for (exit 0); nothing outside the folder changes either way.
+    """
+    study, out = with_particles
+    outside = mpi_tmp_path / "outside"
+    link = out / name
+    if comm.rank == 0:
+        (outside / "dir").mkdir(parents=True)
+        for victim in ("victim", "dir/diagnostics.csv", "dir/positions_000008.npz",
+                       "dir/step_000006.npz"):
+            (outside / victim).write_bytes(b"precious bytes")
+        if link.is_dir():
+            os.rename(link, out / f"{name}.moved")
+        else:
+            link.unlink()
+        target = {"animation.gif": "created.gif", "particles": "dir", "checkpoints": "dir"}
+        link.symlink_to(outside / target.get(name, "victim"))
+    comm.barrier()
+    before = _on_root(comm, lambda: _tree(outside))
+    monkeypatch.setattr(outdir, "find_links", lambda folder: [])
+    where = "checkpoints.moved" if name == "checkpoints" else "checkpoints"
+    code, err = _run(comm, capsys, study, "--output", out, "--restart",
+                     out / where / "step_000004.npz")
+    assert code == APPEARING[name], err
+    if code:
+        assert len(err) == 1 and "refusing to write through a symbolic link" in err[0], err
+        assert str(link) in err[0] and "unexpected" not in err[0]
+    else:
+        assert _on_root(comm, lambda: link.is_file() and not link.is_symlink())
+    assert _on_root(comm, lambda: _tree(outside)) == before
