@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +167,8 @@ def identity_differences(stored: Mapping, current: Mapping) -> list[str]:
 def atomic_write(path: str | Path, write) -> Path:
     """Write a file through ``write(file_object)`` into a temporary name, then rename it.
 
+    (:func:`fem_crossdiff.outdir.atomic_write`: never through a symbolic link.)
+
     Args:
         path: Destination.
         write: Callable receiving a binary file object.
@@ -175,19 +176,11 @@ def atomic_write(path: str | Path, write) -> Path:
     Returns:
         The destination path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    # the temporary is a fresh file (O_EXCL, O_NOFOLLOW) and a symbolic link at ``path`` is
+    # refused: nothing is ever written outside the output folder
+    from fem_crossdiff import outdir
+
+    return outdir.atomic_write(path, write)
 
 
 def _local_state(solver):

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from fem_crossdiff import checkpoint as ckpt
-from fem_crossdiff import failsafe
+from fem_crossdiff import failsafe, outdir
 from fem_crossdiff.config import (
     ConfigError,
     StudyConfig,
@@ -206,7 +206,7 @@ def message(err: BaseException, source: str) -> str:
         sig = err if isinstance(err, failsafe.Interrupted) else failsafe.Interrupted()
         text = (f"crossdiff: {sig} (exit code {failsafe.exit_code(sig)}); the checkpoints "
                 "written so far are intact")
-    elif isinstance(err, (StepSizeError, MemoryError)):
+    elif isinstance(err, (StepSizeError, MemoryError, outdir.UnsafePathError)):
         text = f"crossdiff: run failed: {failsafe.one_line(err)}"
     elif isinstance(err, OutputError):  # a full disk, an I/O error: not a bug
         rank = getattr(err, "failed_rank", None)
@@ -504,7 +504,7 @@ def _build_geometry(cfg: StudyConfig, comm):
                           f"cannot build the mesh: {err}") from None
 
 
-def _particle_observer(cfg: StudyConfig, s):
+def _particle_observer(cfg: StudyConfig, s, step0: int = 0):
     """The particle system (1.6) next to the PDE, sampled from the current densities.
 
     Each species' particles carry the weight ``a_l M_l / N`` with ``M_l`` the mass of its FE
@@ -536,7 +536,9 @@ def _particle_observer(cfg: StudyConfig, s):
     except ParameterError as err:
         raise ConfigError(f"particles.{err.key}", err.value, err.allowed) from None
     domain = MeshDomain(s.msh)
-    state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t)
+    # a restart goes on with the restored step's number and time (outputs are numbered by it)
+    state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t,
+                    step_index=step0)
     # the writer (which creates its folder) is attached once the output folder is prepared
     return ParticleObserver(params, domain, drift, state, None)
 
@@ -578,17 +580,21 @@ def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,
     level = logging.WARNING if quiet else getattr(logging, log_level.upper())
     before = get_logger(comm).level
     log = get_logger(comm, level)
+    locks: list[outdir.FolderLock] = []  # the output folder's lock, held until the end
     try:
         return _run(cfg, comm, restart, not quiet and cfg.output.progress, log, output,
-                    overwrite, default_stall_timeout)
+                    overwrite, default_stall_timeout, locks)
     finally:
+        for lock in locks:
+            lock.release()
         get_logger(comm, before if comm.rank == 0 else None)
 
 
 #: What a run writes into its folder (glob patterns); ``--overwrite`` removes exactly these.
 RUN_FILES = ("config.toml", "diagnostics.csv", "densities.png", "densities_slices.png",
              "diagnostics.png", "particles.png", "animation.gif", "animation.mp4", "rho*.bp",
-             "rho*.xdmf", "rho*.h5", "checkpoints", "particles", ".*.tmp*")
+             "rho*.xdmf", "rho*.h5", "checkpoints", "particles", ".*.tmp*",
+             f"{outdir.TMP_PREFIX}*")
 
 
 def _identity_settings(cfg: StudyConfig) -> dict:
@@ -622,7 +628,9 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
     """
     if folder.exists() and not folder.is_dir():
         raise ConfigError("output.folder", str(folder), "must be a folder (this is a file)")
-    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    # the lock file is this run's own (taken before): neither content nor a reason to refuse
+    entries = (sorted(p for p in folder.iterdir() if p.name != outdir.LOCK_NAME)
+               if folder.is_dir() else [])
     inside = restart is not None and folder.resolve() in Path(restart).resolve().parents
     if not entries:
         action = "new"
@@ -642,6 +650,13 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
             _remove(p)
         action = f"overwrite (removed the {len(entries)} entries of the earlier run)"
     elif inside:
+        links = outdir.find_links(folder)
+        if links:
+            raise ConfigError("output.folder", str(folder), "holds symbolic links ("
+                              f"{', '.join(links[:3])}{', ...' if len(links) > 3 else ''}): "
+                              "a run never writes through a link; remove them to continue "
+                              "the run there")
+        leftovers = outdir.remove_temporaries(folder)  # of a run killed during a write
         # continue: drop what the earlier run wrote after the restart point (the CSV rows
         # are cut by the CSV observer, later checkpoints by the checkpoint observer)
         for p in folder.glob("rho_restart*"):
@@ -649,6 +664,8 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
             if num.isdigit() and int(num) >= step0:
                 _remove(p)
         action = f"continue (restart from step {step0})"
+        if leftovers:
+            action += f"; removed {len(leftovers)} temporary file(s) of a killed run"
     else:
         what = ("; --restart continues only in the folder holding its checkpoint"
                 if restart is not None else "")
@@ -662,7 +679,7 @@ def _prepare_folder(folder: Path, *, overwrite: bool, restart, step0: int) -> st
 
 
 def _run(cfg, comm, restart, progress, log, output, overwrite=False,
-         default_stall_timeout=0.0) -> StudyResult:
+         default_stall_timeout=0.0, locks=None) -> StudyResult:
     from fem_crossdiff import driver
     from fem_crossdiff import observers as obs
     from fem_crossdiff.particles import ParticleWriter
@@ -691,7 +708,7 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False,
         if restart is not None:
             log.info("particles are not checkpointed: re-sampled from the restored densities")
         try:
-            parts = _particle_observer(cfg, s)
+            parts = _particle_observer(cfg, s, step0)
         except ConfigError:
             raise
         except ValueError as err:
@@ -704,16 +721,26 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False,
                                               cfg.output.animation_frames, title=cfg.title)
         except ParameterError as err:
             raise ConfigError(f"output.{err.key}", err.value, err.allowed) from None
-    # 2. The output folder: empty, overwritten on request, or the folder of the continued run.
-    action, msg = None, None
+    # 2. The output folder: locked (before anything in it is touched; released by
+    # run_study), then empty, overwritten on request, or the folder of the continued run.
+    action, msg, stale = None, None, None
     if comm.rank == 0:
+        lock = outdir.FolderLock(folder)
         try:
+            lock.acquire()
+            if locks is not None:
+                locks.append(lock)
+            stale = lock.taken_over
             action = _prepare_folder(folder, overwrite=overwrite, restart=restart, step0=step0)
+        except outdir.LockedError as err:
+            msg = ConfigError(key, str(folder), str(err))
         except ConfigError as err:
             msg = err
         except OSError as err:
             msg = ConfigError("output.folder", str(folder), f"cannot be prepared ({err})")
-    action, msg = comm.bcast((action, msg), root=0)
+    action, msg, stale = comm.bcast((action, msg, stale), root=0)
+    if stale is not None:
+        log.warning("output folder %s: took over the stale lock of %s", folder, stale)
     if msg is not None:
         raise msg
     log.info("output folder %s: %s", folder, action)
@@ -750,7 +777,8 @@ def _run(cfg, comm, restart, progress, log, output, overwrite=False,
     observers.append(checkpoints)
     if parts is not None:
         parts.writer = ParticleWriter(folder / "particles", every=cfg.particles.output_every,
-                                      comm=s.comm)
+                                      comm=s.comm,
+                                      keep_until=step0 if restart is not None else None)
         observers.append(parts)
         if "png" in formats and gdim == 2:
             observers.append(obs.ParticlePlotObserver(parts, folder / "particles.png"))

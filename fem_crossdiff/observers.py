@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fem_crossdiff import checkpoint as ckpt
-from fem_crossdiff import diskio
+from fem_crossdiff import diskio, outdir
 from fem_crossdiff.driver import row_fields
 
 __all__ = ["CsvObserver", "FieldObserver", "SnapshotObserver", "AnimationObserver",
@@ -58,17 +58,16 @@ class CsvObserver:
 
     def _open(self, fields):
         if self.keep_until is not None and self.path.is_file():
-            with open(self.path, newline="") as f:
+            with outdir.open_read(self.path) as f:
                 old = [r for r in csv.DictReader(f) if int(r["step"]) <= self.keep_until]
             text = [",".join(fields)] + [",".join(r.get(k) or "" for k in fields) for r in old]
             ckpt.atomic_write(self.path, lambda f: f.write(("\n".join(text) + "\n").encode()))
             self.previous = [{k: float(v) for k, v in r.items() if v not in (None, "")}
                              for r in old]
-            self.file = open(self.path, "a", newline="")
+            self.file = outdir.open_append(self.path)
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "w", newline="")
+            self.file = outdir.open_append(self.path, truncate=True)
             self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
             self.writer.writeheader()
 
@@ -535,6 +534,7 @@ class CheckpointObserver:
         self._first = self._last = row["step"]
         if self.identity is None:
             self.identity = ckpt.run_identity(solver)
+        outdir.refuse_link_on_all(self.folder, solver.comm)  # never remove through a link
         if solver.comm.rank == 0 and self.folder.is_dir():
             for p in sorted(self.folder.glob("step_*.npz")):
                 num = p.stem[len("step_"):]

@@ -571,8 +571,6 @@ def write_animation(sampler: FieldSampler, frames: list[dict], path: str | Path,
     Returns:
         The figure of the last frame.
     """
-    import os
-
     plt = _plt()
     writer = animation_writer(fmt, fps)
     n = len(frames[0]["values"])
@@ -611,14 +609,21 @@ def write_animation(sampler: FieldSampler, frames: list[dict], path: str | Path,
                 axes[n].set_title("segregation", fontsize=9)
         head.set_text(f"{title + ', ' if title else ''}{_frame_label(fr)}")
 
+    from fem_crossdiff import outdir
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with writer.saving(fig, str(tmp), dpi=90):
-        for fr in frames:
-            draw(fr)
-            writer.grab_frame()
-    os.replace(tmp, path)
+    # the writer opens the file by name: give it a fresh regular file of ours (never a planted
+    # link), and rename it only onto a destination that is not a link
+    tmp = outdir.reserve_temporary(path)
+    try:
+        with writer.saving(fig, str(tmp), dpi=90):
+            for fr in frames:
+                draw(fr)
+                writer.grab_frame()
+        outdir.replace_file(tmp, path)
+    finally:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
     plt.close(fig)
     return fig
 

@@ -6,6 +6,11 @@ per-species mean and second moment ``E|X|^2``, species numbered from 1 as in the
 ``positions_<step>.npz`` (arrays ``positions (n, N, d)``, ``time``, ``step``), optionally
 ``points_<step>.csv`` (columns ``x, y, z, species``, species 1, 2, ...: ParaView's CSV reader
 plus "Table To Points"), and ``diagnostics.csv``.
+
+Every file is written without following a symbolic link (:mod:`fem_crossdiff.outdir`), the
+position files atomically. A restart (``keep_until``) continues the earlier run's files: its
+diagnostics rows and position files up to the restart step are kept (never rewritten), the
+later ones dropped, and the numbering goes on from the restored step.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fem_crossdiff import outdir
 from fem_crossdiff.checkpoint import atomic_write
 
 from .state import ParticleState, gather_positions
@@ -47,50 +53,113 @@ class ParticleWriter:
         every: write positions every ``every`` steps (diagnostics every step).
         comm: MPI communicator (``None``: serial).
         csv_points: also write ``points_<step>.csv``.
+        keep_until: On a restart, the restored step: the earlier run's rows and files up to
+            it are kept (a state at or before it that they already hold is not written
+            again), its later ones are removed (rank 0, here).
     """
 
-    def __init__(self, directory, every: int = 1, comm=None, csv_points: bool = False):
+    def __init__(self, directory, every: int = 1, comm=None, csv_points: bool = False,
+                 keep_until: int | None = None):
         if int(every) < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.dir, self.every, self.comm = Path(directory), int(every), comm
         self.csv_points = csv_points
+        self.keep_until = None if keep_until is None else int(keep_until)
         self.rank = 0 if comm is None else comm.rank
         self._file = None
         self._csv = None
+        self._kept: set[int] = set()  # steps whose diagnostics row the earlier run wrote
+        error = None
         if self.rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._prepare()
+            except OSError as err:  # shared below: every rank raises it, none waits
+                error = err
+        if comm is not None and comm.size > 1:
+            error = comm.bcast(error, root=0)
+        if error is not None:
+            raise error
+
+    def _prepare(self) -> None:
+        """Rank 0: create the folder (never through a link); drop a restart's later files."""
+        outdir.ensure_folder(self.dir)  # (a link there would take the files elsewhere)
+        if self.keep_until is not None:
+            for pattern in ("positions_*.npz", "points_*.csv"):
+                for p in self.dir.glob(pattern):
+                    num = p.name.split("_", 1)[1].split(".", 1)[0]
+                    if num.isdigit() and int(num) > self.keep_until:
+                        p.unlink()
+
+    def _open_diagnostics(self, head: list[str]) -> None:
+        """Rank 0: open ``diagnostics.csv``, keeping the earlier run's rows on a restart."""
+        path = self.dir / "diagnostics.csv"
+        if self.keep_until is not None and path.is_file():
+            with outdir.open_read(path) as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0] == head:  # the same species and dimension
+                keep = [r for r in rows[1:]
+                        if r and r[0].isdigit() and int(r[0]) <= self.keep_until]
+                text = "".join(",".join(r) + "\r\n" for r in [head] + keep)
+                outdir.atomic_write(path, lambda f: f.write(text.encode()))
+                self._kept = {int(r[0]) for r in keep}
+                self._file = outdir.open_append(path)
+                self._csv = csv.writer(self._file)
+                return
+        self._file = outdir.open_append(path, truncate=True)
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(head)
 
     def write(self, state: ParticleState) -> None:
         """Record the diagnostics of ``state``, and its positions on output steps."""
         mean, second = moments(state, self.comm)
+        failed = None
         if self.rank == 0:
-            if self._csv is None:
-                self._file = open(self.dir / "diagnostics.csv", "w", newline="")  # noqa: SIM115
-                self._csv = csv.writer(self._file)
-                n, d = mean.shape
-                head = ["step", "time"]
-                for k in range(1, n + 1):  # species numbered from 1, as everywhere
-                    head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
-                self._csv.writerow(head)
-            row = [state.step_index, repr(state.time)]
-            for k in range(mean.shape[0]):
-                row += [repr(float(v)) for v in mean[k]] + [repr(float(second[k]))]
-            self._csv.writerow(row)
-            self._file.flush()
+            try:
+                self._write_row(state, mean, second)
+            except OSError as err:  # raised after the gather below, which rank 0 must join
+                failed = err
         if state.step_index % self.every == 0:
             pos = gather_positions(state, self.comm, root=0)
-            if self.rank == 0:
+            if self.rank == 0 and failed is None:
                 tag = f"{state.step_index:06d}"
-                # atomically: a full disk leaves no torn file, and the error names this one
-                atomic_write(self.dir / f"positions_{tag}.npz", lambda f: np.savez(
+                self._save(f"positions_{tag}.npz", state.step_index, lambda f: np.savez(
                     f, positions=pos, time=state.time, step=state.step_index))
                 if self.csv_points:
                     n, npart, d = pos.shape
                     pts = np.zeros((n * npart, 4))
                     pts[:, :d] = pos.reshape(-1, d)
                     pts[:, 3] = np.repeat(np.arange(1, n + 1), npart)
-                    np.savetxt(self.dir / f"points_{tag}.csv", pts, delimiter=",",
-                               header="x,y,z,species", comments="")
+                    self._save(f"points_{tag}.csv", state.step_index, lambda f: np.savetxt(
+                        f, pts, delimiter=",", header="x,y,z,species", comments=""))
+        if failed is not None:
+            raise failed
+
+    def _write_row(self, state: ParticleState, mean, second) -> None:
+        """Rank 0: the diagnostics row of ``state`` (unless the earlier run's is kept)."""
+        if self._csv is None:
+            n, d = mean.shape
+            head = ["step", "time"]
+            for k in range(1, n + 1):  # species numbered from 1, as everywhere
+                head += [f"mean{k}_{c}" for c in "xyz"[:d]] + [f"second_moment{k}"]
+            self._open_diagnostics(head)
+        if state.step_index not in self._kept:
+            row = [state.step_index, repr(state.time)]
+            for k in range(mean.shape[0]):
+                row += [repr(float(v)) for v in mean[k]] + [repr(float(second[k]))]
+            self._csv.writerow(row)
+            self._file.flush()
+
+    def _save(self, name: str, step: int, write) -> None:
+        """Rank 0: write ``name`` atomically, unless it is an earlier run's file to keep.
+
+        Atomic (a full disk leaves no torn file, and the error names this one) and never
+        through a symbolic link.
+        """
+        path = self.dir / name
+        if self.keep_until is not None and step <= self.keep_until and (
+                path.is_file() or path.is_symlink()):
+            return
+        atomic_write(path, write)
 
     def close(self) -> None:
         """Close the diagnostics file."""
