@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 from fem_crossdiff.compat import MPI, PETSc, fem, geometry, la
 from fem_crossdiff.mollifiers import get_mollifier
 from fem_crossdiff.particles.distances import Moments
+from fem_crossdiff.problem import wrapped_vectors
 
 __all__ = [
     "LocatedPoints",
@@ -239,7 +240,8 @@ def empirical_l2_projection(V, points: np.ndarray, outside: str = "raise",
         ksp.setType("cg")
         ksp.getPC().setType(pc_type)
         ksp.setTolerances(rtol=rtol, atol=0.0, max_it=5000)
-        ksp.solve(rhs.x.petsc_vec, uh.x.petsc_vec)
+        with wrapped_vectors(rhs.x, uh.x) as (b, x):
+            ksp.solve(b, x)
         reason, its = ksp.getConvergedReason(), ksp.getIterationNumber()
     finally:
         ksp.destroy()

@@ -86,6 +86,7 @@ from fem_crossdiff.compat import MPI, PETSc, basix_cell, fem
 from fem_crossdiff.discretisation.mesh_sizes import mesh_sizes, owned_cell_geometry
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
+from fem_crossdiff.problem import wrapped_vectors
 
 __all__ = ["MollificationOperator", "composite_quadrature"]
 
@@ -411,7 +412,8 @@ class MollificationOperator:
             f: A :class:`dolfinx.fem.Function` on ``V``.
             out: A :class:`dolfinx.fem.Function` on ``V_out`` (overwritten, ghosts updated).
         """
-        self.matrix.mult(f.x.petsc_vec, out.x.petsc_vec)
+        with wrapped_vectors(f.x, out.x) as (x, y):
+            self.matrix.mult(x, y)
         out.x.scatter_forward()
 
     def __call__(self, f):

@@ -18,6 +18,7 @@ the UFL form and its derivative.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import weakref
@@ -26,7 +27,7 @@ import numpy as np
 
 from fem_crossdiff.compat import MPI, PETSc, fem
 
-__all__ = ["CrossDiffusionProblem", "MultigridState", "free_released"]
+__all__ = ["CrossDiffusionProblem", "MultigridState", "free_released", "wrapped_vectors"]
 
 
 class _Tracked:
@@ -52,6 +53,37 @@ class _Tracked:
         self.group = msh.comm.Get_group()
         self.live = 0  # problems not yet freed
         self.collected = False  # a cycle collection ran since the last problem was freed
+
+
+@contextlib.contextmanager
+def wrapped_vectors(*vectors):
+    """PETSc views of DOLFINx vectors for one block, destroyed at its end on every rank.
+
+    ``Function.x.petsc_vec`` caches a PETSc vector that DOLFINx destroys when the Function is
+    freed. A Function held by a reference cycle (a compiled form holds its coefficients) is
+    freed by the cycle collector, whose runs differ between ranks; when it destroys the last
+    PETSc object of a communicator on one rank only, PETSc frees its duplicate of that
+    communicator there, and the next vector on it makes one rank duplicate the communicator
+    again while the others do not: the job hangs (seen in the MPI test suite, in the L2
+    projection of particles). Views made here live exactly as long as the block, alike on
+    every rank.
+
+    Args:
+        vectors: :class:`dolfinx.la.Vector` objects (``Function.x``).
+
+    Yields:
+        One ``PETSc.Vec`` per vector, sharing its memory.
+    """
+    from dolfinx.la.petsc import create_vector_wrap
+
+    views = []
+    try:
+        for x in vectors:
+            views.append(create_vector_wrap(x))
+        yield views[0] if len(views) == 1 else views
+    finally:
+        for v in views:
+            v.destroy()
 
 
 #: Agreed key -> record, for every mesh that carried a problem (see :func:`free_released`).

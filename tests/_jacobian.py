@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from fem_crossdiff.problem import wrapped_vectors
+
 
 def fd_jacobian_error(s, eps: float, seed: int) -> float:
     """``|J dx - (F(x + eps dx) - F(x - eps dx)) / (2 eps)| / |...|`` at ``s.rho``.
@@ -10,7 +12,8 @@ def fd_jacobian_error(s, eps: float, seed: int) -> float:
     on any number of ranks); ``J`` is the matrix the solver's SNES assembles.
     """
     snes = s.snes
-    x = s.rho.x.petsc_vec.copy()
+    with wrapped_vectors(s.rho.x) as rho:  # no cached PETSc vector on the Function
+        x = rho.copy()
     dx = x.duplicate()
     rng = np.random.default_rng(seed)
     lo, _ = dx.getOwnershipRange()
