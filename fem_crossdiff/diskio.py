@@ -193,12 +193,26 @@ def abort_job(comm, err: BaseException) -> None:
     ADIOS2 and HDF5 raise from the middle of their collective calls, so the ranks are no
     longer in step: the next collective call of one rank would be matched with another call
     of the others and the job would hang. This rank prints the one line of
-    :meth:`fem_crossdiff.failsafe.Agreement.abort` (the CLI's) and calls ``MPI_Abort``.
+    :meth:`fem_crossdiff.failsafe.Agreement.abort` (the CLI's) and calls ``MPI_Abort``; inside
+    the time loop the ranks first try to agree, so that when all of them failed the same
+    write only rank 0 prints.
     """
     from types import SimpleNamespace
 
     from fem_crossdiff import failsafe
 
+    agreement = failsafe._state.get("agreement")  # the time loop's (fem_crossdiff.driver)
+    if agreement is not None and agreement.comm.size == comm.size:
+        # every rank failed the same collective write (a full disk fails them all): they
+        # agree on one error, rank 0 alone prints it, and all abort (HDF5 cannot go on after
+        # a failed collective write: it asserts at close); a rank still inside the collective
+        # call never arrives, and the grace time then aborts the job from here
+        try:
+            agreement.check(err, interrupts=False)
+        except BaseException as agreed:  # noqa: BLE001  (any error: this is the job's end)
+            err = agreed
+            if comm.rank != 0:
+                failsafe._state["aborting"] = True  # one line: rank 0's
     report = failsafe._state.get("report") or failsafe._default_report
     failsafe.Agreement.abort(SimpleNamespace(comm=comm, grace=0.0, report=report), err)
 
@@ -206,6 +220,29 @@ def abort_job(comm, err: BaseException) -> None:
 #: Writers whose close failed: kept so that their C++ destructor never runs (see
 #: :func:`disown`).
 _DISOWNED: list = []
+
+
+def quiet_hdf5() -> None:
+    """Stop HDF5 from printing its own error stack (we report a failed write in one line).
+
+    HDF5 prints a multi-line diagnostic to stderr for every failed call (a full disk met
+    inside an XDMF write) before DOLFINx turns it into an exception; the library that DOLFINx
+    loaded is asked, through its C API, to print nothing. A no-op where no HDF5 is loaded.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if re.search(r"/libhdf5\.so", ln)})
+    except OSError:
+        return
+    for lib in libs:
+        try:
+            fn = ctypes.CDLL(lib).H5Eset_auto2
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+        fn(0, None, None)  # H5E_DEFAULT: the default error stack; no printing function
 
 
 def disown(writer) -> None:

@@ -55,9 +55,14 @@ class StepSizeError(RuntimeError):
     """
 
     def __init__(self, t: float, dt: float, dt_min: float, reason: str):
-        self.t, self.dt, self.reason = t, dt, reason
+        self.t, self.dt, self.dt_min, self.reason = t, dt, dt_min, reason
         super().__init__(f"time step fell below dt_min = {dt_min:g} at t = {t:.6g} "
                          f"(last rejection: {reason})")
+
+    def __reduce__(self):
+        # picklable as itself: the ranks agree on errors by pickle (fem_crossdiff.failsafe),
+        # and every rank then raises a StepSizeError, not a RemoteError in its place
+        return type(self), (self.t, self.dt, self.dt_min, self.reason)
 
 
 def row_fields(n: int) -> list[str]:
@@ -118,6 +123,9 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
     # only (an observer, a model check) is raised on all of them, or ends the job (see
     # fem_crossdiff.failsafe); a pending SIGINT/SIGTERM stops every rank at the same step.
     agreement = failsafe.Agreement(solver.comm)
+    # writers failing inside a collective call agree through it too (fem_crossdiff.diskio)
+    outer = failsafe._state.get("agreement")
+    failsafe._state["agreement"] = agreement
     failsafe.reinstall_handlers()  # gmsh, run before us, resets SIGTERM's handler
     state = {"nstep": step0, "rejected": 0, "dt": dt}
     error_tol = tp.tol if tp.adaptive else None
@@ -168,6 +176,7 @@ def run(solver, time_params: TimeParams, observers: Sequence = (), *, progress: 
         try:
             _call(observers, "close")
         finally:
+            failsafe._state["agreement"] = outer
             agreement.free()
     return rows
 

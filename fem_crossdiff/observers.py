@@ -159,6 +159,7 @@ class FieldObserver:
             diskio.agreed_space_check(comm, name, self._bound, Path(name).with_suffix(".h5"))
             with diskio.writing(name, runtime=True):
                 self.xdmf = io.XDMFFile(comm, name, "w")
+                diskio.quiet_hdf5()  # its errors become one line of ours
             self._guarded(comm, "xdmf", lambda: self.xdmf.write_mesh(msh))
         self._write(solver, row["step"])
 
