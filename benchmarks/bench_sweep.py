@@ -33,10 +33,24 @@ from fem_crossdiff.compat import MPI, PETSc
 from fem_crossdiff.config import parse_config
 
 try:
-    from fem_crossdiff.problem import free_released
+    from fem_crossdiff.problem import free_communicators, free_released
 except ImportError:  # the code before solvers freed what they hold (for side-by-side runs)
     def free_released(comm):
         PETSc.garbage_cleanup(comm)
+
+    def free_communicators(comm, limit: int = 4096) -> int:
+        handler = comm.Get_errhandler()
+        comm.Set_errhandler(MPI.ERRORS_RETURN)
+        made = []
+        while len(made) < limit:
+            try:
+                made.append(comm.Dup())
+            except MPI.Exception:
+                break
+        for c in made:
+            c.Free()
+        comm.Set_errhandler(handler)
+        return comm.allreduce(len(made), op=MPI.MIN)
 
 GEOMETRIES = (
     {"builder": "disk", "radius": 1.0},
@@ -79,28 +93,6 @@ def rss_mb() -> float:
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def free_communicators(comm, limit: int = 4096) -> int:
-    """How many more communicators this process can create (duplicates of ``comm``, freed).
-
-    Collective. Errors are returned rather than fatal while probing, so MPICH's "Too many
-    communicators" ends the probe instead of the job.
-    """
-    handler = comm.Get_errhandler()
-    comm.Set_errhandler(MPI.ERRORS_RETURN)
-    made = []
-    try:
-        while len(made) < limit:
-            try:
-                made.append(comm.Dup())
-            except MPI.Exception:
-                break
-    finally:
-        for c in made:
-            c.Free()
-        comm.Set_errhandler(handler)
-        handler.Free()
-    return comm.allreduce(len(made), op=MPI.MIN)
 
 
 def sweep(n: int, every: int, comm, root: Path, echo=True) -> list[dict]:

@@ -20,30 +20,12 @@ from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.config import parse_config
 from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams
-from fem_crossdiff.problem import _tracked, free_released
+from fem_crossdiff.problem import _tracked, free_communicators, free_released
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
 PARAMS = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)
 
-
-def free_communicators(comm, limit: int = 4096) -> int:
-    """How many more communicators can be created (collective; the duplicates are freed)."""
-    handler = comm.Get_errhandler()
-    comm.Set_errhandler(MPI.ERRORS_RETURN)
-    made = []
-    try:
-        while len(made) < limit:
-            try:
-                made.append(comm.Dup())
-            except MPI.Exception:
-                break
-    finally:
-        for c in made:
-            c.Free()
-        comm.Set_errhandler(handler)
-        handler.Free()
-    return comm.allreduce(len(made), op=MPI.MIN)
 
 
 def _settle():
