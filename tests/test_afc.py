@@ -20,7 +20,6 @@ from _fields import functionals
 from _jacobian import fd_jacobian_error
 
 from fem_crossdiff.compat import MPI, fem, la
-from fem_crossdiff.driver import StepSizeError
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.exact import barenblatt, steady_source
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -54,11 +53,7 @@ def test_positive_conservative_on_fronts(dim):
 # the AFC Jacobian divides by a zero downstream difference (afc.py, _alpha_derivatives: a
 # clamp candidate active where d = 0), the linear solve fails at every dt. It passed before
 # only where rounding put species 2 on the column of nodes at x = 0.5 (one rank).
-AFC_2D_ZERO_GAP = pytest.mark.xfail(strict=True, raises=StepSizeError,
-                                    reason="AFC Jacobian: division by a zero difference")
-
-
-@pytest.mark.parametrize("dim", [1, pytest.param(2, marks=AFC_2D_ZERO_GAP)])
+@pytest.mark.parametrize("dim", [1, 2])
 def test_equal_mobilities_energy_and_reduction(dim):
     """Equal mobilities: the energy decreases, and u = sum a_k rho_k solves the 1-species scheme.
 

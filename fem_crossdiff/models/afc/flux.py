@@ -364,10 +364,12 @@ class AfcFlux(EdgeFlux):
             clamp = ka >= n
             k = np.where(clamp, ka - n, ka)
             u, d = c_up[act, k], d_dn[act, k]
-            ad = np.where(clamp, np.abs(d), 1.0)
-            d2 = np.where(clamp, d * d, 1.0)
-            dC_du = 2.0 * np.sign(u) / ad + 2.0 * np.abs(u) * np.sign(d) / d2
-            dC_dw = -2.0 * np.abs(u) * np.sign(d) / d2
+            # 1/|d| and the clamp's value 2|u|/|d| instead of 1/d^2: d^2 underflows to 0 for
+            # |d| < 1e-154 (a front between nodes gave 0/0 at u = 0 and a failed solve)
+            inv = np.where(clamp, 1.0 / np.where(clamp, np.abs(d), 1.0), 1.0)
+            value = 2.0 * np.abs(u) * inv
+            dC_du = 2.0 * np.sign(u) * inv + value * np.sign(d) * inv
+            dC_dw = -value * np.sign(d) * inv
             upa = up_i[act]
             # the active candidate's derivatives with respect to c_k at i and j
             dm_i = np.where(clamp, np.where(upa, dC_du, dC_dw), dz_i[act, k])
