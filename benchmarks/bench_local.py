@@ -36,6 +36,7 @@ import numpy as np
 from _poisson import PoissonReference, square_side_for
 
 from fem_crossdiff.compat import MPI, mesh
+from fem_crossdiff.models import entries
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
@@ -132,7 +133,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mesh")
     parser.add_argument("--solver", default="default", choices=sorted(SOLVER_OPTIONS),
                         help="PETSc options passed to the solver")
-    parser.add_argument("--scheme", default="upwind", choices=("upwind", "muscl", "afc"),
+    parser.add_argument("--scheme", default="upwind",
+                        choices=[e.scheme for e in entries("local") if e.positive],
                         help="P1 scheme (default upwind, the figures the README quotes)")
     parser.add_argument("--coarsest", type=int, default=None,
                         help="cells per side of the coarsest mesh h (then h/2, h/4)")

@@ -1,6 +1,6 @@
 """The spatial schemes side by side: rates, positivity, front sharpness and cost per step.
 
-For every scheme in ``--schemes`` (default: every positive scheme of ``params.SCHEMES``, i.e.
+For every scheme in ``--schemes`` (default: every registered positive scheme, i.e.
 all but ``galerkin``; a spec ``name:limiter`` selects a limiter of ``muscl``, e.g.
 ``muscl:superbee``):
 
@@ -48,16 +48,18 @@ import ufl
 from bench_local import DT, PARAMS, initial_state
 
 from fem_crossdiff.compat import MPI, PETSc, fem, la, mesh
+from fem_crossdiff.discretisation.forms import VERTEX
 from fem_crossdiff.exact import barenblatt, steady_source
-from fem_crossdiff.forms import VERTEX
 from fem_crossdiff.measures import exact_lp_error
-from fem_crossdiff.params import SCHEMES, ModelParams, TimeParams
+from fem_crossdiff.models import entries
+from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
 
 COMM = MPI.COMM_WORLD
-#: The schemes compared by default: every registered positive scheme (Galerkin is not: it
-#: fails on compactly supported data). A new scheme is one entry of ``params.SCHEMES``.
-COMPARED = tuple(s for s in SCHEMES if s != "galerkin")
+#: The schemes compared by default: every registered positive scheme of the local system
+#: (Galerkin is not positive: it fails on compactly supported data). A new scheme is one
+#: registered model (:mod:`fem_crossdiff.models`).
+COMPARED = tuple(e.scheme for e in entries("local") if e.positive)
 FIGURES = ("barenblatt", "segregation", "ball", "mms", "cost")
 
 

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-from fem_crossdiff.cli import run_study
 from fem_crossdiff.compat import MPI, PETSc
 from fem_crossdiff.config import parse_config
+from fem_crossdiff.study import run_study
 
 try:
     from fem_crossdiff.problem import free_communicators, free_released

@@ -20,8 +20,15 @@ from pathlib import Path
 import numpy as np
 import ufl
 
-from fem_crossdiff import MPI, CrossDiffusionSolver, ModelParams, NonlocalParams, TimeParams, meshes
-from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
+from fem_crossdiff import (
+    MPI,
+    CrossDiffusionSolver,
+    ModelParams,
+    NonlocalParams,
+    TimeParams,
+    fem,
+    meshes,
+)
 from fem_crossdiff.log import demo_options, get_logger
 from fem_crossdiff.plotting import plot_species_snapshots
 

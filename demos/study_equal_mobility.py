@@ -25,9 +25,8 @@ import time
 
 import numpy as np
 
-from fem_crossdiff import MPI, ModelParams
+from fem_crossdiff import MPI, ModelParams, fem
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
 from fem_crossdiff.particles.distances import wasserstein_1d
 

@@ -95,11 +95,11 @@ from fem_crossdiff import (
     ModelParams,
     NonlocalParams,
     TimeParams,
+    fem,
     mesh_sizes,
     meshes,
 )
 from fem_crossdiff import studies as sc
-from fem_crossdiff.compat import fem  # not `from dolfinx`: sorted first, it loads before MPI
 from fem_crossdiff.measures import density_to_weighted_samples, lp_distance
 from fem_crossdiff.particles import (
     FieldDrift,

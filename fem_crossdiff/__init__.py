@@ -46,6 +46,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "particles": ("fem_crossdiff.particles", None),
     # the finite-element side (after compat: MPI before DOLFINx)
     "MPI": ("fem_crossdiff.compat", "MPI"),
+    "fem": ("fem_crossdiff.compat", "fem"),
     "meshes": ("fem_crossdiff.meshes", None),
     "Geometry": ("fem_crossdiff.meshes", "Geometry"),
     "MeshSizes": ("fem_crossdiff.meshes", "MeshSizes"),
@@ -53,6 +54,8 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "CrossDiffusionSolver": ("fem_crossdiff.solver", "CrossDiffusionSolver"),
     "NonlocalParams": ("fem_crossdiff.models.nonlocal_system", "NonlocalParams"),
     "run": ("fem_crossdiff.driver", "run"),
+    "load_study": ("fem_crossdiff.study", "load_study"),
+    "Study": ("fem_crossdiff.study", "Study"),
     "StepSizeError": ("fem_crossdiff.driver", "StepSizeError"),
     "CsvObserver": ("fem_crossdiff.observers", "CsvObserver"),
     "FieldObserver": ("fem_crossdiff.observers", "FieldObserver"),
@@ -75,8 +78,8 @@ _CORE = frozenset({"fem_crossdiff.params", "fem_crossdiff.laws", "fem_crossdiff.
 __all__ = [
     "__version__",
     "ModelParams", "TimeParams", "PressureLaw", "PowerLaw", "ParameterError", "particles",
-    "MPI", "meshes", "Geometry", "MeshSizes", "mesh_sizes", "CrossDiffusionSolver",
-    "NonlocalParams", "run", "StepSizeError", "CsvObserver", "FieldObserver",
+    "MPI", "fem", "meshes", "Geometry", "MeshSizes", "mesh_sizes", "CrossDiffusionSolver",
+    "NonlocalParams", "run", "load_study", "Study", "StepSizeError", "CsvObserver", "FieldObserver",
     "SnapshotObserver", "AnimationObserver", "DiagnosticsPlotObserver", "CheckpointObserver",
     "CallbackObserver", "save_checkpoint", "load_checkpoint", "CheckpointError",
 ]

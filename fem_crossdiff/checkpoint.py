@@ -8,9 +8,10 @@ time, the two previous steps, the step count, the next step and the run's identi
 matches dofs by coordinates (a k-d tree on the checkpoint's points, exact to a relative
 1e-12), so a run written on N ranks restarts on M ranks.
 
-The identity (:func:`run_identity`) is what changes the result: the model, scheme, degree,
-the caller's settings (the CLI gives the whole study but ``time.T``, the output and the mesh
-file's path, so ``time.dt`` is included) and a hash of the mesh's content
+The identity (:func:`run_identity`) is what changes the result: the model, the PDE, the
+scheme with every one of its options (tuning numbers included), the degree, the caller's
+settings (the CLI gives the whole study but ``time.T``, the output and the mesh file's
+path, so ``time.dt`` is included) and a hash of the mesh's content
 (:func:`mesh_hash`: coordinates and cells in the original input order, so it does not depend
 on the partition nor on where the ``.msh`` file lies). A restart whose identity differs is
 refused with the differing keys named.
@@ -147,11 +148,15 @@ def run_identity(solver, settings: Mapping | None = None, mesh: str | None = Non
     Returns:
         Flat dotted keys -> JSON text.
     """
+    from fem_crossdiff.models import options_to_dict
+
     p = solver.params
-    out = {"mesh": json.dumps(mesh or mesh_hash(solver.msh)),
+    out = {"mesh": json.dumps(mesh or mesh_hash(solver.msh)), "pde": json.dumps(solver.pde),
            "solver.scheme": json.dumps(solver.scheme), "solver.degree": json.dumps(solver.degree),
            "model.a": json.dumps(list(p.a)), "model.b": json.dumps(list(p.b)),
            "model.m": json.dumps(p.m), "model.sigma": json.dumps(p.sigma)}
+    # every option of the scheme (tuning numbers included): they change the result
+    out.update(_flatten(options_to_dict(solver.options), f"options.{solver.scheme}"))
     out.update(_flatten(settings or {}))
     return out
 

@@ -101,17 +101,6 @@ class ModelParams:
 
 
 TIME_METHODS = ("ie", "bdf2")
-#: Spatial schemes of :class:`fem_crossdiff.solver.CrossDiffusionSolver`.
-SCHEMES = ("upwind", "galerkin", "muscl", "afc")
-#: The scheme of the local system when none is named (API and ``[solver] scheme``): second
-#: order at fronts, positive and conservative like ``"upwind"`` (``docs/default-scheme.md``).
-DEFAULT_SCHEME = "muscl"
-#: Slope limiters of the ``"muscl"`` scheme (:mod:`fem_crossdiff.models.muscl.limiters`).
-LIMITERS = ("vanleer", "minmod", "vanalbada", "superbee", "compressive", "sensor",
-            "smooth", "smooth-sensor")
-#: The ``"muscl"`` scheme's limiter when none is named: differentiable (few Newton iterations
-#: at large steps) and compressive at fronts.
-DEFAULT_LIMITER = "smooth-sensor"
 #: Linear solvers: MUMPS in 1D and GMRES + GAMG otherwise (auto), or forced.
 LINEAR_SOLVERS = ("auto", "iterative", "direct")
 #: Time coupling of the nonlocal potential (:mod:`fem_crossdiff.models.nonlocal_system`).

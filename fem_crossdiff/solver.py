@@ -23,14 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import ufl
 
-from fem_crossdiff import failsafe, forms
+from fem_crossdiff import failsafe
 from fem_crossdiff.compat import MPI, PETSc, fem, interpolate_any, la
+from fem_crossdiff.discretisation import forms
+from fem_crossdiff.discretisation.spaces import species_spaces
 from fem_crossdiff.errors import ParameterError, species_name
 from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import select_model
 from fem_crossdiff.params import LINEAR_SOLVERS, MAX_DENSITY, ModelParams, TimeParams
 from fem_crossdiff.problem import CrossDiffusionProblem
-from fem_crossdiff.spaces import species_spaces
 
 __all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS", "SIGN_TOL",
            "MAX_DENSITY"]
@@ -128,12 +129,12 @@ class CrossDiffusionSolver:
             ``scheme="galerkin"``).
         params: Model coefficients.
         degree: Lagrange degree (1 or 2; only models listing it in ``degrees`` accept 2).
-        scheme: The model's registry name (:mod:`fem_crossdiff.models`): ``"muscl"``
-            (default: positivity preserving, limited second-order species fractions with the
-            ``"smooth-sensor"`` limiter, P1 simplices), ``"upwind"`` (positivity preserving,
-            first order), ``"afc"``, ``"galerkin"`` (P1/P2), or any registered model.
-            ``nonlocal_params`` or ``potential`` select ``"nonlocal"`` / ``"potential"``
-            (upwind discretisations; leave ``scheme`` unset or ``"upwind"``).
+        scheme: The scheme's registry name (:mod:`fem_crossdiff.models`) within the PDE: for the
+            local system ``"muscl"`` (default: positivity preserving, limited second-order
+            species fractions, P1 simplices), ``"upwind"`` (positivity preserving, first
+            order), ``"afc"``, ``"galerkin"`` (P1/P2), or any registered model;
+            ``nonlocal_params`` and ``potential`` select the nonlocal and given-potential
+            PDEs, whose scheme is ``"upwind"`` (the default).
         linear_solver: ``"iterative"`` (GMRES + GAMG), ``"direct"`` (MUMPS) or ``"auto"``
             (direct on intervals, where it is optimal and AMG is weak; iterative otherwise).
         petsc_options: Extra PETSc options, overriding the defaults.
@@ -147,29 +148,39 @@ class CrossDiffusionSolver:
         nonlocal_params: Solve the nonlocal model (1.5) (model ``"nonlocal"``).
         negative_edges: Upwind models on non-Delaunay meshes, see
             :func:`fem_crossdiff.discretisation.edges.edge_weights`.
-        model_options: Further keyword arguments of the model's constructor.
+        options: The scheme's options (its entry's dataclass, e.g.
+            :class:`~fem_crossdiff.models.muscl.MusclOptions`, or a mapping of its fields as in
+            a study file's ``[solver.<scheme>]``; default: its defaults).
+        option_fields: Single fields of the options, replacing those of ``options`` (e.g.
+            ``limiter=SmoothSensor(width=(1.0, 0.3))`` with ``"muscl"``).
+
+    Attributes:
+        scheme: The scheme in use; ``pde``: its PDE; ``options``: its options (validated).
     """
 
     def __init__(self, msh, params: ModelParams, degree: int = 1, scheme: str | None = None,
                  linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
                  potential: Callable | None = None, nonlocal_params=None,
-                 negative_edges: str = "voronoi", **model_options):
+                 negative_edges: str = "voronoi", options=None, **option_fields):
         if not isinstance(params, ModelParams):
             raise TypeError("params must be a ModelParams")
-        cls, options = select_model(scheme, nonlocal_params=nonlocal_params,
-                                    potential=potential, negative_edges=negative_edges,
-                                    **model_options)
-        if degree not in cls.degrees:
+        found, kwargs = select_model(scheme, nonlocal_params=nonlocal_params,
+                                     potential=potential, negative_edges=negative_edges,
+                                     options=options, **option_fields)
+        cls = found.cls
+        if degree not in found.degrees:
             # no scheme named: say which scheme takes the degree (P2 is "galerkin" only)
             hint = ("" if scheme is not None else
                     f" (the default scheme; pass scheme='galerkin' for degree={degree})")
-            raise ParameterError("degree", degree, f"model {cls.name!r} supports degree="
-                                 + " or ".join(map(str, cls.degrees)) + hint)
+            raise ParameterError("degree", degree, f"scheme {found.scheme!r} supports degree="
+                                 + " or ".join(map(str, found.degrees)) + hint)
         if linear_solver not in LINEAR_SOLVERS:
             raise ParameterError("linear_solver", linear_solver,
                                  f"one of {', '.join(LINEAR_SOLVERS)}")
-        self.msh, self.params, self.degree, self.scheme = msh, params, degree, cls.name
+        self.msh, self.params, self.degree = msh, params, degree
+        self.scheme, self.pde = found.scheme, found.pde
+        self.options = kwargs.get("options") or found.make_options()
         self.comm = msh.comm
         n = params.n
         self.V, self.V0, self.species_dofs = species_spaces(msh, degree, n)
@@ -189,7 +200,7 @@ class CrossDiffusionSolver:
         self.positivity_tol = positivity_tol
         if linear_solver == "auto":
             linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
-        self.model = cls(self.V, params, **_accepted(cls, options, V0=self.V0,
+        self.model = cls(self.V, params, **_accepted(cls, kwargs, V0=self.V0,
                                                      linear_solver=linear_solver))
         self.lumped = self.model.lumped
         v = ufl.TestFunction(self.V)

@@ -29,6 +29,7 @@ import numpy as np
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
 from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.measures import density_to_weighted_samples
+from fem_crossdiff.models import default_scheme
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.particles import (
     Box,
@@ -181,10 +182,11 @@ def fe_solve(case: Case1D, cells: int, eps: float | None = None, comm=None,
         from fem_crossdiff.models.nonlocal_system import NonlocalParams
 
         kw["nonlocal_params"] = NonlocalParams(eps=eps, kernel=case.kernel, coupling=coupling)
-    # the local limit of the nonlocal (upwind) discretisation is the same upwind scheme: with the
-    # default (muscl) the eps -> 0 error would include the schemes' O(h) difference
-    s = CrossDiffusionSolver(msh, model or case.model(), scheme="upwind", linear_solver="direct",
-                             **kw)
+    # the local limit of the nonlocal discretisation is the local scheme of the same name (the
+    # edge fluxes): with the local default the eps -> 0 error would include the schemes' O(h)
+    # difference
+    s = CrossDiffusionSolver(msh, model or case.model(), scheme=default_scheme("nonlocal"),
+                             linear_solver="direct", **kw)
     s.set_initial(initial or case.initial())
     snaps = [(0.0, s.potential_field())] if snapshots else None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from mpi4py import MPI
 
 import fem_crossdiff.compat  # noqa: F401  (MPI before DOLFINx)
-from fem_crossdiff import cli, failsafe
+from fem_crossdiff import cli, failsafe, study
 
 COMM = MPI.COMM_WORLD
 CASE, OUT = sys.argv[1], Path(sys.argv[2])
@@ -83,7 +83,7 @@ def cli_case() -> int:
         def broken(*args, **kwargs):
             mark()
             raise Boom("cannot parse on rank 0")
-        cli.load_config = broken
+        study.load_config = broken
         return cli.main(["check", STUDY])
     if CASE == "csv":  # an observer fails on one rank during `crossdiff run`
         from fem_crossdiff import observers

@@ -19,9 +19,10 @@ from fem_crossdiff.checkpoint import (
     load_checkpoint,
     read_state,
 )
-from fem_crossdiff.cli import main, run_study
+from fem_crossdiff.cli import main
 from fem_crossdiff.compat import MPI
 from fem_crossdiff.config import load_config
+from fem_crossdiff.study import run_study
 
 STUDY = """
 [model]
@@ -163,7 +164,7 @@ def test_unmatched_mesh_is_rejected(comm, mpi_tmp_path):
     run = mpi_tmp_path / "run"
     assert main(["run", str(study), "--output", str(run)], comm=comm) == 0
     cfg = load_config(coarse)
-    from fem_crossdiff.cli import _make_solver
+    from fem_crossdiff.study import _make_solver
 
     s = _make_solver(cfg, cfg.geometry.build(comm).mesh)
     with pytest.raises(CheckpointError, match="not the same mesh"):

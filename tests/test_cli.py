@@ -159,6 +159,15 @@ BROKEN = [
     ({"solver": {"negative_edges": "clip"}}, "solver.negative_edges", "limit"),
     ({"solver": {"scheme": "muscl", "limiter": "sensr"}}, "solver.limiter", "sensor"),
     ({"solver": {"scheme": "upwind", "limiter": "sensor"}}, "solver.limiter", "muscl"),
+    ({"solver": {"scheme": "muscl", "muscl": {"limiter": "sensor"}, "limiter": "vanleer"}},
+     "solver.limiter", "given twice"),
+    ({"solver": {"scheme": "muscl", "afc": {"jacobian": "mf"}}}, "solver.afc", "'muscl'"),
+    ({"solver": {"muscl": {"limiter": {"name": "sensor", "band": [0.5, 0.2]}}}},
+     "solver.muscl.limiter.band", "lo < hi"),
+    ({"solver": {"muscl": {"jakobian": "mf"}}}, "solver.muscl.jakobian", "jacobian"),
+    ({"solver": {"scheme": "afc", "afc": {"smooth_width": 2.0}}}, "solver.afc.smooth_width",
+     "(0, 1)"),
+    ({"solver": {"scheme": "galerkn"}}, "solver.scheme", "galerkin"),
     ({"output.formats": ["vtk"]}, "output.formats[0]", "xdmf"),
     ({"output.checkpoint_every": -1}, "output.checkpoint_every", ">= 0"),
     ({"particles": {"N": 0}}, "particles.N", ">= 1"),
@@ -226,8 +235,8 @@ def test_particles_alongside(comm, mpi_tmp_path):
     """Particles start from the initial densities and follow the PDE's centre of mass."""
     import ufl
 
-    from fem_crossdiff.cli import run_study
     from fem_crossdiff.compat import MPI, fem
+    from fem_crossdiff.study import run_study
 
     # the particles' drift uses the FE mollification operator: eps >= 2 h_max
     doc = _mutate({"particles": {"N": 3000, "seed": 3, "eps": 0.3, "output_every": 5},
@@ -313,8 +322,8 @@ def test_entry_points(runner, comm, tmp_path):
 
 def test_muscl_limiter_reaches_the_solver(comm):
     """``solver.limiter`` selects the limiter of ``scheme = "muscl"`` (here ``"sensor"``)."""
-    from fem_crossdiff.cli import _make_solver
     from fem_crossdiff.compat import mesh
+    from fem_crossdiff.study import _make_solver
 
     cfg = parse_config(_mutate({"solver": {"scheme": "muscl", "limiter": "sensor"}}),
                        source="test", short=True)

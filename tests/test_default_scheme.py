@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import ufl
 
-from fem_crossdiff.cli import _make_solver
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.config import ConfigError, parse_config
-from fem_crossdiff.config.reference import section_keys
+from fem_crossdiff.config.reference import option_keys, section_keys
 from fem_crossdiff.config.sections import SolverConfig
 from fem_crossdiff.errors import ParameterError
-from fem_crossdiff.params import DEFAULT_LIMITER, DEFAULT_SCHEME, ModelParams, TimeParams
+from fem_crossdiff.models import default_scheme, entry
+from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver
+from fem_crossdiff.study import _make_solver
 
 COMM = MPI.COMM_WORLD
 PARAMS = ModelParams(a=(1.0, 1.0), b=(1.0, 1.0), m=2.0, sigma=0.0)
@@ -39,23 +40,24 @@ def square():
 
 
 def test_documented_default_is_the_api_default(square):
-    """No ``scheme``: muscl with smooth-sensor, as the solver's and the config's docs state."""
-    assert (DEFAULT_SCHEME, DEFAULT_LIMITER) == ("muscl", "smooth-sensor")
+    """No ``scheme``: muscl with smooth-sensor, as the registry, the docs and keys.md state."""
+    assert default_scheme("local") == "muscl"
+    assert entry(None, "local").options().limiter.name == "smooth-sensor"
     s = CrossDiffusionSolver(square, PARAMS)
     assert s.scheme == "muscl" and s.model.flux.limiter == "smooth-sensor"
     doc = " ".join(CrossDiffusionSolver.__doc__.split())
-    assert '``"muscl"`` (default:' in doc and '``"smooth-sensor"`` limiter' in doc
-    # the key reference (docs/keys.md) states both defaults in the meaning column
+    assert '``"muscl"`` (default:' in doc
+    # the key reference (docs/keys.md) states both defaults, from the registry
     rows = {r["key"]: r for r in section_keys(SolverConfig)}
     assert rows["scheme"]["default"] == '`"muscl"` (local), `"upwind"` (nonlocal)'
-    assert 'the default for ``model.type = "local"``' in rows["scheme"]["meaning"]
-    assert '(default ``"smooth-sensor"``' in rows["limiter"]["meaning"]
+    opts = {r["key"]: r for r in option_keys(entry("muscl").options)}
+    assert opts["limiter"]["default"].startswith('`{ name = "smooth-sensor"')
 
 
 def test_toml_default_reaches_the_solver(square):
     """A study without ``[solver] scheme`` runs muscl / smooth-sensor; a named upwind stays."""
     cfg = parse_config(STUDY, source="test", short=True)
-    assert cfg.solver.scheme is None and cfg.solver.scheme_for("local") == "muscl"
+    assert cfg.solver.scheme is None and cfg.entry.scheme == "muscl"
     s = _make_solver(cfg, square)
     assert s.scheme == "muscl" and s.model.flux.limiter == "smooth-sensor"
     named = parse_config({**STUDY, "solver": {"scheme": "upwind"}}, source="test", short=True)
@@ -64,12 +66,13 @@ def test_toml_default_reaches_the_solver(square):
 
 def test_nonlocal_keeps_upwind_without_naming_it():
     """The nonlocal model (upwind only) needs no ``scheme``; naming muscl is still an error."""
-    assert SolverConfig().scheme_for("nonlocal") == "upwind"
     nonlocal_ = {**STUDY, "model": {**STUDY["model"], "type": "nonlocal", "eps": 0.1}}
-    assert parse_config(nonlocal_, source="test", short=True).solver.scheme is None
-    with pytest.raises(ConfigError, match='must be "upwind"'):
+    cfg = parse_config(nonlocal_, source="test", short=True)
+    assert cfg.solver.scheme is None and (cfg.entry.pde, cfg.entry.scheme) == ("nonlocal",
+                                                                                "upwind")
+    with pytest.raises(ConfigError, match="solver.scheme.*'upwind'.*nonlocal"):
         parse_config({**nonlocal_, "solver": {"scheme": "muscl"}}, source="test", short=True)
-    with pytest.raises(ConfigError, match="solver.limiter"):
+    with pytest.raises(ConfigError, match="solver.limiter.*option of scheme 'muscl'"):
         parse_config({**nonlocal_, "solver": {"limiter": "vanleer"}}, source="test", short=True)
 
 

@@ -288,8 +288,8 @@ def test_ctrl_c_inside_newton_is_an_interrupt_not_a_rejection(handlers, small_so
 
 def test_msh_check_keeps_the_sigint_handler(comm, mpi_tmp_path, python_sigint):
     """Checking a ``.msh`` study (gmsh in-process, outside ``main``) leaves Ctrl-C to Python."""
-    from fem_crossdiff.cli import prepare
     from fem_crossdiff.config import ConfigError
+    from fem_crossdiff.study import prepare
 
     msh = mpi_tmp_path / "nogroups.msh"
     if comm.rank == 0:
@@ -331,7 +331,7 @@ def test_petsc_options_allow_list(petsc, key, hint, comm, mpi_tmp_path, capsys):
 
 
 def test_allowed_petsc_options_reach_the_solver(comm, mpi_tmp_path):
-    from fem_crossdiff.cli import prepare
+    from fem_crossdiff.study import prepare
 
     doc = _doc(solver={"petsc": {"ksp_type": "fgmres", "snes_rtol": 1e-9,
                                  "snes_ksp_ew": False, "ksp_monitor": False}})
@@ -403,13 +403,13 @@ def _bad_files(tmp: Path) -> list[tuple[str, bytes | str, str, str]]:
 
 def test_bad_inputs_are_one_line_exit_2(comm, mpi_tmp_path, capsys, monkeypatch):
     """Every class of bad input: exit 2, one line naming the key, the value and the rule."""
-    from fem_crossdiff import cli
+    from fem_crossdiff import study
 
     if comm.rank == 0:
         (mpi_tmp_path / "a_file").write_text("not a folder")
     comm.barrier()
     built = []
-    build = cli._build_geometry
+    build = study._build_geometry
 
     def no_mesh(cfg, comm):  # the oversized cases must be refused before any mesh exists
         built.append(cfg)
@@ -419,7 +419,7 @@ def test_bad_inputs_are_one_line_exit_2(comm, mpi_tmp_path, capsys, monkeypatch)
     for name, text, key, hint in _bad_files(mpi_tmp_path):
         path = _write(comm, mpi_tmp_path / f"{name}.toml", text)
         heavy = name in ("many-particles", "tiny-h")  # particles come after the mesh
-        monkeypatch.setattr(cli, "_build_geometry", no_mesh if heavy else build)
+        monkeypatch.setattr(study, "_build_geometry", no_mesh if heavy else build)
         built.clear()
         code, lines = _check(comm, capsys, path)
         ok = (code == 2 and len(lines) == 1 and lines[0].startswith("crossdiff: config error")
@@ -436,7 +436,7 @@ def test_long_expression_chain_checks_and_runs(comm, mpi_tmp_path, capsys):
                output={"folder": str(mpi_tmp_path / "chain"), "checkpoint_every": 0})
     path = _write(comm, mpi_tmp_path / "chain.toml", to_toml(doc))
     assert _check(comm, capsys, path)[0] == 0
-    from fem_crossdiff.cli import run_study
+    from fem_crossdiff.study import run_study
 
     res = run_study(load_config(path), comm, quiet=True)
     assert abs(res.rows[-1]["t"] - 0.004) < 1e-12

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fem_crossdiff import cli, resources
+from fem_crossdiff import resources, study
 from fem_crossdiff.cli import main
 from fem_crossdiff.config import ConfigError, parse_config, to_toml
 from fem_crossdiff.errors import ParameterError
@@ -83,7 +83,7 @@ def no_mesh(monkeypatch):
     def build(cfg, comm):
         raise AssertionError("the mesh was built before the study was refused")
 
-    monkeypatch.setattr(cli, "_build_geometry", build)
+    monkeypatch.setattr(study, "_build_geometry", build)
 
 
 # key, value, the study's changes (disk limits are given, so the verdict is the machine's

@@ -166,7 +166,7 @@ def test_watchdog_off_starts_nothing():
 
 def test_run_with_watchdog_finishes_and_leaves_no_process(comm, mpi_tmp_path):
     """A normal run with the watchdog on (as ``crossdiff run`` has it): no helper left after."""
-    from fem_crossdiff.cli import run_study
+    from fem_crossdiff.study import run_study
 
     folder = mpi_tmp_path / "out"
     cfg = parse_config(_study(output={"folder": str(folder)}, resources={"stall_timeout": 300}),

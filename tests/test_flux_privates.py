@@ -58,7 +58,7 @@ def test_no_private_flux_members_in_tests_and_models():
 
 
 #: The models: one module or folder each under ``fem_crossdiff/models/``.
-MODEL_UNITS = {"upwind", "local_galerkin", "muscl", "afc", "nonlocal_system"}
+MODEL_UNITS = {"upwind", "galerkin", "muscl", "afc", "nonlocal_system"}
 
 
 def _imported(path: Path) -> set[str]:
@@ -91,3 +91,31 @@ def test_no_model_imports_a_sibling_and_discretisation_imports_no_model():
         bad += [f"discretisation/{path.name} imports {name}" for name in _imported(path)
                 if name.startswith("fem_crossdiff.models")]
     assert not bad, "\n".join(bad)
+
+
+def _code_strings(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module that are not docstrings, with their lines."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs]
+
+
+def test_no_scheme_limiter_or_option_name_outside_models():
+    """The registry is the only list: no code outside ``models/`` names a scheme or option."""
+    from fem_crossdiff.models import entries
+    from fem_crossdiff.models.muscl.options import LIMITER_CLASSES
+
+    names = {e.scheme for e in entries()} | set(LIMITER_CLASSES)
+    for e in entries():
+        names |= set(e.option_names())
+    assert {"muscl", "upwind", "smooth-sensor", "limiter"} <= names
+    bad = [f"{path.relative_to(ROOT)}:{line}: {value!r}"
+           for path in sorted((ROOT / "fem_crossdiff").rglob("*.py"))
+           if "models" not in path.relative_to(ROOT).parts
+           for line, value in _code_strings(path) if value in names]
+    assert not bad, "names of the registry written outside models/:\n" + "\n".join(bad)

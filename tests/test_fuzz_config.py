@@ -117,10 +117,10 @@ def _run_mutant(comm, capsys, folder: Path, name: str, data: bytes, problems: li
 
 def test_fuzz_examples_in_process(comm, mpi_tmp_path, capsys, monkeypatch):
     """A few hundred seeded mutations (fewer under MPI: each valid one builds a solver)."""
-    from fem_crossdiff import cli
+    from fem_crossdiff import study
 
     monkeypatch.chdir(mpi_tmp_path)  # relative output folders are probed here
-    cells, meshed, build = [], [0], cli._build_geometry
+    cells, meshed, build = [], [0], study._build_geometry
 
     def counted(cfg, comm):  # the global number of cells of every mesh the check builds
         geo = build(cfg, comm)
@@ -129,7 +129,7 @@ def test_fuzz_examples_in_process(comm, mpi_tmp_path, capsys, monkeypatch):
         meshed[0] += 1
         return geo
 
-    monkeypatch.setattr(cli, "_build_geometry", counted)
+    monkeypatch.setattr(study, "_build_geometry", counted)
     n = 300 if comm.size == 1 else 40
     problems, codes = [], []
     for name, data in _mutants(n):

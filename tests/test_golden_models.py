@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 from fem_crossdiff.compat import MPI, PETSc, mesh
-from fem_crossdiff.params import LIMITERS, ModelParams
+from fem_crossdiff.models.muscl.options import LIMITER_CLASSES
+from fem_crossdiff.params import ModelParams
 from fem_crossdiff.problem import wrapped_vectors
 
 DATA = Path(__file__).resolve().parent / "data" / "golden_models.npz"
@@ -59,7 +60,7 @@ def _cases() -> dict[str, dict]:
                                                                         coupling="implicit")),
         "potential-upwind": dict(potential=_potential),
     }
-    for lim in LIMITERS:  # the exact Jacobian assembled (distance-2 pattern) per limiter
+    for lim in LIMITER_CLASSES:  # the exact Jacobian assembled (distance-2 pattern) per limiter
         cases[f"local-muscl-{lim}-exact"] = dict(scheme="muscl", limiter=lim,
                                                  preconditioner="exact")
     return cases
@@ -165,16 +166,17 @@ def test_model_matches_golden(name, golden):
 
 def test_every_registered_model_has_a_golden_case():
     """A model registered in the library without a golden case fails here."""
-    from fem_crossdiff.models import model_names
+    from fem_crossdiff.models import entries, select_model
 
     cases = _cases()
-    covered = {kw.get("scheme") for kw in cases.values()}
-    covered |= {"nonlocal" for kw in cases.values() if "nonlocal_params" in kw}
-    covered |= {"potential" for kw in cases.values() if "potential" in kw}
-    builtin = {name for name in model_names() if not name.endswith("-test")}
+    covered = set()
+    for kw in cases.values():
+        found, _ = select_model(**kw)
+        covered.add((found.pde, found.scheme))
+    builtin = {(e.pde, e.scheme) for e in entries() if not e.scheme.endswith("-test")}
     assert builtin <= covered, f"models without a golden case: {sorted(builtin - covered)}"
     limiters = {kw["limiter"] for kw in cases.values() if "limiter" in kw}
-    assert limiters == set(LIMITERS)
+    assert limiters == set(LIMITER_CLASSES)
 
 
 def regenerate() -> None:

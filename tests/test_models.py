@@ -21,7 +21,7 @@ import ufl
 
 from fem_crossdiff.compat import MPI, fem, mesh
 from fem_crossdiff.laws import PowerLaw, PressureLaw
-from fem_crossdiff.models import MODELS, get_model, register
+from fem_crossdiff.models import entries, get_model, register, schemes
 from fem_crossdiff.models.base import Model
 from fem_crossdiff.models.upwind import LocalUpwind
 from fem_crossdiff.params import ModelParams, TimeParams
@@ -133,7 +133,11 @@ def test_registry_errors():
         CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(1.0,)), degree=2)  # the default
     with pytest.raises(ValueError, match="negative_edges"):
         CrossDiffusionSolver(msh, ModelParams(a=(1.0,), b=(1.0,)), negative_edges="x")
-    assert {"upwind", "galerkin", "nonlocal", "potential"} <= set(MODELS)
+    assert {"upwind", "galerkin", "muscl", "afc"} <= set(schemes("local"))
+    assert {(e.pde, e.scheme) for e in entries() if e.pde != "local"} == {
+        ("nonlocal", "upwind"), ("potential", "upwind")}
+    with pytest.raises(ValueError, match="scheme = 'muscl'.*nonlocal"):
+        get_model("muscl", "nonlocal")
 
 
 def test_lumped_jacobian_has_no_form_part():

@@ -16,6 +16,7 @@ import pytest
 from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.models.muscl.options import (
+    LIMITER_CLASSES,
     MusclOptions,
     Sensor,
     Smooth,
@@ -23,7 +24,7 @@ from fem_crossdiff.models.muscl.options import (
     VanLeer,
     as_limiter,
 )
-from fem_crossdiff.params import DEFAULT_LIMITER, LIMITERS, ModelParams
+from fem_crossdiff.params import ModelParams
 
 
 def test_options_import_without_dolfinx():
@@ -37,8 +38,12 @@ def test_options_import_without_dolfinx():
 
 def test_names_and_objects():
     """Every limiter name gives its object; a limiter equals its name and its equal values."""
-    assert [as_limiter(name).name for name in LIMITERS] == list(LIMITERS)
-    assert MusclOptions().limiter == SmoothSensor() == DEFAULT_LIMITER
+    assert [as_limiter(name).name for name in LIMITER_CLASSES] == list(LIMITER_CLASSES)
+    assert MusclOptions().limiter == SmoothSensor() == "smooth-sensor"
+    # a study file's table reads back to the same options, tuning numbers included
+    opts = MusclOptions(limiter=SmoothSensor(width=(0.9, 0.3)), jacobian="mf")
+    assert MusclOptions.from_dict(opts.to_dict()) == opts
+    assert as_limiter({"name": "sensor", "slope": 3.0}) == Sensor(slope=3.0)
     assert SmoothSensor(width=(0.5, 0.2)) != SmoothSensor()
     assert SmoothSensor(width=(0.5, 0.2)) == "smooth-sensor"
     assert VanLeer() != Sensor() and hash(Smooth()) == hash(Smooth())

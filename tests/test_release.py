@@ -15,13 +15,13 @@ import resource
 import numpy as np
 import pytest
 
-from fem_crossdiff.cli import run_study
 from fem_crossdiff.compat import MPI, mesh
 from fem_crossdiff.config import parse_config
 from fem_crossdiff.models.nonlocal_system import NonlocalParams
 from fem_crossdiff.params import ModelParams
 from fem_crossdiff.problem import _tracked, free_communicators, free_released
 from fem_crossdiff.solver import CrossDiffusionSolver
+from fem_crossdiff.study import run_study
 
 COMM = MPI.COMM_WORLD
 PARAMS = ModelParams(a=(1.0, 2.0), b=(1.0, 0.5), m=2.0, sigma=1e-3)

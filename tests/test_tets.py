@@ -26,9 +26,9 @@ from fem_crossdiff.discretisation.edges import (
     positivity_limiter,
     total_edge_weights,
 )
+from fem_crossdiff.discretisation.forms import VERTEX
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.exact import barenblatt
-from fem_crossdiff.forms import VERTEX
 from fem_crossdiff.models.upwind import UpwindFlux
 from fem_crossdiff.params import ModelParams, TimeParams
 from fem_crossdiff.solver import CrossDiffusionSolver

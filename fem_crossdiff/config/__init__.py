@@ -26,9 +26,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .initial import EXPR_FUNCTIONS, PROFILES, InitialConfig, SafeExpression
-from .schema import MISSING, ConfigError, plain, table
+from .schema import MISSING, ConfigError, plain, table, under
 from .sections import (
     FORMATS,
     GeometryConfig,
@@ -90,14 +91,15 @@ class StudyConfig:
     short: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
+    #: The registry entry of the scheme (resolved from ``solver.scheme`` and ``model.type``).
+    entry: Any = field(init=False, repr=False)
+    #: The scheme's options (``[solver.<scheme>]`` and the flat aliases, validated).
+    options: Any = field(init=False, repr=False)
+
     def __post_init__(self):
-        if self.model.type == "nonlocal" and self.solver.scheme not in (None, "upwind"):
-            raise ConfigError("solver.scheme", self.solver.scheme,
-                              'must be "upwind" with model.type = "nonlocal"')
-        if self.model.type == "nonlocal" and self.solver.limiter is not None:
-            raise ConfigError("solver.limiter", self.solver.limiter,
-                              'only with solver.scheme = "muscl" (model.type = "nonlocal" is '
-                              '"upwind")')
+        entry, options = _resolve_scheme(self.model.type, self.solver)
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "options", options)
         if len(self.initial) != self.model.n:
             raise ConfigError("initial", f"{len(self.initial)} table(s)",
                               f"needs one [[initial]] table per species ({self.model.n}, the "
@@ -112,13 +114,22 @@ class StudyConfig:
         out.update(model={"type": self.model.type, **_values(self.model)}, geometry=geometry,
                    initial=[{"profile": i.profile, **dict(i.values)} for i in self.initial],
                    time=_values(self.time),
-                   solver={**_values(self.solver), "petsc": dict(self.solver.petsc)})
+                   solver=self._solver_dict())
         if self.particles is not None:
             out["particles"] = _values(self.particles)
         out["output"] = _values(self.output)
         if _values(self.resources):
             out["resources"] = _values(self.resources)
         return plain(out)
+
+    def _solver_dict(self) -> dict:
+        from fem_crossdiff.models import options_to_dict
+
+        out = {**_values(self.solver), "petsc": dict(self.solver.petsc)}
+        options = options_to_dict(self.options)
+        if options:  # the scheme's table, every option written out
+            out[self.entry.scheme] = options
+        return out
 
     def physics_hash(self) -> str:
         """A 16-hex-digit SHA-256 of what a restart must share with the run it continues.
@@ -133,6 +144,55 @@ class StudyConfig:
             d.pop(key, None)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _resolve_scheme(model_type: str, solver: SolverConfig):
+    """The registry entry and options of a study's scheme (errors keyed by the TOML key)."""
+    from fem_crossdiff.errors import ParameterError
+    from fem_crossdiff.models import entries, entry
+
+    try:
+        found = entry(solver.scheme, model_type)
+    except ParameterError:
+        names = ", ".join(repr(e.scheme) for e in entries(model_type))
+        raise ConfigError("solver.scheme", solver.scheme,
+                          f"must be one of {names} with model.type = {model_type!r}") from None
+    if solver.degree not in found.degrees:
+        others = [e.scheme for e in entries(model_type) if solver.degree in e.degrees]
+        hint = f" (use {', '.join(map(repr, others))})" if others else ""
+        raise ConfigError("solver.degree", solver.degree,
+                          f"must be {' or '.join(map(str, found.degrees))} with solver.scheme = "
+                          f"{found.scheme!r}" + (" (the default)" if solver.scheme is None
+                                                 else "") + hint)
+    given = {}
+    for name, values in solver.tables:
+        if name != found.scheme:
+            raise ConfigError(f"solver.{name}", values, f"options of scheme {name!r}, but the "
+                              f"scheme is {found.scheme!r}"
+                              + (" (the default)" if solver.scheme is None else ""))
+        given = values
+    names = found.option_names()
+    aliases = {}
+    for key, value in solver.aliases:
+        if key not in names:
+            allowed = ", ".join(SolverConfig.keys())
+            owners = [f"{e.scheme!r} (model.type = {e.pde!r})" for e in entries()
+                      if key in e.option_names()]
+            where = f"; {key!r} is an option of scheme {' and '.join(owners)}" if owners else ""
+            takes = (f"scheme {found.scheme!r} takes {' '.join(names)} in [solver."
+                     f"{found.scheme}] or here" if names else
+                     f"scheme {found.scheme!r} has no options")
+            raise ConfigError(f"solver.{key}", value, f"unknown key ({takes}{where}); allowed "
+                              f"in [solver]: {allowed}")
+        if key in given:
+            raise ConfigError(f"solver.{key}", value, f"given twice: also as "
+                              f"solver.{found.scheme}.{key}")
+        aliases[key] = value
+    with under(f"solver.{found.scheme}"):
+        options = found.make_options(given)
+    with under("solver"):
+        options = found.make_options(options, **aliases)
+    return found, options
 
 
 # --------------------------------------------------------------------------- parsing
@@ -285,7 +345,14 @@ def _toml_value(v) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted key."""
+    return key if key and key.replace("-", "").replace("_", "").isalnum() else json.dumps(key)
 
 
 def to_toml(data: dict) -> str:

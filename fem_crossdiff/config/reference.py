@@ -22,6 +22,7 @@ from . import schema as s
 from .initial import EXPR_FUNCTIONS, EXPR_NAMES, PROFILES
 from .sections import (
     FORMATS,
+    MODEL_TYPES,
     ModelConfig,
     OutputConfig,
     ParticlesConfig,
@@ -103,8 +104,20 @@ def _value(v) -> str:
     return f"`{_toml_value(s.plain(v))}`"
 
 
-def section_keys(cls) -> list[dict]:
-    """One entry per TOML key of a section dataclass: key, type, default, allowed, meaning."""
+def _entries(pde: str | None = None, library_only: bool = False) -> list:
+    """The registry's entries (only the library's own with ``library_only``)."""
+    from fem_crossdiff.models import entries
+
+    return [e for e in entries(pde)
+            if not library_only or e.cls.__module__.startswith("fem_crossdiff.")]
+
+
+def section_keys(cls, library_only: bool = False) -> list[dict]:
+    """One entry per TOML key of a section dataclass: key, type, default, allowed, meaning.
+
+    ``library_only``: the schemes of the library alone (``docs/keys.md``), not those a script
+    or test registered.
+    """
     from fem_crossdiff import mollifiers, params
     from fem_crossdiff.models import nonlocal_system as nonlocal_
 
@@ -141,7 +154,16 @@ def section_keys(cls) -> list[dict]:
         if key == "petsc":
             default = "`{}`"
         if cls is SolverConfig and key == "scheme":  # None: resolved per model type
-            default = (f'`"{params.DEFAULT_SCHEME}"` (local), `"upwind"` (nonlocal)')
+            from fem_crossdiff.models import PDES, default_scheme
+
+            types = [pde for pde in PDES if pde in MODEL_TYPES]
+            default = ", ".join(f'`"{default_scheme(pde)}"` ({pde})' for pde in types)
+            allowed = "; ".join(", ".join(f'"{e.scheme}"' for e in _entries(pde, library_only))
+                                + f" ({pde})" for pde in types)
+        if cls is SolverConfig and key == "degree":
+            allowed = "one of 1, 2: " + ", ".join(
+                f'{" or ".join(map(str, e.degrees))} with "{e.scheme}"'
+                for e in _entries("local", library_only))
         if cls is TimeConfig and key == "method":
             allowed = "one of " + ", ".join(f'"{m}"' for m in params.TIME_METHODS)
         if not allowed:  # the parameter class checks it: its documented range
@@ -150,6 +172,78 @@ def section_keys(cls) -> list[dict]:
         rows.append({"key": key, "type": _type_name(f.type), "default": default,
                      "allowed": allowed, "meaning": docs.get(key, "")})
     return rows
+
+
+def option_keys(options_cls) -> list[dict]:
+    """One entry per field of a scheme's options dataclass (the keys of ``[solver.<scheme>]``)."""
+    from fem_crossdiff.models import options_to_dict
+
+    docs = _doc_entries(options_cls)
+    defaults = options_to_dict(options_cls())
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        allowed = ""
+        for attr in (f"{f.name.upper()}S", f"{f.name.upper()}_CHOICES"):
+            choices = getattr(options_cls, attr, None)
+            if isinstance(choices, tuple):
+                extra = ('"auto", ' if defaults.get(f.name) == "auto" else "")
+                allowed = "one of " + extra + ", ".join(f'"{c}"' for c in choices)
+        value = defaults.get(f.name)
+        kind = _type_name(f.type)
+        if isinstance(value, dict) and "name" in value:  # an object with a name and settings
+            kind = "string or table"
+            allowed = allowed or _options_allowed(options_cls, f.name)
+        rows.append({"key": f.name, "type": kind, "default": _value(value),
+                     "allowed": allowed, "meaning": docs.get(f.name, "")})
+    return rows
+
+
+def _options_allowed(options_cls, name: str) -> str:
+    """The choices of an object-valued option, from the options' module (``as_<name>``)."""
+    module = inspect.getmodule(options_cls)
+    table = getattr(module, f"{name.upper()}_CLASSES", None)
+    if not isinstance(table, dict):
+        return ""
+    return ("a name (its defaults) or a table with `name` and its settings; names: "
+            + ", ".join(f'"{k}"' for k in table))
+
+
+def _scheme_sections(library_only: bool = False) -> list[str]:
+    """``### [solver.<scheme>]``: every registered scheme's options, from the registry."""
+    from fem_crossdiff.models import NoOptions, options_to_dict
+
+    out = []
+    for e in (e for e in _entries(None, library_only) if e.pde in MODEL_TYPES):
+        head = f"### [solver.{e.scheme}] ({e.pde} system" + (", the default)" if e.default
+                                                             else ")")
+        out += [head, "", f"{e.summary} Degrees: {', '.join(map(str, e.degrees))}.", ""]
+        if e.options is NoOptions:
+            out += ["No options.", ""]
+            continue
+        out += _table(option_keys(e.options)) + [""]
+        for f in dataclasses.fields(e.options):
+            value = options_to_dict(e.options()).get(f.name)
+            if isinstance(value, dict) and "name" in value:
+                out += _object_settings(e.options, f.name)
+    return out
+
+
+def _object_settings(options_cls, name: str) -> list[str]:
+    """The settings of each choice of an object-valued option (a limiter's tuning numbers)."""
+    module = inspect.getmodule(options_cls)
+    table = getattr(module, f"{name.upper()}_CLASSES", {})
+    lines = [f"Settings of `{name}` (as `{name} = {{ name = \"...\", ... }}`):", "",
+             "| name | setting | default | meaning |", "|---|---|---|---|"]
+    for choice, cls in table.items():
+        docs = _doc_entries(cls)
+        fields = dataclasses.fields(cls)
+        if not fields:
+            lines.append(f"| `\"{choice}\"` | none | | |")
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text = docs.get(f.name, "").replace("|", "\\|")
+            lines.append(f"| `\"{choice}\"` | `{f.name}` | {_value(default)} | {text} |")
+    return lines + [""]
 
 
 def _geometry_rows() -> list[tuple[str, list[dict]]]:
@@ -181,8 +275,13 @@ def _table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def key_reference() -> str:
-    """The key reference of study files as Markdown (what ``crossdiff keys`` prints)."""
+def key_reference(library_only: bool = False) -> str:
+    """The key reference of study files as Markdown (what ``crossdiff keys`` prints).
+
+    Args:
+        library_only: Leave out the schemes registered outside the library (``docs/keys.md``
+            is the library's own reference; ``crossdiff keys`` shows every registered one).
+    """
     from . import SECTIONS
 
     out = ["# Study file keys", "",
@@ -203,7 +302,10 @@ def key_reference() -> str:
                 (ResourcesConfig, "Optional: limits checked before any mesh or particle is "
                  "made (docs/failsafe.md).")]
     for cls, text in sections:
-        out += [f"## [{cls.section}]", "", text, ""] + _table(section_keys(cls)) + [""]
+        out += [f"## [{cls.section}]", "", text, ""] + _table(
+            section_keys(cls, library_only)) + [""]
+        if cls is SolverConfig:
+            out += _scheme_sections(library_only)
     out += ["## [geometry]", "",
             'Either `builder = "<name>"` with that builder\'s parameters below, or '
             '`msh = "<file>"` (a gmsh file, relative to the study file) with an optional '

@@ -123,18 +123,29 @@ def _petsc(key: str, v: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(checked.items()))
 
 
+def _scheme_name(key: str, v: Any) -> str:
+    """A registered scheme's name, of some PDE (``StudyConfig`` checks it for the model type)."""
+    from fem_crossdiff.models import entries
+
+    names = tuple(dict.fromkeys(e.scheme for e in entries()))
+    if not isinstance(v, str) or v not in names:
+        raise ConfigError(key, v, "must be one of " + ", ".join(map(repr, names)))
+    return v
+
+
 @dataclass(frozen=True)
 class SolverConfig(Section):
     """``[solver]``: discretisation and PETSc options.
 
+    The scheme's own options are the table ``[solver.<scheme>]`` (its fields: ``crossdiff
+    keys``); each may also be given directly in ``[solver]`` (``solver.limiter`` for
+    ``solver.muscl.limiter``), but not both ways.
+
     Attributes:
-        scheme: ``"muscl"`` (P1, positivity preserving, limited second-order species
-            fractions; the default for ``model.type = "local"``), ``"upwind"`` (P1,
-            positivity preserving, first order; the only scheme, and the default, of
-            ``model.type = "nonlocal"``), ``"afc"`` (P1, positivity preserving, algebraic
-            flux correction of the fractions) or ``"galerkin"`` (P1/P2).
-        degree: Lagrange degree, 1 or 2 (``upwind``, ``muscl`` and ``afc`` need 1; set
-            ``scheme = "galerkin"`` for 2).
+        scheme: The spatial scheme, a registered name of the model type's PDE (``crossdiff
+            keys`` lists them with their options; not set: the model type's default).
+        degree: Lagrange degree, 1 or 2 (the schemes' supported degrees are listed by
+            ``crossdiff keys``; the P1 schemes need 1).
         linear_solver: ``"auto"`` (MUMPS in 1D, else GMRES + GAMG), ``"iterative"`` or
             ``"direct"``.
         petsc: Extra PETSc options (sorted ``(name, value)`` pairs): only the solver settings
@@ -142,52 +153,51 @@ class SolverConfig(Section):
         positivity_tol: Reject steps with ``min rho_k < -positivity_tol * max rho_k``
             (``>= 0``; raise it where positivity is not guaranteed, e.g. with
             ``negative_edges = "keep"``).
-        negative_edges: Upwind and muscl schemes on non-Delaunay meshes (tetrahedra):
+        negative_edges: Edge-flux schemes on non-Delaunay meshes (tetrahedra):
             ``"voronoi"`` (default: circumcentric dual weights, positive), ``"front"``,
             ``"limit"``, ``"drop"`` or ``"keep"`` (see ``docs/tets.md``).
-        limiter: Slope limiter of ``scheme = "muscl"`` (default ``"smooth-sensor"``; only
-            with that scheme): ``"smooth-sensor"`` blends a differentiable van Leer with the
-            sensor's compressive front limiter, regularised the same way (sharp fronts, few
-            Newton iterations at large steps; ``docs/muscl-newton.md``); ``"vanleer"`` is the
-            classical TVD limiter; ``"sensor"`` is compressive at fronts and van Leer on
-            smooth data (``docs/schemes.md``); ``"smooth"`` is van Leer regularised to be
-            differentiable.
+        tables: The ``[solver.<scheme>]`` tables given, as ``(scheme, table)`` pairs.
+        aliases: Options of the scheme given directly in ``[solver]``, as ``(key, value)``
+            pairs.
     """
 
-    # None: the model's default (resolved by :meth:`scheme_for`), so that a nonlocal study
-    # without the key keeps its only scheme
+    # None: the model type's default (resolved by StudyConfig from the registry)
     scheme: str | None = None
     degree: int = 1
     linear_solver: str = "auto"
     petsc: tuple[tuple[str, Any], ...] = ()
     positivity_tol: float = 1e-10
     negative_edges: str = "voronoi"
-    limiter: str | None = None
+    # as given (the resolved options are StudyConfig.options, which compare)
+    tables: tuple = dataclasses.field(default=(), compare=False)
+    aliases: tuple = dataclasses.field(default=(), compare=False)
 
     section = "solver"
-    checks = {"scheme": s.one_of(core.SCHEMES), "degree": s.one_of((1, 2)), "petsc": _petsc,
+    hidden = ("tables", "aliases")
+    checks = {"scheme": _scheme_name, "degree": s.one_of((1, 2)), "petsc": _petsc,
               "linear_solver": s.one_of(core.LINEAR_SOLVERS), "positivity_tol": s.nonnegative,
-              "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES),
-              "limiter": s.one_of(core.LIMITERS)}
+              "negative_edges": s.one_of(core.NEGATIVE_EDGE_MODES)}
 
-    def scheme_for(self, model_type: str) -> str:
-        """The scheme used: ``scheme``, else ``"muscl"`` (local) or ``"upwind"`` (nonlocal)."""
-        if self.scheme is not None:
-            return self.scheme
-        return "upwind" if model_type == "nonlocal" else core.DEFAULT_SCHEME
+    @classmethod
+    def read(cls, raw: Any, defaults: dict | None = None):
+        """The section; ``[solver.<scheme>]`` tables and other keys are kept for the scheme."""
+        from fem_crossdiff.models import entries
 
-    def validate(self) -> None:
-        """``upwind``, ``muscl`` and ``afc`` are P1; only ``muscl`` has a limiter."""
-        # the nonlocal model's "upwind" default is P1 as well, so the local default decides
-        scheme = self.scheme_for("local")
-        if scheme in ("upwind", "muscl", "afc") and self.degree != 1:
-            raise ConfigError("solver.degree", self.degree,
-                              f'must be 1 with solver.scheme = "{scheme}"'
-                              + (" (the default)" if self.scheme is None else "")
-                              + ' (use "galerkin" for P2)')
-        if self.limiter is not None and scheme != "muscl":
-            raise ConfigError("solver.limiter", self.limiter,
-                              f'only with solver.scheme = "muscl" (got "{scheme}")')
+        if not isinstance(raw, dict):
+            return super().read(raw, defaults)
+        names = set(e.scheme for e in entries())
+        tables, aliases, own = [], [], {}
+        for key, value in raw.items():
+            if key in cls.keys():
+                own[key] = value
+            elif key in names:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"solver.{key}", value, f"must be a table of the "
+                                      f"options of scheme {key!r} ([solver.{key}])")
+                tables.append((key, dict(value)))
+            else:  # an option given directly, or an unknown key: known once the scheme is
+                aliases.append((key, value))
+        return cls(**{**(defaults or {}), **own}, tables=tuple(tables), aliases=tuple(aliases))
 
 
 @dataclass(frozen=True)

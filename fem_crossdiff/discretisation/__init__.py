@@ -1,4 +1,4 @@
-"""Scheme-independent P1 machinery: edge weights, block patterns, gradients, mesh sizes.
+"""Scheme-independent machinery: spaces, forms, edge weights, block patterns, gradients, sizes.
 
 Every edge-flux model (:mod:`fem_crossdiff.models`) is written on these pieces; nothing here
 imports a model.
@@ -7,6 +7,9 @@ imports a model.
   negative-weight edges and their positivity limiter;
 * :mod:`.pattern`: the block-CSR pattern of edge Jacobians and its public writers;
 * :mod:`.gradients`: recovered nodal gradients of P1 data;
+* :mod:`.spaces`: the blocked species space and its scalar component space;
+* :mod:`.forms`: the UFL forms (time derivative, Galerkin weak form of the local system,
+  sources, energy) and the vertex quadrature of lumped masses;
 * :mod:`.mesh_sizes`: the largest and smallest cells and the bounding-box diameter, reduced
   over ranks (public as :func:`fem_crossdiff.mesh_sizes`).
 """

@@ -67,7 +67,9 @@ class Model:
     """Base class of the models: defaults for everything a model need not provide.
 
     Class attributes:
-        name: The registry name (set by :func:`fem_crossdiff.models.register`).
+        name: The scheme's registry name (set by :func:`fem_crossdiff.models.register`).
+        pde: The equation it discretises (set by :func:`~fem_crossdiff.models.register`).
+        positive: The scheme keeps every density nonnegative (benchmarks compare these).
         lumped: The time derivative uses the lumped (vertex-quadrature) mass; the model's
             Jacobian then has no form part and the constant time term is added by the problem
             as a diagonal, assembled once.
@@ -79,6 +81,8 @@ class Model:
     """
 
     name: ClassVar[str] = ""
+    pde: ClassVar[str] = "local"
+    positive: ClassVar[bool] = True
     lumped: ClassVar[bool] = True
     degrees: ClassVar[tuple[int, ...]] = (1,)
 
@@ -136,8 +140,8 @@ class Model:
         With :attr:`lumped` the integrals use vertex quadrature: the discrete energy that the
         P1 upwind scheme dissipates.
         """
-        from fem_crossdiff import forms
         from fem_crossdiff.compat import MPI, fem
+        from fem_crossdiff.discretisation import forms
 
         if self._energy_form is None:
             self._energy_form = fem.form(forms.energy_form(rho, self.params,

@@ -15,7 +15,7 @@ from fem_crossdiff.models.jacobians import MatrixFreeJacobian
 from fem_crossdiff.params import ModelParams
 
 
-@register("afc")
+@register("afc", options=AfcOptions)
 class LocalAfc(MatrixFreeJacobian, Model):
     """``R_k,i = sum_j b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)``, AFC face fractions.
 
@@ -25,29 +25,25 @@ class LocalAfc(MatrixFreeJacobian, Model):
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.discretisation.edges.edge_weights` (those edges stay first
             order).
-        jacobian: ``"edge"`` (default: the first-order scheme's edge pattern, exact but for
-            the dependence of the Zalesak factors on the nodes' neighbourhoods, which is held;
-            Newton converges linearly, measured contraction about 0.25 per iteration) or
-            ``"mf"`` (exact up to a difference quotient, applied matrix-free and
-            preconditioned by the edge matrix; one flux evaluation per Krylov iteration).
-        preconditioner: The assembled matrix: ``"edge"`` (default, the edge Jacobian) or,
-            with ``jacobian="mf"`` only, ``"upwind"`` (the first-order scheme's Jacobian at
-            the iterate, as ``muscl``'s default: multigrid on an M-matrix-like operator).
-        options: All of the above but ``negative_edges`` as one
-            :class:`~fem_crossdiff.models.afc.options.AfcOptions` (with the limiter's
-            ``smooth_width``); the keywords given besides replace its fields.
+        options: The scheme's :class:`~fem_crossdiff.models.afc.options.AfcOptions`
+            (default: its defaults). ``jacobian``: ``"edge"`` (default: the first-order
+            scheme's edge pattern, exact but for the dependence of the Zalesak factors on the
+            nodes' neighbourhoods, which is held; Newton converges linearly, measured
+            contraction about 0.25 per iteration) or ``"mf"`` (exact up to a difference
+            quotient, applied matrix-free and preconditioned by the edge matrix; one flux
+            evaluation per Krylov iteration). ``preconditioner``, the assembled matrix:
+            ``"edge"`` (default, the edge Jacobian) or, with ``jacobian="mf"`` only,
+            ``"upwind"`` (the first-order scheme's Jacobian at the iterate, as ``muscl``'s
+            default: multigrid on an M-matrix-like operator). ``smooth_width``: the
+            limiter's smoothing.
 
     Attributes:
         options: The options in effect.
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 jacobian: str | None = None, preconditioner: str | None = None,
                  options: AfcOptions | None = None):
-        given = {key: value for key, value in (("jacobian", jacobian),
-                                               ("preconditioner", preconditioner))
-                 if value is not None}
-        self.options = dataclasses.replace(options or AfcOptions(), **given)
+        self.options = options if options is not None else AfcOptions()
         self.preconditioner = self.options.preconditioner
         super().__init__(V, params)
         self.negative_edges = negative_edges

@@ -15,8 +15,11 @@ class AfcOptions:
     """Everything an ``"afc"`` solver may set besides the model coefficients.
 
     Attributes:
-        jacobian: ``"edge"`` or ``"mf"`` (see :class:`fem_crossdiff.models.afc.model.LocalAfc`).
-        preconditioner: ``"edge"``, or ``"upwind"`` with ``jacobian="mf"``.
+        jacobian: ``"edge"`` (the first-order edge pattern with the limiter's factors held;
+            Newton converges linearly) or ``"mf"`` (matrix-free, a difference quotient,
+            preconditioned by the edge matrix).
+        preconditioner: The assembled matrix: ``"edge"``, or ``"upwind"`` (the first-order
+            scheme's Jacobian) with ``jacobian = "mf"``.
         smooth_width: Half width of the smoothing of ``min(1, x)`` in the Zalesak limiter
             (:func:`fem_crossdiff.models.afc.flux.smooth_min1`): equal to ``min(1, x)`` outside
             ``|x - 1| < smooth_width``, so that Newton sees no kink at ``x = 1``.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from fem_crossdiff.compat import PETSc
 from fem_crossdiff.discretisation.edges import negative_edges_message
 from fem_crossdiff.models import register
@@ -11,13 +9,13 @@ from fem_crossdiff.models.base import Model
 from fem_crossdiff.models.jacobians import MatrixFreeJacobian
 from fem_crossdiff.models.muscl.flux import MusclFlux
 from fem_crossdiff.models.muscl.jacobian import ExactJacobian, ExactOperator
-from fem_crossdiff.models.muscl.options import Limiter, MusclOptions
+from fem_crossdiff.models.muscl.options import MusclOptions
 from fem_crossdiff.params import ModelParams
 
 __all__ = ["LocalMuscl"]
 
 
-@register("muscl")
+@register("muscl", options=MusclOptions, default=True)
 class LocalMuscl(MatrixFreeJacobian, Model):
     """``R_k,i = sum_j b_k w_ij c_k,f F_ij + sigma w_ij (rho_k,i - rho_k,j)`` on P1 simplices.
 
@@ -26,40 +24,32 @@ class LocalMuscl(MatrixFreeJacobian, Model):
         params: Model coefficients.
         negative_edges: Treatment of negative-weight edges, see
             :func:`fem_crossdiff.discretisation.edges.edge_weights`.
-        limiter: Slope limiter: a :class:`~fem_crossdiff.models.muscl.options.Limiter`
-            (its tuning numbers as fields) or a name of :data:`fem_crossdiff.params.LIMITERS`
-            (its defaults; default ``SmoothSensor()``, ``"smooth-sensor"``).
-        jacobian: ``"exact"`` (default: the exact Jacobian; Newton measured 4.0 iterations
-            per step against 3.5 for upwind on bench_local's state, 2.0 against 2.0 on 1D
-            segregation), ``"frozen"`` (the frozen-limiter matrix; Newton converges linearly,
-            21.5 iterations on bench_local's state) or ``"mf"`` (matrix-free, exact up to a
-            difference quotient, preconditioned by the frozen matrix).
-        preconditioner: The matrix the linear solver factorises or builds its multigrid on,
-            for ``jacobian="exact"``: ``"upwind"`` (the first-order scheme's Jacobian at the
-            iterate; the exact ``J`` is applied by :class:`ExactOperator`), ``"direct"``
-            (the edge-pattern part ``J_direct``), ``"frozen"``, or ``"exact"`` (``J``
-            assembled with its distance-2 pattern, :class:`ExactJacobian`, and used by the
-            solver itself). ``"auto"`` (default): ``"exact"`` with a direct solver (one
-            factorisation, no Krylov iterations), else ``"upwind"`` (GAMG on ``J`` or
-            ``J_direct`` broke down on data with exact zeros; ``docs/schemes.md``, "Cost").
         linear_solver: The solver's resolved linear solver (``"direct"`` or
             ``"iterative"``), for ``preconditioner="auto"``.
-        options: All of the above but ``negative_edges`` and ``linear_solver`` as one
-            :class:`~fem_crossdiff.models.muscl.options.MusclOptions`; the keywords given
-            besides replace its fields.
+        options: The scheme's :class:`~fem_crossdiff.models.muscl.options.MusclOptions`
+            (default: its defaults): the limiter, the Jacobian (``"exact"``, ``"frozen"``
+            or ``"mf"``) and the preconditioner. ``jacobian="exact"`` (default): Newton
+            measured 4.0 iterations per step against 3.5 for upwind on bench_local's state,
+            2.0 against 2.0 on 1D segregation; ``"frozen"``, the frozen-limiter matrix:
+            Newton converges linearly, 21.5 iterations on bench_local's state; ``"mf"``:
+            matrix-free, exact up to a difference quotient, preconditioned by the frozen
+            matrix. The preconditioner is the matrix the linear solver factorises or builds
+            its multigrid on, for ``jacobian="exact"``: ``"upwind"`` (the first-order
+            scheme's Jacobian at the iterate; the exact ``J`` is applied by
+            :class:`ExactOperator`), ``"direct"`` (the edge-pattern part ``J_direct``),
+            ``"frozen"``, or ``"exact"`` (``J`` assembled with its distance-2 pattern,
+            :class:`ExactJacobian`, and used by the solver itself). ``"auto"`` (default):
+            ``"exact"`` with a direct solver (one factorisation, no Krylov iterations), else
+            ``"upwind"`` (GAMG on ``J`` or ``J_direct`` broke down on data with exact zeros;
+            ``docs/schemes.md``, "Cost").
 
     Attributes:
         options: The options in effect (validated, the limiter as an object).
     """
 
     def __init__(self, V, params: ModelParams, negative_edges: str = "voronoi",
-                 limiter: str | Limiter | None = None, jacobian: str | None = None,
-                 preconditioner: str | None = None, linear_solver: str = "iterative",
-                 options: MusclOptions | None = None):
-        given = {key: value for key, value in (("limiter", limiter), ("jacobian", jacobian),
-                                               ("preconditioner", preconditioner))
-                 if value is not None}
-        self.options = dataclasses.replace(options or MusclOptions(), **given)
+                 linear_solver: str = "iterative", options: MusclOptions | None = None):
+        self.options = options if options is not None else MusclOptions()
         preconditioner = self.options.preconditioner
         if preconditioner == "auto":  # a factorisation takes the exact J itself
             preconditioner = "exact" if linear_solver == "direct" else "upwind"

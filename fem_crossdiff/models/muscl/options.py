@@ -13,8 +13,9 @@ from typing import ClassVar
 
 from fem_crossdiff.errors import ParameterError
 
-__all__ = ["Compressive", "Limiter", "Minmod", "MusclOptions", "Sensor", "Smooth",
-           "SmoothSensor", "Superbee", "VanAlbada", "VanLeer", "as_limiter"]
+__all__ = ["LIMITER_CLASSES", "Compressive", "Limiter", "Minmod", "MusclOptions", "Sensor",
+           "Smooth", "SmoothSensor", "Superbee", "VanAlbada", "VanLeer", "as_limiter",
+           "limiter_dict"]
 
 
 def _band(key: str, value) -> tuple[float, float]:
@@ -47,7 +48,7 @@ class Limiter:
     earlier code compare with).
 
     Class attributes:
-        name: The name in study files and :data:`fem_crossdiff.params.LIMITERS`.
+        name: The name in study files (:data:`LIMITER_CLASSES`).
         smooth: Without branches: the scaled differences are compared with a scale ``eps``
             per edge and the clamp is a smooth minimum.
     """
@@ -172,7 +173,7 @@ class SmoothSensor(Limiter):
         object.__setattr__(self, "slope", _positive("limiter.slope", self.slope))
 
 
-#: Limiter name -> class, in the order of :data:`fem_crossdiff.params.LIMITERS`.
+#: Limiter name -> class: the limiters a study file can name.
 LIMITER_CLASSES: dict[str, type[Limiter]] = {
     cls.name: cls for cls in (VanLeer, Minmod, VanAlbada, Superbee, Compressive, Sensor,
                               Smooth, SmoothSensor)}
@@ -186,11 +187,31 @@ def as_limiter(value) -> Limiter:
     """
     if isinstance(value, Limiter) and type(value) is not Limiter:
         return value
+    if isinstance(value, dict):  # a study file's table: name = "...", then the tuning numbers
+        values = dict(value)
+        name = values.pop("name", None)
+        cls = LIMITER_CLASSES.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise ParameterError("limiter.name", name, f"one of {', '.join(LIMITER_CLASSES)}")
+        names = [f.name for f in fields(cls)]
+        for key, v in values.items():
+            if key not in names:
+                raise ParameterError(f"limiter.{key}", v, f"not a setting of limiter {name!r}; "
+                                     "its settings: " + (", ".join(names) or "none"))
+        return cls(**values)
     cls = LIMITER_CLASSES.get(value) if isinstance(value, str) else None
     if cls is None:
-        raise ParameterError("limiter", value, f"one of {', '.join(LIMITER_CLASSES)}, or a "
-                             "limiter object (fem_crossdiff.models.muscl.options)")
+        raise ParameterError("limiter", value, f"one of {', '.join(LIMITER_CLASSES)}, a "
+                             "table with its name and settings, or a limiter object "
+                             "(fem_crossdiff.models.muscl.options)")
     return cls()
+
+
+def limiter_dict(limiter: Limiter) -> dict:
+    """A limiter as a study file's table: its name and every tuning number."""
+    return {"name": limiter.name, **{f.name: list(v) if isinstance(v := getattr(limiter, f.name),
+                                                                    tuple) else v
+                                     for f in fields(limiter)}}
 
 
 @dataclass(frozen=True)
@@ -199,9 +220,14 @@ class MusclOptions:
 
     Attributes:
         limiter: The slope limiter, a :class:`Limiter` (a name gives its defaults).
-        jacobian: ``"exact"``, ``"frozen"`` or ``"mf"`` (see
-            :class:`fem_crossdiff.models.muscl.LocalMuscl`).
-        preconditioner: ``"auto"`` or one of :attr:`PRECONDITIONERS`.
+        jacobian: ``"exact"`` (the exact Jacobian, few Newton iterations), ``"frozen"`` (the
+            frozen-limiter matrix; Newton converges linearly) or ``"mf"`` (matrix-free, a
+            difference quotient, preconditioned by the frozen matrix).
+        preconditioner: The matrix the linear solver factorises or builds its multigrid on
+            with ``jacobian = "exact"``: ``"upwind"`` (the first-order scheme's Jacobian),
+            ``"direct"`` (the edge-pattern part of ``J``), ``"frozen"`` or ``"exact"`` (``J``
+            assembled, distance-2 pattern); ``"auto"``: ``"exact"`` with a direct solver,
+            else ``"upwind"``.
     """
 
     JACOBIANS: ClassVar[tuple[str, ...]] = ("exact", "mf", "frozen")
@@ -212,6 +238,26 @@ class MusclOptions:
     limiter: Limiter = field(default_factory=SmoothSensor)
     jacobian: str = "exact"
     preconditioner: str = "auto"
+
+    @classmethod
+    def from_dict(cls, values) -> MusclOptions:
+        """The options from a study file's ``[solver.muscl]`` table.
+
+        ``limiter`` is a name (its defaults) or a table with ``name`` and the limiter's settings.
+
+        Raises:
+            ParameterError: an unknown key or a bad value, keyed by the field.
+        """
+        names = [f.name for f in fields(cls)]
+        for key, value in values.items():
+            if key not in names:
+                raise ParameterError(key, value, f"unknown option; allowed: {', '.join(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """The options as a study file's table (:meth:`from_dict` reads it back)."""
+        return {"limiter": limiter_dict(self.limiter), "jacobian": self.jacobian,
+                "preconditioner": self.preconditioner}
 
     def __post_init__(self):
         object.__setattr__(self, "limiter", as_limiter(self.limiter))

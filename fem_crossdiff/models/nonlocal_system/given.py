@@ -15,7 +15,7 @@ from fem_crossdiff.models.nonlocal_system.flux import PotentialFlux
 from fem_crossdiff.params import ModelParams
 
 
-@register("potential")
+@register("upwind", pde="potential", default=True)
 class GivenPotential(Model):
     """Upwind P1 fluxes ``b_k w_ij rho_k,up (phi_i - phi_j)`` for a lagged potential ``phi``.
 

@@ -20,7 +20,7 @@ from fem_crossdiff.models.nonlocal_system.potential import NonlocalJacobian, Non
 from fem_crossdiff.params import ModelParams
 
 
-@register("nonlocal")
+@register("upwind", pde="nonlocal", default=True)
 class Nonlocal(Model):
     """The nonlocal model with the coupling of ``nonlocal_params.coupling``.
 

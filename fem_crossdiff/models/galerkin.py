@@ -6,7 +6,7 @@ rejects steps whose minimum falls below the positivity tolerance.
 
 from __future__ import annotations
 
-from fem_crossdiff import forms
+from fem_crossdiff.discretisation import forms
 from fem_crossdiff.models import register
 from fem_crossdiff.models.base import Model
 
@@ -22,6 +22,7 @@ class LocalGalerkin(Model):
 
     lumped = False
     degrees = (1, 2)
+    positive = False
 
     def form(self, rho, v):
         """Transport and diffusion terms."""
