@@ -108,7 +108,7 @@ def _jacobian_action(boundary, msh, init, x_dir):
         NonlocalParams(eps=0.3, coupling="implicit", boundary=boundary)))
     s.set_initial(init)
     pb = s.problem
-    x = pb.A.createVecRight()
+    x = pb.b.duplicate()  # ghosted, as the SNES state
     x.array[:] = s.rho.x.array[: x.getLocalSize()]
     assemble_jacobian(pb._data, s.snes, x, pb._shell, pb.A)
     d = x.duplicate()
