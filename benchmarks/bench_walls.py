@@ -33,7 +33,7 @@ from fem_crossdiff.solver import CrossDiffusionSolver
 
 comm = MPI.COMM_WORLD
 #: Treatments in table order.
-TREATMENTS = ("zero", "sinkhorn", "diagonal", "diagonal-pc")
+TREATMENTS = ("zero", "sinkhorn", "diagonal", "diagonal-pc", "layer")
 
 
 def say(msg: str) -> None:

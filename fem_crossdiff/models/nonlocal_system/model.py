@@ -70,7 +70,7 @@ class Nonlocal(Model):
                 get_logger(self.V.mesh.comm).warning(
                     "nonlocal model with boundary='zero': %.1f%% of the mass lies within "
                     "eps = %g of a wall, where the zero extension pulls mass into the wall; "
-                    "boundary='diagonal-pc' is the bounded-domain model", 100 * share,
+                    "boundary='layer' is the bounded-domain model", 100 * share,
                     self.nl.eps)
         self.g = None if self.implicit else self.potential(rho)
 

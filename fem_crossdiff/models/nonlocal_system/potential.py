@@ -58,9 +58,9 @@ class NonlocalPotential:
         self.scaling = np.ones(self.nown)
         if nl.boundary == "sinkhorn":
             self.scaling = self._normalise(Ms, comm)
-        #: The diagonal part ``Delta`` of ``K = M_s + Delta`` whose local term
-        #: ``Delta P'(S) Delta`` goes into the implicit coupling's preconditioner
-        #: (``boundary="diagonal-pc"``), else None.
+        #: The diagonal part ``Delta`` of ``K`` beyond ``M_s`` (and the layer's ``F M_s F``)
+        #: whose local term ``Delta P'(S) Delta`` goes into the implicit coupling's
+        #: preconditioner (``boundary="diagonal-pc"`` and ``"layer"``), else None.
         self.local_part = None
         if nl.boundary in ("diagonal", "diagonal-pc"):
             # K = M_s + diag(1 - M_s 1): the kernel's deficit at a wall node stays at the node
@@ -69,6 +69,8 @@ class NonlocalPotential:
             Ms.setDiagonal(deficit, addv=PETSc.InsertMode.ADD_VALUES)
             if nl.boundary == "diagonal-pc":
                 self.local_part = deficit.array.copy()
+        elif nl.boundary == "layer":
+            self.scaling = self._layer(Ms, row, comm)
         self.M = Ms
         self.a = np.asarray(params.a)
         self.law = params.law
@@ -112,6 +114,51 @@ class NonlocalPotential:
         self.sinkhorn_sweeps, self.sinkhorn_residual = sweep - 1, res
         Ms.diagonalScale(e, e)
         return e.array.copy()
+
+    #: Deficit ``1 - (M_s 1)_i`` above which a node belongs to the wall layer of ``"layer"``.
+    LAYER_THRESHOLD = 1e-2
+
+    def _layer(self, Ms, row, comm, tol: float = 1e-15, max_sweeps: int = 1000) -> np.ndarray:
+        """``K = M_s + F M_s F + diag(r)`` with ``f = 0`` off the wall layer (in place).
+
+        ``f`` solves ``f_i (M_s f)_i = 1 - (M_s 1)_i`` on the layer (nodes whose deficit exceeds
+        :attr:`LAYER_THRESHOLD`) by the symmetric Sinkhorn-Knopp iteration; ``r = 1 - K 1``
+        before ``diag(r)`` is the remainder (quadrature error, small deficits), kept on the
+        diagonal as with ``"diagonal"`` and put into the implicit preconditioner.
+
+        Returns:
+            The owned values of ``f``.
+        """
+        deficit = 1.0 - row.array
+        layer = deficit > self.LAYER_THRESHOLD
+        f, y = Ms.createVecRight(), Ms.createVecLeft()
+        f.array[:] = np.where(layer, 1.0, 0.0)
+        best = np.inf
+        for sweep in range(1, max_sweeps + 1):
+            Ms.mult(f, y)
+            fa, ya = f.array, y.array
+            res = comm.allreduce(float(np.abs(fa * ya - deficit)[layer].max(initial=0.0)),
+                                 op=MPI.MAX)
+            if res < tol or (res < 1e-13 and res >= best):
+                break
+            best = min(best, res)
+            f.array[:] = np.where(layer, np.sqrt(fa * deficit / np.where(layer, ya, 1.0)), 0.0)
+        else:
+            raise RuntimeError(f"wall-layer scaling did not converge in {max_sweeps} sweeps "
+                               f"(residual {res:.2e})")
+        self.sinkhorn_sweeps, self.sinkhorn_residual = sweep - 1, res
+        W = Ms.copy()
+        W.diagonalScale(f, f)
+        Ms.axpy(1.0, W, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+        W.destroy()
+        one = Ms.createVecRight()
+        one.set(1.0)
+        Ms.mult(one, y)
+        rem = Ms.createVecLeft()
+        rem.array[:] = 1.0 - y.array
+        Ms.setDiagonal(rem, addv=PETSc.InsertMode.ADD_VALUES)
+        self.local_part = rem.array.copy()
+        return f.array.copy()
 
     def wall_mass_share(self, rho_local: np.ndarray) -> float:
         """Share of the total (a-weighted, lumped) mass at nodes within ``eps`` of a wall."""
@@ -198,8 +245,8 @@ class NonlocalJacobian:
 
     ``J dx = P dx + B(rho) dg(dx)``, where ``P`` is the assembled frozen-``g`` Jacobian (also the
     preconditioner) and the second term is the change of the edge fluxes through ``g``. With a
-    local part ``c`` (``boundary="diagonal-pc"``) ``P`` also holds ``B(rho) diag(c) a^T`` and
-    ``dg`` leaves ``c a . dx`` out, so ``J`` is unchanged.
+    local part ``c`` (``boundary="diagonal-pc"``, ``"layer"``) ``P`` also holds
+    ``B(rho) diag(c) a^T`` and ``dg`` leaves ``c a . dx`` out, so ``J`` is unchanged.
     """
 
     def __init__(self, P: PETSc.Mat, flux: PotentialFlux, pot: NonlocalPotential, V):
