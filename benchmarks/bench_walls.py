@@ -13,7 +13,7 @@ Three parts, each a table (rank 0 prints), then one JSON line ``{"bench": "walls
 
     .venv/bin/python benchmarks/bench_walls.py [--part interior|rate|krylov|all]
 
-``all`` takes about two minutes on one core; it runs under ``mpiexec`` too.
+``all`` takes about three minutes on one core; it runs under ``mpiexec`` too.
 """
 
 import argparse
