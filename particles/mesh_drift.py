@@ -182,7 +182,7 @@ class MeshOperatorDrift:
         nonlocal_params: The operator's
             :class:`~fem_crossdiff.models.nonlocal_system.NonlocalParams`;
             default with ``ParticleParams``: ``NonlocalParams(params.eps, params.kernel)``
-            (``boundary="sinkhorn"``, the FE solver's default).
+            (``boundary="layer"``, the FE solver's default).
         gradient: ``"cell"`` or ``"recovered"``, see the module docstring.
         tolerance: Points outside the mesh by less than this (in barycentric coordinates of
             the nearest cell, i.e. relative to the cell size) count as inside its cell

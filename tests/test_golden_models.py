@@ -55,9 +55,12 @@ def _cases() -> dict[str, dict]:
         "local-muscl-frozen": dict(scheme="muscl", jacobian="frozen"),
         "local-muscl-mf": dict(scheme="muscl", jacobian="mf"),
         "local-muscl-direct": dict(scheme="muscl", preconditioner="direct"),
-        "nonlocal-upwind-linear": dict(nonlocal_params=NonlocalParams(eps=0.4)),
-        "nonlocal-upwind-implicit": dict(nonlocal_params=NonlocalParams(eps=0.4,
-                                                                        coupling="implicit")),
+        # the wall treatment named: the stored numbers are "sinkhorn"'s, the default until
+        # "diagonal-pc" (tests/test_walls_interior.py checks that one's Jacobian)
+        "nonlocal-upwind-linear": dict(nonlocal_params=NonlocalParams(eps=0.4,
+                                                                      boundary="sinkhorn")),
+        "nonlocal-upwind-implicit": dict(nonlocal_params=NonlocalParams(
+            eps=0.4, coupling="implicit", boundary="sinkhorn")),
         "potential-upwind": dict(potential=_potential),
     }
     for lim in LIMITER_CLASSES:  # the exact Jacobian assembled (distance-2 pattern) per limiter

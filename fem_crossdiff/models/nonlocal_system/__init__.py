@@ -2,8 +2,8 @@
 
 ``d_t rho_k = div(b_k rho_k grad g) + sigma Lap rho_k``, ``u_l = V^eps * rho_l``,
 ``g = V^eps * (sum_l a_l u_l)^(m-1)`` on a bounded domain with no-flux walls, where the
-convolutions use a kernel normalised at the walls (``NonlocalParams.boundary``: the symmetric
-Sinkhorn scaling by default, see :class:`NonlocalParams`).
+convolutions use a kernel completed at the walls (``NonlocalParams.boundary``: by default
+within the wall layer only, see :class:`NonlocalParams`).
 
 Discretisation. ``M`` is the mollification matrix of :mod:`fem_crossdiff.mollify` on the P1
 space (zero extension), symmetrised in the lumped inner product, ``M_s = (M + D^-1 M^T D) / 2``

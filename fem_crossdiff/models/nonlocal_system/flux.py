@@ -102,6 +102,40 @@ class PotentialFlux(BlockPattern):
             data[:, k, k] = np.bincount(self._pos, vals[:, k], self._nnzb)
         return data
 
-    def add_jacobian(self, A: PETSc.Mat, rho, potential):
-        """Set ``A`` to the edge Jacobian (COO assembly, see ``pattern.BlockPattern``)."""
-        self.set_matrix(A, self.jacobian_blocks(rho, potential))
+    def local_potential_blocks(self, rho, potential, c, a):
+        """Block-CSR values of the derivative through a local potential ``dg_i = c_i a . drho_i``.
+
+        The edge fluxes' change for a potential change that is local (node by node) with
+        coefficient ``c`` (nloc,) and species weights ``a`` (n,): full ``n x n`` blocks
+        ``b_k w_ij rho_k,up c_p a_l`` (upstream and limiter fixed, as in
+        :meth:`apply_potential_derivative`), so that adding them to :meth:`jacobian_blocks`
+        puts a local part of the potential's derivative into an assembled matrix.
+        """
+        n = self.n
+        _, _, _, r_up, lim = self._edge_terms(rho, potential)
+        wb = self.b[None, :] * r_up * self.W[:, None]  # (E, n): d G_k / d g_i
+        if lim is not None:
+            wb[self.limited] *= lim[0]
+        a = np.asarray(a, dtype=float)
+        Ji = wb[:, :, None] * (c[self.I][:, None, None] * a[None, None, :])
+        Jj = -wb[:, :, None] * (c[self.J][:, None, None] * a[None, None, :])
+        vals = np.concatenate([Ji, Jj, -Ji, -Jj])
+        data = np.zeros((self._nnzb, n, n))
+        for k in range(n):
+            for m in range(n):
+                data[:, k, m] = np.bincount(self._pos, vals[:, k, m], self._nnzb)
+        return data
+
+    def add_jacobian(self, A: PETSc.Mat, rho, potential, local=None):
+        """Set ``A`` to the edge Jacobian (COO assembly, see ``pattern.BlockPattern``).
+
+        Args:
+            A: The matrix.
+            rho: Nodal densities (nloc, n).
+            potential: Nodal potential (nloc,).
+            local: Optional ``(c, a)``: also add :meth:`local_potential_blocks`.
+        """
+        data = self.jacobian_blocks(rho, potential)
+        if local is not None:
+            data += self.local_potential_blocks(rho, potential, *local)
+        self.set_matrix(A, data)

@@ -41,6 +41,7 @@ class Nonlocal(Model):
         self.flux = PotentialFlux(V, params, negative_edges)
         self.g = None
         self._ctx = None
+        self._local = None
         self._warned = False
 
     @property
@@ -69,7 +70,7 @@ class Nonlocal(Model):
                 get_logger(self.V.mesh.comm).warning(
                     "nonlocal model with boundary='zero': %.1f%% of the mass lies within "
                     "eps = %g of a wall, where the zero extension pulls mass into the wall; "
-                    "boundary='sinkhorn' is the bounded-domain model", 100 * share,
+                    "boundary='layer' is the bounded-domain model", 100 * share,
                     self.nl.eps)
         self.g = None if self.implicit else self.potential(rho)
 
@@ -81,8 +82,15 @@ class Nonlocal(Model):
         return self.flux.residual(rho, self._g(rho))
 
     def add_jacobian(self, A, rho):
-        """The frozen-``g`` Jacobian (the whole Jacobian for the linear coupling)."""
-        self.flux.add_jacobian(A, rho, self._g(rho))
+        """The frozen-``g`` Jacobian (the whole Jacobian for the linear coupling).
+
+        With the implicit coupling and ``boundary="diagonal-pc"`` the local part of the
+        potential's derivative at the walls is added (the preconditioner then sees it).
+        """
+        g = self._g(rho)
+        c = self.potential.local_coefficient() if self.implicit else None
+        self._local = None if c is None else c[: self.potential.nown].copy()
+        self.flux.add_jacobian(A, rho, g, None if c is None else (c, self.params.a))
 
     def jacobian_operator(self, A):
         """The matrix-free Jacobian of the implicit coupling (``None`` for linear)."""
@@ -96,7 +104,7 @@ class Nonlocal(Model):
     def update_operator(self, rho):
         """Linearise the matrix-free Jacobian at ``rho``."""
         if self._ctx is not None:
-            self._ctx.update(rho, self.potential(rho))
+            self._ctx.update(rho, self.potential(rho), self._local)
 
     def driving_potential(self, rho):
         """``g`` of the state ``rho``."""

@@ -16,7 +16,7 @@ from fem_crossdiff.params import COUPLINGS
 __all__ = ["BOUNDARIES", "NonlocalParams"]
 
 #: Treatments of the mollification at the walls (see :class:`NonlocalParams`).
-BOUNDARIES = ("sinkhorn", "diagonal", "zero")
+BOUNDARIES = ("layer", "diagonal-pc", "sinkhorn", "diagonal", "zero")
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,35 @@ class NonlocalParams:
     """Parameters of the nonlocal model (1.5).
 
     ``boundary`` is the treatment of the convolutions at the walls of the bounded domain
-    (``docs/walls.md`` has the measurements behind the choice):
+    (``docs/walls.md`` has the measurements behind the choice, ``benchmarks/bench_walls.py``
+    repeats them):
 
-    * ``"sinkhorn"`` (default): the doubly stochastic kernel ``e(x) V^eps(x - y) e(y)`` on
-      Omega, ``K = E M_s E`` with ``K 1 = 1``. Constants are stationary and the model tends to
-      (1.1) with no-flux walls as ``eps -> 0``. The scaling ``e`` is largest at the walls (about
-      1.6 at a flat wall) and decays quickly away from them: ``|e - 1|`` is about 4e-4 at
-      2 eps and 1e-5 at 3 eps from a wall;
-    * ``"diagonal"``: ``K = M_s + diag(1 - M_s 1)``, the kernel's deficit at a wall node kept
-      at the node (also symmetric, doubly stochastic, ``K 1 = 1``), which changes nothing
-      farther than ``eps`` from a wall; its matrix-free implicit Newton needs many more Krylov
-      iterations (the local part is not in the preconditioner: x40 measured on a disk);
+    * ``"layer"`` (default): the kernel completed in the wall layer,
+      ``K = M_s + F M_s F`` (continuous counterpart ``V^eps(x - y) (1 + f(x) f(y))``), with
+      ``f >= 0`` zero wherever the kernel's support stays inside Omega and, in the layer,
+      ``f_i (M_s f)_i = 1 - (M_s 1)_i`` (a Sinkhorn scaling confined to the layer); what
+      remains of ``1 - K 1`` (the quadrature error of ``M_s 1``) is kept on the diagonal.
+      Symmetric in the lumped inner product, nonnegative, ``K 1 = 1`` (constants are
+      stationary at walls and corners), and exactly the zero extension (the free-space
+      operator) farther than ``eps`` from a wall, up to that quadrature error; so ``g`` is
+      (1.5)'s wherever the double convolution's support (``2 eps``) stays inside Omega. The
+      model tends to (1.1) with no-flux walls as ``eps -> 0``. No local term at the walls: the
+      implicit coupling costs the Krylov iterations of ``"sinkhorn"``, and particles
+      interact through a kernel;
+    * ``"diagonal-pc"``: ``K = M_s + diag(1 - M_s 1)``, the kernel's deficit at a wall node
+      kept at the node: the same guarantees and interior exactness; with the implicit coupling
+      the local part ``Delta P'(S) Delta`` of its derivative (``Delta = diag(1 - M_s 1)``) is
+      in the Newton preconditioner, which keeps the Krylov iterations at those of
+      ``"layer"``. The local term makes particle trajectories more sensitive (round-off grows
+      about 6x per step against 2x in the rank test of the particle tracking);
+    * ``"sinkhorn"``: the doubly stochastic kernel ``e(x) V^eps(x - y) e(y)`` on Omega,
+      ``K = E M_s E`` with ``K 1 = 1``. Same guarantees and a pure kernel, but the scaling ``e``
+      is one global solution: largest at the walls (about 1.6 at a flat wall), it decays away
+      from them without vanishing (``|e - 1|`` about 4e-4 at 2 eps and 1e-5 at 3 eps), so the
+      model differs from (1.5) also where the walls are out of reach;
+    * ``"diagonal"``: the operator of ``"diagonal-pc"`` with the frozen-``g`` preconditioner
+      only, whose matrix-free implicit Newton needs many more Krylov iterations (x3 to x37
+      measured on a disk; kept for comparison);
     * ``"zero"``: ``rho`` extended by zero outside Omega (the free-space convolutions), which
       halves ``S`` at a flat wall and pulls mass into walls and corners.
 
@@ -44,7 +62,7 @@ class NonlocalParams:
         coupling: ``"linear"`` (``g`` lagged) or ``"implicit"`` (Newton, matrix-free Jacobian).
         allow_small_eps: Downgrade the "kernel spans fewer than two cells" error to a warning.
         subdivisions: Composite quadrature refinement of the mollification operator.
-        boundary: ``"normalized"`` or ``"zero"``, see above.
+        boundary: One of :data:`BOUNDARIES`, see above.
     """
 
     eps: float
@@ -52,7 +70,7 @@ class NonlocalParams:
     coupling: str = "linear"
     allow_small_eps: bool = False
     subdivisions: int = 1
-    boundary: str = "sinkhorn"
+    boundary: str = "layer"
 
     def __post_init__(self):
         try:

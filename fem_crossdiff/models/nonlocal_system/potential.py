@@ -58,11 +58,19 @@ class NonlocalPotential:
         self.scaling = np.ones(self.nown)
         if nl.boundary == "sinkhorn":
             self.scaling = self._normalise(Ms, comm)
-        elif nl.boundary == "diagonal":
+        #: The diagonal part ``Delta`` of ``K`` beyond ``M_s`` (and the layer's ``F M_s F``)
+        #: whose local term ``Delta P'(S) Delta`` goes into the implicit coupling's
+        #: preconditioner (``boundary="diagonal-pc"`` and ``"layer"``), else None.
+        self.local_part = None
+        if nl.boundary in ("diagonal", "diagonal-pc"):
             # K = M_s + diag(1 - M_s 1): the kernel's deficit at a wall node stays at the node
             deficit = Ms.createVecLeft()
             deficit.array[:] = 1.0 - row.array
             Ms.setDiagonal(deficit, addv=PETSc.InsertMode.ADD_VALUES)
+            if nl.boundary == "diagonal-pc":
+                self.local_part = deficit.array.copy()
+        elif nl.boundary == "layer":
+            self.scaling = self._layer(Ms, row, comm)
         self.M = Ms
         self.a = np.asarray(params.a)
         self.law = params.law
@@ -70,6 +78,7 @@ class NonlocalPotential:
         self._y = Ms.createVecLeft()
         self.g = fem.Function(V0, name="g")
         self._dg = fem.Function(V0)
+        self._local = fem.Function(V0)
         self.S = np.zeros(self.nown)
         self.comm = comm
 
@@ -106,6 +115,51 @@ class NonlocalPotential:
         Ms.diagonalScale(e, e)
         return e.array.copy()
 
+    #: Deficit ``1 - (M_s 1)_i`` above which a node belongs to the wall layer of ``"layer"``.
+    LAYER_THRESHOLD = 1e-2
+
+    def _layer(self, Ms, row, comm, tol: float = 1e-15, max_sweeps: int = 1000) -> np.ndarray:
+        """``K = M_s + F M_s F + diag(r)`` with ``f = 0`` off the wall layer (in place).
+
+        ``f`` solves ``f_i (M_s f)_i = 1 - (M_s 1)_i`` on the layer (nodes whose deficit exceeds
+        :attr:`LAYER_THRESHOLD`) by the symmetric Sinkhorn-Knopp iteration; ``r = 1 - K 1``
+        before ``diag(r)`` is the remainder (quadrature error, small deficits), kept on the
+        diagonal as with ``"diagonal"`` and put into the implicit preconditioner.
+
+        Returns:
+            The owned values of ``f``.
+        """
+        deficit = 1.0 - row.array
+        layer = deficit > self.LAYER_THRESHOLD
+        f, y = Ms.createVecRight(), Ms.createVecLeft()
+        f.array[:] = np.where(layer, 1.0, 0.0)
+        best = np.inf
+        for sweep in range(1, max_sweeps + 1):
+            Ms.mult(f, y)
+            fa, ya = f.array, y.array
+            res = comm.allreduce(float(np.abs(fa * ya - deficit)[layer].max(initial=0.0)),
+                                 op=MPI.MAX)
+            if res < tol or (res < 1e-13 and res >= best):
+                break
+            best = min(best, res)
+            f.array[:] = np.where(layer, np.sqrt(fa * deficit / np.where(layer, ya, 1.0)), 0.0)
+        else:
+            raise RuntimeError(f"wall-layer scaling did not converge in {max_sweeps} sweeps "
+                               f"(residual {res:.2e})")
+        self.sinkhorn_sweeps, self.sinkhorn_residual = sweep - 1, res
+        W = Ms.copy()
+        W.diagonalScale(f, f)
+        Ms.axpy(1.0, W, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+        W.destroy()
+        one = Ms.createVecRight()
+        one.set(1.0)
+        Ms.mult(one, y)
+        rem = Ms.createVecLeft()
+        rem.array[:] = 1.0 - y.array
+        Ms.setDiagonal(rem, addv=PETSc.InsertMode.ADD_VALUES)
+        self.local_part = rem.array.copy()
+        return f.array.copy()
+
     def wall_mass_share(self, rho_local: np.ndarray) -> float:
         """Share of the total (a-weighted, lumped) mass at nodes within ``eps`` of a wall."""
         X = rho_local[: self.nown] @ self.a
@@ -138,11 +192,40 @@ class NonlocalPotential:
         P = self.law.pressure(self.S)
         return self._to_function(P, self.g).copy()
 
-    def derivative(self, drho_owned: np.ndarray) -> np.ndarray:
-        """``dg`` (owned + ghost) for a change ``drho`` (nown, n), linearised at the last call."""
-        dS = self._mollify(np.ascontiguousarray(drho_owned)) @ self.a
+    def derivative(self, drho_owned: np.ndarray, local: np.ndarray | None = None) -> np.ndarray:
+        """``dg`` (owned + ghost) for a change ``drho`` (nown, n), linearised at the last call.
+
+        Args:
+            drho_owned: Owned density change (nown, n).
+            local: Owned coefficients ``c`` of a local part ``c_i a . drho_i`` to leave out
+                (the part an assembled preconditioner already holds), or None.
+        """
+        drho = np.ascontiguousarray(drho_owned)
+        dS = self._mollify(drho) @ self.a
         dP = self.law.derivative(self.S) * dS
-        return self._to_function(dP, self._dg).copy()
+        self._x.array[:] = dP
+        self.M.mult(self._x, self._y)
+        f = self._dg
+        f.x.array[: self.nown] = self._y.array
+        if local is not None:
+            f.x.array[: self.nown] -= local * (drho @ self.a)
+        f.x.scatter_forward()
+        return f.x.array.copy()
+
+    def local_coefficient(self) -> np.ndarray | None:
+        """``c = Delta^2 P'(S)`` (owned + ghost) at the last call, or None without a local part.
+
+        ``K P'(S) K = (M_s + Delta) P'(S) (M_s + Delta)`` contains the local (diagonal) term
+        ``Delta P'(S) Delta``: a diffusion-like part of the implicit Jacobian that the
+        frozen-``g`` preconditioner misses, and that costs a Krylov method many iterations
+        when left to the matrix-free product alone.
+        """
+        if self.local_part is None:
+            return None
+        f = self._local
+        f.x.array[: self.nown] = self.local_part ** 2 * self.law.derivative(self.S)
+        f.x.scatter_forward()
+        return f.x.array.copy()
 
     def energy(self, rho_local: np.ndarray) -> float:
         """Discrete ``A_eps`` of (1.4) over Omega (lumped quadrature), see the module docstring."""
@@ -161,7 +244,9 @@ class NonlocalJacobian:
     """Matrix-free Jacobian of the implicit nonlocal scheme (a petsc4py Python matrix context).
 
     ``J dx = P dx + B(rho) dg(dx)``, where ``P`` is the assembled frozen-``g`` Jacobian (also the
-    preconditioner) and the second term is the change of the edge fluxes through ``g``.
+    preconditioner) and the second term is the change of the edge fluxes through ``g``. With a
+    local part ``c`` (``boundary="diagonal-pc"``, ``"layer"``) ``P`` also holds
+    ``B(rho) diag(c) a^T`` and ``dg`` leaves ``c a . dx`` out, so ``J`` is unchanged.
     """
 
     def __init__(self, P: PETSc.Mat, flux: PotentialFlux, pot: NonlocalPotential, V):
@@ -170,21 +255,24 @@ class NonlocalJacobian:
         self.work = fem.Function(V)
         self.rho = None
         self.g = None
+        #: Owned coefficients of the local part held by ``P`` (None: ``P`` is frozen-``g``).
+        self.local = None
 
     def release(self) -> None:
         """Drop the references to the model's data (the operator is being freed)."""
-        self.P = self.flux = self.pot = self.work = self.rho = self.g = None
+        self.P = self.flux = self.pot = self.work = self.rho = self.g = self.local = None
 
-    def update(self, rho_local, g):
-        """Set the linearisation point."""
-        self.rho, self.g = rho_local.copy(), g
+    def update(self, rho_local, g, local=None):
+        """Set the linearisation point (and the owned local coefficients ``P`` holds)."""
+        self.rho, self.g, self.local = rho_local.copy(), g, local
 
     def mult(self, mat, x, y):
         """``y = J x``."""
         self.P.mult(x, y)
         nown = self.pot.nown
         dx = x.array_r.reshape(nown, self.n)
-        dg = self.pot.derivative(dx)
+        # P holds B(rho) diag(c) a^T when a local part was assembled: leave it out of dg
+        dg = self.pot.derivative(dx, self.local)
         R = self.flux.apply_potential_derivative(self.rho, self.g, dg)
         self.work.x.array[:] = R.reshape(-1)
         self.work.x.scatter_reverse(dolfinx.la.InsertMode.add)
