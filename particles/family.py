@@ -44,14 +44,17 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
+import scipy.fft as sfft
 from scipy.spatial import cKDTree
 
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.family import Family
 from fem_crossdiff.mollifiers import get_mollifier
 
+from .drift import GridDrift, Particles, _cic, _global_bbox, _grid_layout, _kernel_ffts
 from .params import ParticleParams
 from .rng import block_generator, partition
 from .state import ParticleState, _frozen, brownian_increments, step
@@ -62,8 +65,10 @@ __all__ = [
     "family_state",
     "gather_cloud",
     "density_at",
+    "density_grid",
     "pressure_at",
     "interaction_drift",
+    "GridInteraction",
     "potential_drift",
     "effective_sample_size",
     "resample",
@@ -76,6 +81,7 @@ TAG_RESAMPLE = 2
 _PAIR_CHUNK = 2_000_000  # particle pairs held at once by the interaction sums
 _TREE_CHUNK = 20_000  # local particles per neighbour query of density_at
 _SCHEMES = ("euler", "heun")
+_DENSITY = ("exact", "grid")
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,54 @@ def density_at(x, species, weights, params: ParticleParams, comm=None, cloud=Non
     return out
 
 
-def pressure_at(x, species, weights, params: ParticleParams, comm=None, cloud=None):
-    """``P(S(X_i))`` at the local particles (collective; :func:`density_at`)."""
-    return params.law.pressure(density_at(x, species, weights, params, comm, cloud))
+def density_grid(x, species, weights, params: ParticleParams, comm=None,
+                 grid: GridDrift | None = None) -> np.ndarray:
+    """``S(X_i)`` by the particle-mesh route of :class:`GridDrift` (collective, O(N)).
+
+    Cloud-in-cell deposit of the weighted masses, FFT convolution with the sampled ``V^eps``,
+    cloud-in-cell interpolation back to the particles: error O(h^2), ``h = eps /
+    cells_per_eps``, with the grid, the memory check and the MPI reduction of ``grid``.
+    """
+    grid = GridDrift() if grid is None else grid
+    x = np.asarray(x, dtype=float)
+    parts = Particles(x, params, np.asarray(species), weights)
+    pts, eps = parts.pts, params.eps
+    lo, hi = _global_bbox(pts, comm)
+    cpe = grid._checked_resolution(lo, hi, eps, comm)
+    lo_idx, shape, shape_fft, r = _grid_layout(lo, hi, eps, cpe)
+    h = eps / cpe
+    ncell = int(np.prod(shape))
+    mass = np.zeros(ncell)
+    w = parts.weights(params)
+    idx, wts = _cic(pts, lo_idx, h, shape) if pts.shape[0] else ([], [])
+    for ic, wc in zip(idx, wts, strict=True):
+        mass += np.bincount(ic, weights=w * wc, minlength=ncell)
+    if comm is not None and comm.size > 1:
+        from mpi4py import MPI
+
+        comm.Allreduce(MPI.IN_PLACE, mass, op=MPI.SUM)
+    kv_hat, _ = _kernel_ffts(shape_fft, r, h, eps, params.kernel)
+    crop = tuple(slice(0, int(c)) for c in shape)
+    s_grid = sfft.irfftn(sfft.rfftn(mass.reshape(tuple(shape)), shape_fft) * kv_hat,
+                         shape_fft)[crop].ravel()
+    out = np.zeros(pts.shape[0])
+    for ic, wc in zip(idx, wts, strict=True):
+        out += s_grid[ic] * wc
+    return np.maximum(out, 0.0)  # the FFT's round-off can dip below 0 where S vanishes
+
+
+def pressure_at(x, species, weights, params: ParticleParams, comm=None, cloud=None,
+                method: str = "exact"):
+    """``P(S(X_i))`` at the local particles (collective).
+
+    ``method``: ``"exact"`` (:func:`density_at`, the particle sum) or ``"grid"``
+    (:func:`density_grid`, O(N)).
+    """
+    if method == "grid":
+        s = density_grid(x, species, weights, params, comm)
+    else:
+        s = density_at(x, species, weights, params, comm, cloud)
+    return params.law.pressure(s)
 
 
 def interaction_drift(x, species, weights, params: ParticleParams, family: Family, comm=None,
@@ -155,7 +206,9 @@ def interaction_drift(x, species, weights, params: ParticleParams, family: Famil
     """``-sum_l (grad W_kl * mu_l)(X_i)`` at the local particles, ``(M, d)`` (collective).
 
     ``mu_l`` puts the mass ``w_j M_l / N`` at each particle ``j`` of species ``l``; a particle's
-    own term is ``grad K(0) = 0``.
+    own term is ``grad K(0) = 0``. Compact kernels sum over the pairs within their support (a
+    k-d tree of the gathered cloud); the Gaussian and Morse kernels over all pairs, in chunks
+    of ``_PAIR_CHUNK`` (``O(N_local N)`` work).
     """
     x = np.asarray(x, dtype=float)
     out = np.zeros_like(x)
@@ -165,14 +218,136 @@ def interaction_drift(x, species, weights, params: ParticleParams, family: Famil
     mass = np.asarray(params.mass, dtype=float)[sp] / params.n_particles * w
     species = np.asarray(species)
     rows = max(1, _PAIR_CHUNK // max(1, y.shape[0]))
+    tree = None
     for term in family.interactions:
         s = np.asarray(term.strength, dtype=float)
+        if math.isfinite(term.kernel.support):  # compact: only the pairs within the support
+            tree = cKDTree(y) if tree is None else tree
+            for i0 in range(0, x.shape[0], _TREE_CHUNK):
+                xi = x[i0:i0 + _TREE_CHUNK]
+                pairs = cKDTree(xi).sparse_distance_matrix(tree, term.kernel.support,
+                                                           output_type="ndarray")
+                i, j = pairs["i"], pairs["j"]
+                g = term.kernel.gradient(xi[i] - y[j])
+                g *= (s[species[i0 + i], sp[j]] * mass[j])[:, None]
+                for c in range(x.shape[1]):
+                    out[i0:i0 + xi.shape[0], c] -= np.bincount(i, weights=g[:, c],
+                                                               minlength=xi.shape[0])
+            continue
         for i0 in range(0, x.shape[0], rows):
             xi = x[i0:i0 + rows]
             g = term.kernel.gradient(xi[:, None, :] - y[None, :, :])
             coef = s[species[i0:i0 + rows]][:, sp] * mass[None, :]
             out[i0:i0 + rows] -= np.einsum("ij,ijc->ic", coef, g)
     return out
+
+
+#: default truncation radius, in kernel lengths, of the kernels without compact support
+#: (the Gaussian falls to exp(-32) ~ 1e-14 at 8 lengths, the Morse profile to 2e-16 at 36).
+_CUTOFF = {"gaussian": 8.0, "morse": 36.0}
+
+
+@dataclass(frozen=True)
+class GridInteraction:
+    """Particle-mesh evaluation of the interaction drift (O(N + G log G) per step).
+
+    Per species, cloud-in-cell deposit of the masses ``w_j M_l / N`` on a grid of spacing
+    ``h = length / cells_per_length`` covering the particles plus the kernel's reach, one FFT
+    convolution with ``grad K`` sampled at the grid offsets (zero padding: no wrap-around),
+    cloud-in-cell interpolation back to the particles. Error O(h^2) for the smooth kernels
+    (Gaussian, bump, poly4), O(h) for the Morse profile (its gradient jumps at 0). Under MPI
+    the deposits are added with one ``Allreduce`` and every rank does the FFTs.
+
+    Attributes:
+        cells_per_length: grid cells per kernel length (``>= 2``).
+        cutoff: reach of the Gaussian and Morse kernels in kernel lengths (``None``: 8 and 36).
+        max_points: the largest grid (points) accepted, per interaction term.
+    """
+
+    cells_per_length: float = 8.0
+    cutoff: float | None = None
+    max_points: int = 1 << 24
+
+    def __post_init__(self):
+        c = self.cells_per_length
+        if isinstance(c, bool) or not (isinstance(c, int | float) and math.isfinite(c) and c >= 2):
+            raise ParameterError("cells_per_length", c, "a number >= 2")
+        cut = self.cutoff
+        if cut is not None and (isinstance(cut, bool) or not (
+                isinstance(cut, int | float) and math.isfinite(cut) and cut > 0)):
+            raise ParameterError("cutoff", cut, "a number > 0 (kernel lengths) or None")
+        if isinstance(self.max_points, bool) or not isinstance(self.max_points, int) or \
+                self.max_points < 1:
+            raise ParameterError("max_points", self.max_points, "an integer >= 1")
+
+    def reach(self, kernel) -> float:
+        """Radius beyond which ``kernel`` is taken as zero."""
+        if math.isfinite(kernel.support):
+            return kernel.support
+        return kernel.length * (self.cutoff if self.cutoff is not None else _CUTOFF[kernel.kind])
+
+    def __call__(self, x, species, weights, params: ParticleParams, family: Family,
+                 comm=None) -> np.ndarray:
+        """``-sum_l (grad W_kl * mu_l)(X_i)`` at the local particles, ``(M, d)``."""
+        x = np.asarray(x, dtype=float)
+        species = np.asarray(species)
+        out = np.zeros_like(x)
+        if not family.interactions:
+            return out
+        n, d = family.n_species, x.shape[1]
+        mass = np.asarray(params.mass, dtype=float)[species] / params.n_particles * weights
+        lo, hi = _global_bbox(x, comm)
+        for t, term in enumerate(family.interactions):
+            reach, h = self.reach(term.kernel), term.kernel.length / self.cells_per_length
+            lo_idx, shape, shape_fft, r = _grid_layout(lo, hi, reach, reach / h)
+            npts = int(np.prod(np.asarray(shape_fft, dtype=float)))
+            if npts > self.max_points:
+                raise ParameterError("max_points", self.max_points, f"a grid of at least "
+                                     f"{npts} points for interactions[{t}] (FFT "
+                                     f"{'x'.join(map(str, shape_fft))}): raise max_points, "
+                                     "or lower cells_per_length or cutoff")
+            ncell = int(np.prod(shape))
+            idx, wts = _cic(x, lo_idx, h, shape) if x.shape[0] else ([], [])
+            dep = np.zeros((n, ncell))
+            for ic, wc in zip(idx, wts, strict=True):
+                for k in range(n):
+                    mine = species == k
+                    dep[k] += np.bincount(ic[mine], weights=(mass * wc)[mine], minlength=ncell)
+            if comm is not None and comm.size > 1:
+                from mpi4py import MPI
+
+                comm.Allreduce(MPI.IN_PLACE, dep, op=MPI.SUM)
+            kg = _kernel_gradient_ffts(shape_fft, r, h, term.kernel)
+            crop = tuple(slice(0, int(c)) for c in shape)
+            strength = np.asarray(term.strength, dtype=float)
+            for l in range(n):
+                if not np.any(strength[:, l]):
+                    continue
+                m_hat = sfft.rfftn(dep[l].reshape(tuple(shape)), shape_fft)
+                coef = strength[species, l]
+                for c in range(d):
+                    field_ = sfft.irfftn(m_hat * kg[c], shape_fft)[crop].ravel()
+                    acc = np.zeros(x.shape[0])
+                    for ic, wc in zip(idx, wts, strict=True):
+                        acc += field_[ic] * wc
+                    out[:, c] -= coef * acc
+        return out
+
+
+@lru_cache(maxsize=16)
+def _kernel_gradient_ffts(shape_fft: tuple, r: int, h: float, kernel) -> tuple:
+    """Real FFTs of ``grad K(k h)``, ``|k_i| <= r``, wrapped (one per component)."""
+    d = len(shape_fft)
+    k = np.arange(-r, r + 1)
+    offs = np.stack(np.meshgrid(*([k] * d), indexing="ij"), axis=-1) * h
+    grad = kernel.gradient(offs)
+    idx = np.ix_(*[np.mod(k, s) for s in shape_fft])
+    out = []
+    for c in range(d):
+        kg = np.zeros(shape_fft)
+        kg[idx] = grad[..., c]
+        out.append(sfft.rfftn(kg, shape_fft))
+    return tuple(out)
 
 
 def potential_drift(x, species, family: Family) -> np.ndarray:
@@ -255,6 +430,8 @@ def family_step(
     comm=None,
     growth_scheme: str = "euler",
     resample_below: float = 0.5,
+    density: str = "exact",
+    interaction: GridInteraction | None = None,
 ) -> FamilyState:
     """One step of the family's particle system (module docstring); pure and collective.
 
@@ -271,6 +448,11 @@ def family_step(
         growth_scheme: ``"euler"`` (first order) or ``"heun"`` (second order).
         resample_below: resample a species when its effective sample size falls below
             ``resample_below * N`` (in ``[0, 1]``; 0: never).
+        density: how ``S`` at the particles is computed for the growth laws: ``"exact"``
+            (the particle sum over neighbours, :func:`density_at`) or ``"grid"`` (the
+            particle-mesh route of the grid drift, O(N), :func:`density_grid`).
+        interaction: how the interaction drift is computed: ``None``, the sums over particle
+            pairs (:func:`interaction_drift`), or a :class:`GridInteraction` (particle-mesh).
 
     Returns:
         The state at ``t + dt``.
@@ -279,6 +461,8 @@ def family_step(
         raise ParameterError("dt", dt, "a finite number > 0")
     if growth_scheme not in _SCHEMES:
         raise ParameterError("growth_scheme", growth_scheme, f"one of {', '.join(_SCHEMES)}")
+    if density not in _DENSITY:
+        raise ParameterError("density", density, f"one of {', '.join(_DENSITY)}")
     if isinstance(resample_below, bool) or not (
             isinstance(resample_below, int | float) and 0.0 <= resample_below <= 1.0):
         raise ParameterError("resample_below", resample_below, "a number in [0, 1]")
@@ -296,13 +480,18 @@ def family_step(
         raise ParameterError("pressure", pressure, "a drift taking per-particle weights "
                              "(GridDrift, CellListDrift) when the weights are not all 1")
     x, sp, w = st.positions, st.species, fs.weights
-    need_cloud = growth or bool(family.interactions)
+    if interaction is not None and not isinstance(interaction, GridInteraction):
+        raise ParameterError("interaction", interaction, "None or a GridInteraction")
+    need_cloud = (growth and density == "exact") or (bool(family.interactions)
+                                                     and interaction is None)
     cloud = gather_cloud(x, sp, w, comm) if need_cloud else None
-    p_now = pressure_at(x, sp, w, params, comm, cloud) if growth else None
+    p_now = pressure_at(x, sp, w, params, comm, cloud, density) if growth else None
 
     def drift(pos, t, prm, comm_, species=None):
         v = potential_drift(pos, species, family)
-        if family.interactions:
+        if family.interactions and interaction is not None:
+            v += interaction(pos, species, w, params, family, comm_)
+        elif family.interactions:
             v += interaction_drift(pos, species, w, params, family, comm_, cloud)
         if pressure is not None:
             kw = {"weights": w} if weighted else {}
@@ -318,7 +507,7 @@ def family_step(
     g_now = _growth(family, sp, p_now)
     w_new = w * np.exp(dt * g_now)
     if growth_scheme == "heun":
-        p_pred = pressure_at(moved.positions, sp, w_new, params, comm)
+        p_pred = pressure_at(moved.positions, sp, w_new, params, comm, method=density)
         w_new = w * np.exp(0.5 * dt * (g_now + _growth(family, sp, p_pred)))
     out = FamilyState(moved, _frozen(w_new), fs.resamplings)
     if resample_below > 0.0:

@@ -33,7 +33,9 @@ from fem_crossdiff.particles import (
     state_from_positions,
 )
 from fem_crossdiff.particles.family import (
+    GridInteraction,
     density_at,
+    density_grid,
     effective_sample_size,
     family_state,
     family_step,
@@ -161,6 +163,32 @@ def test_confinement_compact_stationary_profile(comm):
     assert rate > 1.4
     assert m2_err[-1] < 1e-3
     assert w1[0] / w1[1] > 2.0 and w1[1] / w1[2] > 2.0 and w1[-1] < 1.5e-3
+
+
+def test_confinement_particle_number_sweep(comm):
+    """The same at eps = 0.05 over N = 250..2000: W1 falls with N toward the O(eps^2) floor.
+
+    With sigma = 0 the relaxed particles sit nearly at the quantiles of the mollified
+    equilibrium (a gradient flow: no sampling noise is left), so W1 falls at least like
+    N^(-1/2) until the mollifier's bias (about 6e-4 here) dominates.
+    """
+    C = (3 / (4 * math.sqrt(2))) ** (2 / 3)
+    eps, dt, T = 0.05, 0.0025, 8.0
+    fam = Family((0.0,), potentials=(Potential("x**2 / 2"),))
+    dom = FreeSpace(1)
+    ns, w1 = (250, 500, 1000, 2000), []
+    for n in ns:
+        params = ParticleParams(n, (1.0,), (1.0,), 0.0, 2.0, eps)
+        fs = family_state(init_state(params, lambda r, c: r.uniform(-1, 1, (c, 1)), 3, dom, comm))
+        for _ in range(int(round(T / dt))):
+            fs = family_step(fs, dt, params, fam, dom, pressure=GridDrift(), comm=comm)
+        x = gather_positions(fs.particles, comm, root=None)[0, :, 0]
+        w1.append(_w1_to_cdf(x, lambda y: _compact_cdf(y, C), -2.0, 2.0))
+    slope = _slope(ns, w1)
+    if comm.rank == 0:
+        print(f"\nconfinement eps={eps}: N {ns}, W1 {_fmt(w1)}, slope {slope:.2f}")
+    assert all(a > b for a, b in zip(w1, w1[1:], strict=False))
+    assert slope < -0.4 and w1[-1] < 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +328,33 @@ def test_interaction_drift_against_direct_sum(comm, kind):
     assert err < 1e-12 * _max(comm, float(np.abs(ref).max(initial=1.0)))
 
 
+@pytest.mark.parametrize("kind, order", [("gaussian", 2.0), ("poly4", 1.7), ("morse", 0.5)])
+def test_grid_interaction_converges_to_the_pair_sums(comm, kind, order):
+    """The particle-mesh interaction against the pair sums: O(h^2) (Morse: O(h) or slower)."""
+    n = 500
+    rng = np.random.default_rng(5)
+    full = rng.normal(0.0, 0.3, (2, n, 2))
+    wfull = rng.uniform(0.5, 2.0, (2, n))
+    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.0, 2.0, 0.1, masses=(1.0, 3.0))
+    fam = Family((0.0, 0.0), interactions=(
+        Interaction(Kernel(kind, 0.2), ((1.0, -2.0), (0.5, -0.3))),))
+    start, stop = partition(n, comm.size, comm.rank)
+    x = full[:, start:stop].reshape(-1, 2)
+    sp = np.repeat([0, 1], stop - start)
+    w = wfull[:, start:stop].ravel()
+    ref = interaction_drift(x, sp, w, params, fam, comm)
+    scale = _max(comm, float(np.abs(ref).max(initial=0.0)))
+    levels, errs = (4, 8, 16), []
+    for c in levels:
+        got = GridInteraction(c)(x, sp, w, params, fam, comm)
+        errs.append(_max(comm, float(np.abs(got - ref).max(initial=0.0))) / scale)
+    rate = -_slope(levels, errs)
+    if comm.rank == 0:
+        print(f"\ngrid interaction, {kind}: cells per length {levels}, relative errors "
+              f"{_fmt(errs)}, rate {rate:.2f}")
+    assert rate > order - 0.3 and errs[-1] < 0.03
+
+
 def test_pressure_drifts_take_weights(comm):
     """Weights 2 on every particle = masses doubled, for the grid and the quadrature drifts."""
     n = 400
@@ -325,6 +380,23 @@ def test_pressure_drifts_take_weights(comm):
     ref = sum(p1.weights[l] * v.value(x[:, None, :] - full[l][None], 0.2).sum(axis=1)
               for l in range(2))
     assert _max(comm, float(np.abs(s - ref).max(initial=0.0))) < 1e-12 * float(ref.max())
+
+
+def test_density_grid_converges_to_the_particle_sum(comm):
+    """S at the particles by the grid route: O(h^2) against the exact particle sum."""
+    n = 3000
+    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.0, 2.0, 0.2)
+    st = init_state(params, lambda r, c: 0.4 * r.standard_normal((c, 2)), 2, FreeSpace(2), comm)
+    w = np.exp(0.3 * st.positions[:, 0])
+    exact = density_at(st.positions, st.species, w, params, comm)
+    scale = _max(comm, float(exact.max(initial=0.0)))
+    errs = []
+    for cpe in (4, 8, 16):
+        grid = density_grid(st.positions, st.species, w, params, comm, GridDrift(cpe))
+        errs.append(_max(comm, float(np.abs(grid - exact).max(initial=0.0))) / scale)
+    if comm.rank == 0:
+        print(f"\nS by the grid, cells per eps 4, 8, 16: relative errors {_fmt(errs)}")
+    assert errs[1] / errs[2] > 3.0 and errs[2] < 5e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,11 +433,12 @@ def test_systematic_resampling_counts_and_mass(comm):
     assert np.array_equal(np.rint(serial.particles.positions[:, 0]).astype(int), parent)
 
 
-def test_growth_pressure_resampling_rank_independent(comm):
+@pytest.mark.parametrize("density", ["exact", "grid"])
+def test_growth_pressure_resampling_rank_independent(comm, density):
     """Every ingredient at once: the run on all ranks equals the run on one rank.
 
     Two species, pressure, potential, interaction, noise, growth and resampling (to
-    round-off; resampling did happen).
+    round-off; resampling did happen); S and the interaction by pair sums, or both by grids.
     """
     n = 600
     params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.0, 2.0, 0.15, masses=(1.0, 0.5))
@@ -376,11 +449,14 @@ def test_growth_pressure_resampling_rank_independent(comm):
     samp = [lambda r, c: r.normal(0.0, 0.3, (c, 1)), lambda r, c: r.normal(0.3, 0.2, (c, 1))]
     dist = family_state(init_state(params, samp, 7, dom, comm))
     ser = family_state(init_state(params, samp, 7, dom, None))
+
+    def advance(fs, c):
+        return family_step(fs, 0.01, params, fam, dom, pressure=GridDrift(), comm=c,
+                           resample_below=0.9, density=density,
+                           interaction=GridInteraction() if density == "grid" else None)
+
     for _ in range(40):
-        dist = family_step(dist, 0.01, params, fam, dom, pressure=GridDrift(), comm=comm,
-                           resample_below=0.9)
-        ser = family_step(ser, 0.01, params, fam, dom, pressure=GridDrift(), comm=MPI.COMM_SELF,
-                          resample_below=0.9)
+        dist, ser = advance(dist, comm), advance(ser, MPI.COMM_SELF)
     xd = gather_positions(dist.particles, comm, root=None)
     xs = gather_positions(ser.particles)
     wd, ws = _gather_weights(dist, comm), _gather_weights(ser, MPI.COMM_SELF)
@@ -390,7 +466,7 @@ def test_growth_pressure_resampling_rank_independent(comm):
     assert dist.resamplings == ser.resamplings >= 1
     assert np.abs(xd - xs).max() < 1e-8 and np.abs(wd - ws).max() < 1e-8 * ws.max()
     mass, _, _ = weighted_moments(dist, params, comm)
-    assert mass[0] > 1.05 and 0.0 < mass[1]  # species 1 grew under low pressure
+    assert mass[0] > 1.05 and 0.0 < mass[1]  # the first species grew under low pressure
 
 
 def test_step_errors(comm):
@@ -401,6 +477,8 @@ def test_step_errors(comm):
     cases = [
         (dict(dt=0.0), "dt"),
         (dict(growth_scheme="rk4"), "growth_scheme"),
+        (dict(density="fft"), "density"),
+        (dict(interaction="grid"), "interaction"),
         (dict(resample_below=1.5), "resample_below"),
         (dict(family=Family((0.0, 0.0))), "family.sigma"),
         (dict(pressure=FieldDrift(lambda t, y: 0 * y)), "pressure"),
