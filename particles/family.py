@@ -35,8 +35,11 @@ and each rank keeps its index block. Results do not depend on the number of rank
 round-off of the sums.
 
 Domains: free space and :class:`~fem_crossdiff.particles.domains.Box`; a mesh domain
-(:class:`~fem_crossdiff.particles.mesh_domain.MeshDomain`) without growth (its particles
-migrate between ranks, which the weights do not follow yet).
+(:class:`~fem_crossdiff.particles.mesh_domain.MeshDomain`) without growth and with weights 1
+(its particles migrate between ranks, which the weights do not follow yet).
+
+Checks: every argument is checked before any work, and verdicts that depend on a rank's own
+particles are shared (one ``allreduce``), so all ranks raise together.
 """
 
 from __future__ import annotations
@@ -105,12 +108,26 @@ class FamilyState:
         return self.particles.time
 
 
-def family_state(state: ParticleState, weights=None) -> FamilyState:
-    """A :class:`FamilyState` from particles (weights 1 unless given)."""
+def _any(comm, flag: bool) -> bool:
+    """``flag`` on some rank (collective when ``comm`` is given): verdicts all ranks share."""
+    if comm is None or comm.size == 1:
+        return bool(flag)
+    from mpi4py import MPI
+
+    return bool(comm.allreduce(bool(flag), op=MPI.LOR))
+
+
+def family_state(state: ParticleState, weights=None, comm=None) -> FamilyState:
+    """A :class:`FamilyState` from particles (weights 1 unless given).
+
+    Collective when ``comm`` is given: bad weights on any rank raise on every rank.
+    """
     w = np.ones(state.n_local) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (state.n_local,) or not np.all(np.isfinite(w)) or (w.size and w.min() <= 0):
-        raise ParameterError("weights", w, f"{state.n_local} finite numbers > 0 (one per local "
-                             "particle)")
+    bad = w.shape != (state.n_local,) or not np.all(np.isfinite(w)) or bool(
+        w.size and w.min() <= 0)
+    if _any(comm, bad):
+        raise ParameterError("weights", w if bad else "(on another rank)",
+                             f"{state.n_local} finite numbers > 0 (one per local particle)")
     return FamilyState(state, _frozen(w))
 
 
@@ -468,14 +485,16 @@ def family_step(
         raise ParameterError("resample_below", resample_below, "a number in [0, 1]")
     _check_family(params, family)
     st = fs.particles
-    if fs.weights.shape != st.species.shape:
+    if _any(comm, fs.weights.shape != st.species.shape):
         raise ParameterError("weights", fs.weights.shape, f"one per local particle "
                              f"({st.n_local})")
     growth = family.has_growth
-    if growth and hasattr(domain, "track"):
+    weighted = growth or _any(comm, not np.all(fs.weights == 1.0))
+    tracking = hasattr(domain, "track")
+    if weighted and tracking:
         raise ParameterError("domain", domain, "free space or a Box when the family has growth "
-                             "(the weights do not migrate with mesh particles yet)")
-    weighted = growth or not np.all(fs.weights == 1.0)
+                             "or weights other than 1 (the weights do not migrate with mesh "
+                             "particles yet)")
     if weighted and pressure is not None and not _accepts_weights(pressure):
         raise ParameterError("pressure", pressure, "a drift taking per-particle weights "
                              "(GridDrift, CellListDrift) when the weights are not all 1")
@@ -502,6 +521,8 @@ def family_step(
     dW = brownian_increments(st, dt) * scale[:, None]
     unit = replace(params, sigma=0.5)  # sqrt(2 sigma) = 1: the increments carry sigma_k
     moved = step(st, dt, unit, domain, drift, comm, dW)
+    if tracking:  # particles may have migrated; their weights are all 1 (checked above)
+        return FamilyState(moved, _frozen(np.ones(moved.n_local)), fs.resamplings)
     if not growth:
         return FamilyState(moved, fs.weights, fs.resamplings)
     g_now = _growth(family, sp, p_now)

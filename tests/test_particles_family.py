@@ -494,3 +494,10 @@ def test_step_errors(comm):
     with pytest.raises(ParameterError) as err:
         family_state(fs.particles, -np.ones(fs.particles.n_local))
     assert err.value.key == "weights"
+    # bad weights on rank 0 only: every rank raises (none is left waiting in a collective)
+    w = np.ones(fs.particles.n_local)
+    if comm.rank == 0:
+        w[0] = np.nan
+    with pytest.raises(ParameterError) as err:
+        family_state(fs.particles, w, comm)
+    assert err.value.key == "weights"
