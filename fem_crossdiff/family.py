@@ -15,7 +15,8 @@ nonlocal levels later) reads the same way. It needs numpy alone (no DOLFINx, no 
   **``, and the functions of :data:`FUNCTIONS`; no names, attributes or calls beyond those) and
   evaluated with numpy. Its gradient is the complex-step derivative ``Im f(x + i h e_j) / h``
   with ``h = 1e-30``: exact to rounding for the analytic functions allowed, and for ``abs``,
-  ``min``, ``max`` and ``heaviside``, which follow the real part's branch.
+  ``min``, ``max`` and ``heaviside``, which follow the real part's branch; NaN where the
+  formula itself is not finite.
 * :class:`Potential`: ``Phi_k``, an :class:`Expression` of ``x, y, z`` or a pair of Python
   callables (value, gradient).
 * :class:`Kernel` and :class:`Interaction`: ``W_kl = strength[k][l] K``, ``K`` a radial kernel
@@ -174,14 +175,24 @@ class Expression:
         shape = np.broadcast(*[np.asarray(v) for v in env.values()], np.asarray(0.0)).shape
         return np.broadcast_to(out, shape).copy()
 
-    def derivative(self, name: str, **values) -> np.ndarray:
-        """``d formula / d name`` at the given real arrays (complex step, exact to rounding)."""
+    def derivative(self, name: str, real: np.ndarray | None = None, **values) -> np.ndarray:
+        """``d formula / d name`` at the given real arrays (complex step, exact to rounding).
+
+        NaN where the formula itself is not finite (``log`` or ``sqrt`` of a negative number:
+        the complex step would give the analytic continuation's slope there).
+
+        Args:
+            name: the variable to differentiate by.
+            real: the formula's values at these points, if the caller has them.
+            **values: the variables' values.
+        """
         env = {v: np.asarray(values.get(v, 0.0), dtype=complex) for v in self.variables}
         env[name] = env[name] + 1j * _H
         with np.errstate(all="ignore"):
             out = _evaluate(self._tree.body, env)
         shape = np.broadcast(*env.values()).shape
-        return np.broadcast_to(np.imag(out) / _H, shape).copy()
+        real = self(**values) if real is None else real
+        return np.where(np.isfinite(real), np.broadcast_to(np.imag(out) / _H, shape), np.nan)
 
 
 def _finite(key: str, value, allowed: str, lo: float | None = None, strict=False) -> float:
@@ -241,9 +252,10 @@ class Potential:
         if self._parsed is None:
             return np.asarray(self.gradient(x), dtype=float).reshape(x.shape)
         env = self._env(x)
+        real = self._parsed(**env)
         out = np.empty_like(x)
         for i in range(x.shape[1]):
-            out[:, i] = self._parsed.derivative(_COORDS[i], **env).reshape(x.shape[0])
+            out[:, i] = self._parsed.derivative(_COORDS[i], real, **env).reshape(x.shape[0])
         return out
 
 

@@ -508,6 +508,9 @@ def family_step(
 
     def drift(pos, t, prm, comm_, species=None):
         v = potential_drift(pos, species, family)
+        if family.potentials:
+            _check_finite(comm_, v, species, "potentials", "a potential whose gradient is "
+                          "finite at every particle")
         if family.interactions and interaction is not None:
             v += interaction(pos, species, w, params, family, comm_)
         elif family.interactions:
@@ -526,6 +529,7 @@ def family_step(
     if not growth:
         return FamilyState(moved, fs.weights, fs.resamplings)
     g_now = _growth(family, sp, p_now)
+    _check_finite(comm, g_now, sp, "growth", "a growth law finite at the particles' pressures")
     w_new = w * np.exp(dt * g_now)
     if growth_scheme == "heun":
         p_pred = pressure_at(moved.positions, sp, w_new, params, comm, method=density)
@@ -537,6 +541,23 @@ def family_step(
                     effective_sample_size(out, k, comm) < resample_below * st.n_total):
                 out = resample(out, k, comm)
     return out
+
+
+def _check_finite(comm, values, species, key: str, allowed: str) -> None:
+    """Raise on every rank if ``values`` (rows per particle) is not finite on some rank.
+
+    Why: a formula evaluated outside its domain (``log`` of a negative number) gives NaN
+    silently; the first species where it happens is named.
+    """
+    rows = ~np.isfinite(values).reshape(len(species), -1).all(axis=1)
+    k = int(np.asarray(species)[rows].min()) if rows.any() else -1
+    if comm is not None and comm.size > 1:
+        from mpi4py import MPI
+
+        ks = comm.allreduce(k if k >= 0 else 1 << 30, op=MPI.MIN)
+        k = -1 if ks == 1 << 30 else ks
+    if k >= 0:
+        raise ParameterError(f"{key}[{k}]", "not finite at some particle", allowed)
 
 
 def _growth(family: Family, species, p) -> np.ndarray:

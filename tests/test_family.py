@@ -46,6 +46,10 @@ def test_expression_values_and_complex_step_gradient():
     # fewer coordinates than variables: the missing ones are 0
     np.testing.assert_allclose(Potential("x**2 + z")(x[:, :1]), x[:, 0] ** 2, rtol=1e-14)
     assert Expression("2 * (1 - P / 3)", ("P",))(P=np.array([0.0, 3.0])).tolist() == [2.0, 0.0]
+    # outside the formula's domain the gradient is NaN, not the complex continuation's slope
+    g = Potential("sqrt(x - 1) + log(y)").grad(np.array([[0.0, 1.0], [2.0, 0.5], [5.0, -1.0]]))
+    assert np.isnan(g[0]).all() and np.isnan(g[2]).all()
+    np.testing.assert_allclose(g[1], [0.5, 2.0], rtol=1e-14)
 
 
 def test_potential_from_callables():

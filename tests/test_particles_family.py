@@ -494,6 +494,15 @@ def test_step_errors(comm):
     with pytest.raises(ParameterError) as err:
         family_state(fs.particles, -np.ones(fs.particles.n_local))
     assert err.value.key == "weights"
+    # formulas that are not finite where the particles are: named, on every rank
+    pos = Family((0.0,), potentials=(Potential("log(x - 0.5)"),))
+    with pytest.raises(ParameterError) as err:
+        family_step(fs, 0.1, params, pos, dom, comm=comm)
+    assert err.value.key == "potentials[0]"
+    bad_growth = Family((0.0,), growth=(Growth("expr", expr="log(P - 1e9)"),))
+    with pytest.raises(ParameterError) as err:
+        family_step(fs, 0.1, params, bad_growth, dom, comm=comm)
+    assert err.value.key == "growth[0]"
     # bad weights on rank 0 only: every rank raises (none is left waiting in a collective)
     w = np.ones(fs.particles.n_local)
     if comm.rank == 0:
