@@ -165,6 +165,31 @@ def test_confinement_compact_stationary_profile(comm):
     assert w1[0] / w1[1] > 2.0 and w1[1] / w1[2] > 2.0 and w1[-1] < 1.5e-3
 
 
+def test_confinement_2d_second_moment(comm):
+    """The same in 2D: P(rho) = (C - |x|^2/2)_+, pi C^2 = 1, R^2 = 2 C, E|x|^2 = R^2 / 3."""
+    C = math.sqrt(1 / math.pi)
+    m2_exact, radius = 2 * C / 3, math.sqrt(2 * C)
+    n, T = 2000, 6.0
+    fam = Family((0.0,), potentials=(Potential("(x**2 + y**2) / 2"),))
+    dom = FreeSpace(2)
+    epss, errs = (0.3, 0.2, 0.15), []
+    for eps, dt in zip(epss, (0.02, 0.01, 0.005), strict=True):
+        params = ParticleParams(n, (1.0,), (1.0,), 0.0, 2.0, eps)
+        fs = family_state(init_state(params, lambda r, c: r.uniform(-0.7, 0.7, (c, 2)), 3, dom,
+                                     comm))
+        for _ in range(int(round(T / dt))):
+            fs = family_step(fs, dt, params, fam, dom, pressure=GridDrift(8), comm=comm)
+        _, _, m2 = weighted_moments(fs, params, comm)
+        errs.append(abs(float(m2[0]) - m2_exact))
+        r_max = _max(comm, float(np.linalg.norm(fs.particles.positions, axis=1).max(initial=0)))
+        assert r_max < radius + eps
+    rate = _slope(epss, errs)
+    if comm.rank == 0:
+        print(f"\nconfinement 2D N={n}: eps {epss}: |E|x|^2 - R^2/3| {_fmt(errs)} "
+              f"(rate {rate:.2f})")
+    assert rate > 1.6 and errs[-1] < 8e-3
+
+
 def test_confinement_particle_number_sweep(comm):
     """The same at eps = 0.05 over N = 250..2000: W1 falls with N toward the O(eps^2) floor.
 
