@@ -506,7 +506,7 @@ def family_step(
     cloud = gather_cloud(x, sp, w, comm) if need_cloud else None
     p_now = pressure_at(x, sp, w, params, comm, cloud, density) if growth else None
 
-    def drift(pos, t, prm, comm_, species=None):
+    def extra(pos, species, comm_):
         v = potential_drift(pos, species, family)
         if family.potentials:
             _check_finite(comm_, v, species, "potentials", "a potential whose gradient is "
@@ -515,10 +515,20 @@ def family_step(
             v += interaction(pos, species, w, params, family, comm_)
         elif family.interactions:
             v += interaction_drift(pos, species, w, params, family, comm_, cloud)
+        return v
+
+    def drift(pos, t, prm, comm_, species=None):
+        v = extra(pos, species, comm_)
         if pressure is not None:
             kw = {"weights": w} if weighted else {}
             v += pressure(pos, t, params, comm_, species=species, **kw)
         return v
+
+    if pressure is not None and hasattr(pressure, "at_cells") and tracking:
+        # the FE-operator drift on the particles' own cells (no routing), as in step()
+        drift.msh = pressure.msh
+        drift.at_cells = lambda pos, species, cells, prm, comm_: (
+            extra(pos, species, comm_) + pressure.at_cells(pos, species, cells, params, comm_))
 
     scale = np.sqrt(2.0 * np.asarray(family.sigma, dtype=float))[sp]
     dW = brownian_increments(st, dt) * scale[:, None]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fem_crossdiff.compat import gmshio
+from fem_crossdiff.compat import fem, gmshio
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.family import Family, Growth, Interaction, Kernel, Potential
 from fem_crossdiff.particles import FreeSpace, ParticleParams, gather_positions
 from fem_crossdiff.particles.family import family_state, family_step
 from fem_crossdiff.particles.mesh_domain import MeshDomain
-from fem_crossdiff.particles.state import state_from_positions
+from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
+from fem_crossdiff.particles.state import state_from_positions, step
 
 gmsh = pytest.importorskip("gmsh")
 
@@ -65,3 +66,34 @@ def test_mesh_domain_matches_free_space_away_from_the_wall(comm):
         family_step(a, 0.02, params, Family((0.0, 0.0), growth=(Growth(rate=1.0), None)),
                     disk, comm=comm)
     assert err.value.key == "domain"
+
+
+def test_paper_family_on_a_mesh_is_the_paper_step(comm, monkeypatch):
+    """Family.paper with the FE-operator drift: the same paths as state.step (its own cells).
+
+    The routed evaluation is switched off: both steps must take the drift on the particles'
+    own cells (``at_cells``).
+    """
+    n = 300
+    rng = np.random.default_rng(8)
+    r, th = 0.8 * np.sqrt(rng.random((2, n))), 2 * np.pi * rng.random((2, n))
+    x0 = np.stack([r * np.cos(th), r * np.sin(th)], axis=-1)
+    params = ParticleParams(n, (1.0, 0.5), (1.0, 2.0), 0.05, 2.0, 0.3)
+    msh = _disk(comm)
+    disk = MeshDomain(msh)
+    drift = MeshOperatorDrift(fem.functionspace(msh, ("Lagrange", 1)), params)
+    a = family_state(state_from_positions(x0, 3, disk, comm))
+    b = state_from_positions(x0, 3, disk, comm)
+
+    def routed(*args, **kwargs):
+        raise AssertionError("the drift was routed instead of taken on the particles' cells")
+
+    monkeypatch.setattr(MeshOperatorDrift, "__call__", routed)
+    for _ in range(10):
+        a = family_step(a, 0.01, params, Family.paper(2, params.sigma), disk, pressure=drift,
+                        comm=comm)
+        b = step(b, 0.01, params, disk, drift, comm)
+    xa = gather_positions(a.particles, comm, root=None)
+    xb = gather_positions(b, comm, root=None)
+    assert np.abs(xa - xb).max() < 1e-12
+    assert np.abs(xb - x0).max() > 0.01
