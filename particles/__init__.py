@@ -4,7 +4,9 @@ Importing this package needs no DOLFINx and no MPI; communicators are optional a
 is imported only when one is passed). The DOLFINx bridge (reflection at the boundary of any mesh,
 sampling from a finite-element density) is :mod:`fem_crossdiff.particles.mesh_domain`, imported
 explicitly. Distances between weighted samples (POT) are in
-:mod:`fem_crossdiff.particles.distances`.
+:mod:`fem_crossdiff.particles.distances`. The family's ingredients (per-species ``sigma_k``,
+potentials, interaction kernels, growth by particle weights, :mod:`fem_crossdiff.family`) are
+stepped by :mod:`fem_crossdiff.particles.family`.
 
 Typical use::
 
