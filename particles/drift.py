@@ -119,8 +119,10 @@ class Particles:
         shape: shape of the caller's array (the drift is returned in it).
     """
 
-    def __init__(self, positions, params: ParticleParams, species=None):
+    def __init__(self, positions, params: ParticleParams, species=None, weights=None):
         x = np.asarray(positions, dtype=float)
+        # per-particle factors of the weights (growth, fem_crossdiff.particles.family)
+        self.scale = None if weights is None else np.asarray(weights, dtype=float).ravel()
         n = params.n_species
         if species is None:
             if x.ndim != 3 or x.shape[0] != n:
@@ -137,10 +139,14 @@ class Particles:
                 raise ValueError(f"species must lie in [0, {n}), got [{sp.min()}, {sp.max()}]")
             self.species, self.pts = sp.astype(np.int64), x
         self.shape = x.shape
+        if self.scale is not None and self.scale.shape != (self.pts.shape[0],):
+            raise ValueError(f"weights must have one entry per local particle "
+                             f"({self.pts.shape[0]}), got shape {self.scale.shape}")
 
     def weights(self, params: ParticleParams) -> np.ndarray:
-        """Weight ``a_l M_l / N`` of every particle, ``(M,)``."""
-        return np.asarray(params.weights, dtype=float)[self.species]
+        """Weight ``a_l M_l / N`` of every particle, ``(M,)``, times its factor if given."""
+        w = np.asarray(params.weights, dtype=float)[self.species]
+        return w if self.scale is None else w * self.scale
 
     def drift(self, params: ParticleParams, grad: np.ndarray) -> np.ndarray:
         """``-b_k grad`` in the caller's shape."""
@@ -257,7 +263,8 @@ def _chunks(bound: np.ndarray, limit: int):
         i0 = i1
 
 
-def _cell_list_drift(positions, params, comm, spec: QuadratureSpec, species=None) -> np.ndarray:
+def _cell_list_drift(positions, params, comm, spec: QuadratureSpec, species=None,
+                     weights=None) -> np.ndarray:
     """The quadrature reference, block by block of the node lattice (memory bounded by chunks).
 
     Every particle sees the nodes of a fixed window of ``2 cells_per_eps + 2`` lattice cells per
@@ -267,7 +274,7 @@ def _cell_list_drift(positions, params, comm, spec: QuadratureSpec, species=None
     added over the ranks, turned into ``q_w P(S)``, and the gradient sums of the same pairs are
     added to the particles. Nothing of the size of the lattice or of all the pairs is held.
     """
-    parts = Particles(positions, params, species)
+    parts = Particles(positions, params, species, weights)
     pts = np.ascontiguousarray(parts.pts)
     d = pts.shape[1]
     kern = get_mollifier(params.kernel)
@@ -369,8 +376,8 @@ def _all_pairs(a: np.ndarray, b: np.ndarray, r: float):
 
 
 def _quadrature_drift(positions, params, comm, spec: QuadratureSpec, pairs,
-                      species=None) -> np.ndarray:
-    parts = Particles(positions, params, species)
+                      species=None, weights=None) -> np.ndarray:
+    parts = Particles(positions, params, species, weights)
     pts = parts.pts
     d = pts.shape[1]
     kern = get_mollifier(params.kernel)
@@ -407,6 +414,7 @@ def drift_bruteforce(
     comm=None,
     quadrature: QuadratureSpec = QuadratureSpec(),
     species=None,
+    weights=None,
 ) -> np.ndarray:
     """Reference drift by brute force: every node-particle pair is tested (O(N x nodes)).
 
@@ -417,13 +425,15 @@ def drift_bruteforce(
         comm: MPI communicator over which the particles are split (``None``: serial).
         quadrature: the quadrature of the outer integral (module docstring).
         species: ``(M,)`` species of the particles (``None``: the block layout).
+        weights: ``(M,)`` factors of the particles' weights ``a_l M_l / N`` (growth,
+            :mod:`fem_crossdiff.particles.family`); ``None``: 1.
 
     Returns:
         ``-b_k G(X_k^i)`` for the local particles, in the shape of ``positions``.
     """
     return _quadrature_drift(
-        positions, params, comm, quadrature, lambda a, b: _all_pairs(a, b, params.eps), species
-    )
+        positions, params, comm, quadrature, lambda a, b: _all_pairs(a, b, params.eps), species,
+        weights)
 
 
 @dataclass(frozen=True)
@@ -441,9 +451,12 @@ class CellListDrift:
 
     quadrature: QuadratureSpec = QuadratureSpec()
 
-    def __call__(self, positions, t, params, comm=None, species=None):
-        """Drift of the local particles at time ``t`` (layouts: :class:`Particles`)."""
-        return _cell_list_drift(positions, params, comm, self.quadrature, species)
+    def __call__(self, positions, t, params, comm=None, species=None, weights=None):
+        """Drift of the local particles at time ``t`` (layouts: :class:`Particles`).
+
+        ``weights``: ``(M,)`` factors of the particles' weights (growth); ``None``: 1.
+        """
+        return _cell_list_drift(positions, params, comm, self.quadrature, species, weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,14 +627,17 @@ class GridDrift:
             f"({hint} raise memory_limit_mb to >= {math.ceil(est.memory_mb)}; "
             "or GridDrift(coarsen=True))")
 
-    def __call__(self, positions, t, params, comm=None, species=None):
+    def __call__(self, positions, t, params, comm=None, species=None, weights=None):
         """Drift of the local particles at time ``t`` (layouts: :class:`Particles`).
+
+        ``weights``: ``(M,)`` factors of the particles' weights ``a_l M_l / N`` (growth,
+        :mod:`fem_crossdiff.particles.family`); ``None``: 1.
 
         Raises:
             ParameterError: (``memory_limit_mb``) the grid would exceed the limit and
                 ``coarsen`` is false; raised on every rank (the estimate uses the global box).
         """
-        parts = Particles(positions, params, species)
+        parts = Particles(positions, params, species, weights)
         pts = parts.pts
         d = pts.shape[1]
         eps = params.eps
