@@ -152,10 +152,11 @@ def test_per_species_sigma_manufactured_rate(scheme):
 
 
 # ------------------------------------------------------------------------------ 4, 5
-def _square_case(sigma, scheme="upwind", growth=()):
+def _square_case(sigma, scheme="upwind", growth=(), strength=1.0):
     msh = mesh.create_unit_square(COMM, 16, 16, diagonal=mesh.DiagonalType.crossed)
-    inter = (Interaction(Kernel("gaussian", 0.15), ((0.5, -0.3), (-0.3, 0.2))),
-             Interaction(Kernel("poly4", 0.2), ((-0.2, 0.0), (0.0, 0.3))))
+    c = strength
+    inter = (Interaction(Kernel("gaussian", 0.15), ((0.5 * c, -0.3 * c), (-0.3 * c, 0.2 * c))),
+             Interaction(Kernel("poly4", 0.2), ((-0.2 * c, 0.0), (0.0, 0.3 * c))))
     fam = Family(sigma, potentials=(Potential("((x - 0.5)**2 + (y - 0.5)**2) / 2"),
                                     Potential("x")),
                  interactions=inter, growth=growth)
@@ -198,7 +199,7 @@ def test_energy_decreases_without_growth(scheme):
 
     A gradient flow; the lagged interaction keeps the decrease at a modest dt.
     """
-    s = _square_case((0.0, 0.02), scheme=scheme)
+    s = _square_case((0.0, 0.02), scheme=scheme, strength=10.0)
     energies = [s.energy()]
     for _ in range(10):
         assert s.step(0.005).accepted
