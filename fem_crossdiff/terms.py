@@ -303,12 +303,15 @@ class InteractionOperator:
         from fem_crossdiff.discretisation.mesh_sizes import mesh_sizes
         from fem_crossdiff.mollify import MollificationOperator
 
-        mol, radius = _kernel_mollifier(kernel, mesh_sizes(V0.mesh).diameter)
-        try:
-            op = MollificationOperator(V0, radius, mol)
-        except ParameterError as err:  # name the family's key, not the operator's eps
+        sizes = mesh_sizes(V0.mesh)  # collective: every rank gets the same numbers
+        mol, radius = _kernel_mollifier(kernel, sizes.diameter)
+        if not 2.0 * sizes.h_max <= radius <= sizes.diameter:  # checked here to name the key
             raise ParameterError(f"{key}.length", kernel.length,
-                                 f"kernel radius {radius:g}: {err.allowed}") from None
+                                 f"a kernel radius (here {radius:g}) between 2 h_max = "
+                                 f"{2.0 * sizes.h_max:g} (two cells of the coarsest part of "
+                                 f"the mesh: refine it or widen the kernel) and the domain's "
+                                 f"diameter {sizes.diameter:g}")
+        op = MollificationOperator(V0, radius, mol)
         M = op.matrix
         Mt = M.transpose(PETSc.Mat())
         dvec = M.createVecLeft()

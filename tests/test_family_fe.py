@@ -193,6 +193,25 @@ def test_positivity_with_growth_and_muscl():
     assert m1[1] > 0.0
 
 
+@pytest.mark.parametrize("negative_edges", ["voronoi", "front"])
+def test_tetrahedra_positivity_and_mass(negative_edges):
+    """3D: the terms' fluxes on the model's edges (limited ones included) stay positive."""
+    msh = mesh.create_box(COMM, [[0, 0, 0], [1, 1, 1]], [6, 6, 6], mesh.CellType.tetrahedron)
+    fam = Family((0.0, 0.05), potentials=(Potential("(x**2 + y**2 + z**2) / 2"), None),
+                 interactions=(Interaction(Kernel("poly4", 0.6), ((0.3, -0.1), (-0.1, 0.2))),))
+    s = CrossDiffusionSolver(msh, ModelParams((1.0, 1.0), (1.0, 1.0), 2.0), scheme="upwind",
+                             family=fam, negative_edges=negative_edges)
+    s.set_initial([lambda x: np.maximum(0.1 - (x[0] - 0.3) ** 2 - (x[1] - 0.3) ** 2
+                                        - (x[2] - 0.3) ** 2, 0.0) * 10,
+                   lambda x: 0.2 + 0.1 * x[0] * x[1]])
+    m0 = s.masses()
+    for _ in range(4):
+        assert s.step(0.01).accepted
+        mn, mx = s.extrema()
+        assert np.all(mn >= -1e-14 * mx), mn
+    np.testing.assert_allclose(s.masses(), m0, rtol=1e-11)
+
+
 @pytest.mark.parametrize("scheme", ["upwind", "muscl"])
 def test_energy_decreases_without_growth(scheme):
     """W symmetric, a = b, G = 0: the energy decreases.
