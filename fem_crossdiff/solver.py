@@ -15,6 +15,7 @@ from a rejected step is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from fem_crossdiff.log import get_logger
 from fem_crossdiff.models import select_model
 from fem_crossdiff.params import LINEAR_SOLVERS, MAX_DENSITY, ModelParams, TimeParams
 from fem_crossdiff.problem import CrossDiffusionProblem
+from fem_crossdiff.terms import check_family, with_family
 
 __all__ = ["CrossDiffusionSolver", "StepInfo", "petsc_defaults", "SNES_REASONS", "SIGN_TOL",
            "MAX_DENSITY"]
@@ -151,6 +153,10 @@ class CrossDiffusionSolver:
         options: The scheme's options (its entry's dataclass, e.g.
             :class:`~fem_crossdiff.models.muscl.MusclOptions`, or a mapping of its fields as in
             a study file's ``[solver.<scheme>]``; default: its defaults).
+        family: The volume-exclusion family (:class:`~fem_crossdiff.family.Family`:
+            per-species ``sigma_k``, potentials, interaction kernels, growth laws), added to
+            a positive lumped P1 edge scheme as the terms of :mod:`fem_crossdiff.terms`; the
+            model then diffuses with ``min_k sigma_k`` (``params.sigma`` must be 0 or that).
         option_fields: Single fields of the options, replacing those of ``options`` (e.g.
             ``limiter=SmoothSensor(width=(1.0, 0.3))`` with ``"muscl"``).
 
@@ -162,7 +168,8 @@ class CrossDiffusionSolver:
                  linear_solver: str = "auto", petsc_options: dict | None = None,
                  source: Callable | None = None, positivity_tol: float | None = 1e-10,
                  potential: Callable | None = None, nonlocal_params=None,
-                 negative_edges: str = "voronoi", options=None, **option_fields):
+                 negative_edges: str = "voronoi", options=None, family=None,
+                 **option_fields):
         if not isinstance(params, ModelParams):
             raise TypeError("params must be a ModelParams")
         found, kwargs = select_model(scheme, nonlocal_params=nonlocal_params,
@@ -178,6 +185,10 @@ class CrossDiffusionSolver:
         if linear_solver not in LINEAR_SOLVERS:
             raise ParameterError("linear_solver", linear_solver,
                                  f"one of {', '.join(LINEAR_SOLVERS)}")
+        if family is not None:  # the model diffuses with min sigma_k, a term the rest
+            check_family(family, params.n, found, degree, params.sigma)
+            params = dataclasses.replace(params, sigma=min(family.sigma))
+        self.family = family
         self.msh, self.params, self.degree = msh, params, degree
         self.scheme, self.pde = found.scheme, found.pde
         self.options = kwargs.get("options") or found.make_options()
@@ -202,6 +213,7 @@ class CrossDiffusionSolver:
             linear_solver = "direct" if msh.topology.dim == 1 else "iterative"
         self.model = cls(self.V, params, **_accepted(cls, kwargs, V0=self.V0,
                                                      linear_solver=linear_solver))
+        self.model = with_family(self.model, family, self.V0, negative_edges)
         self.lumped = self.model.lumped
         v = ufl.TestFunction(self.V)
         src = None if source is None else source(ufl.SpatialCoordinate(msh), self.t_const)
