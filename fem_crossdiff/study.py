@@ -158,6 +158,8 @@ def _make_solver(cfg: StudyConfig, msh):
                   negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
+    if cfg.family_params is not None:
+        kwargs["family"] = cfg.family_params
     try:
         return CrossDiffusionSolver(msh, cfg.model.params(), **kwargs)
     except ParameterError as err:  # raised on every rank: the checks use reduced mesh sizes
