@@ -355,7 +355,7 @@ def _particle_observer(cfg: StudyConfig, s, step0: int = 0):
     state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t,
                     step_index=step0)
     # the writer (which creates its folder) is attached once the output folder is prepared
-    return ParticleObserver(params, domain, drift, state, None)
+    return ParticleObserver(params, domain, drift, state, None, family=cfg.family_params)
 
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,

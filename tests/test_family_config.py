@@ -97,3 +97,13 @@ def test_family_objects_from_python_equal_the_study_files():
     assert [(w.kernel, w.strength) for w in fam.interactions] == [
         (w.kernel, w.strength) for w in cfg.family_params.interactions]
     assert fam.sigma == cfg.family_params.sigma
+
+
+def test_particles_with_growth_are_refused_before_any_mesh():
+    doc = _study()
+    doc["particles"] = {"N": 100, "eps": 0.3}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, check_files=False)
+    assert err.value.key == "family.growth" and "weights" in str(err.value)
+    doc["family"].pop("growth")
+    assert parse_config(doc, check_files=False).family_params.has_growth is False

@@ -105,6 +105,12 @@ class StudyConfig:
     def __post_init__(self):
         object.__setattr__(self, "family_params", None if self.family is None
                            else self.family.family(self.model))
+        fam = self.family_params
+        if self.particles is not None and fam is not None and fam.has_growth:
+            raise ConfigError("family.growth", "[...]", "not with [particles]: the particles "
+                              "alongside a mesh run carry no weights yet (growth acts through "
+                              "particle weights; fem_crossdiff.particles.family runs it in free "
+                              "space or a box)")
         entry, options = _resolve_scheme(self.model.type, self.solver)
         object.__setattr__(self, "entry", entry)
         object.__setattr__(self, "options", options)
