@@ -583,11 +583,15 @@ class ParticleObserver:
         drift: The interaction drift.
         state: The initial particle state (sampled from the PDE's state).
         writer: A ``ParticleWriter`` (or ``None``).
+        family: The family's ingredients (:class:`fem_crossdiff.family.Family`: per-species
+            noise, potentials, interactions), stepped by
+            :func:`fem_crossdiff.particles.family.family_step` with ``drift`` as the pressure
+            drift; ``None``: the paper's system (1.6).
     """
 
-    def __init__(self, params, domain, drift, state, writer=None):
+    def __init__(self, params, domain, drift, state, writer=None, family=None):
         self.params, self.domain, self.drift = params, domain, drift
-        self.state, self.writer = state, writer
+        self.state, self.writer, self.family = state, writer, family
 
     def start(self, solver, row):
         """Write the initial state."""
@@ -599,8 +603,15 @@ class ParticleObserver:
         """One particle step of the PDE's step size."""
         from fem_crossdiff.particles import step
 
-        self.state = step(self.state, row["dt"], self.params, self.domain, self.drift,
-                          solver.comm)
+        if self.family is None:
+            self.state = step(self.state, row["dt"], self.params, self.domain, self.drift,
+                              solver.comm)
+        else:  # weights stay 1 on a mesh domain (no growth there: checked with the study)
+            from fem_crossdiff.particles.family import family_state, family_step
+
+            fs = family_step(family_state(self.state), row["dt"], self.params, self.family,
+                             self.domain, pressure=self.drift, comm=solver.comm)
+            self.state = fs.particles
         if self.writer is not None:
             with diskio.writing(self.writer.dir, own_name=False):
                 self.writer.write(self.state)

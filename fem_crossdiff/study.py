@@ -158,6 +158,8 @@ def _make_solver(cfg: StudyConfig, msh):
                   negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
+    if cfg.family_params is not None:
+        kwargs["family"] = cfg.family_params
     try:
         return CrossDiffusionSolver(msh, cfg.model.params(), **kwargs)
     except ParameterError as err:  # raised on every rank: the checks use reduced mesh sizes
@@ -353,7 +355,7 @@ def _particle_observer(cfg: StudyConfig, s, step0: int = 0):
     state = replace(init_state(params, samplers, pc.seed, domain, s.comm), time=s.t,
                     step_index=step0)
     # the writer (which creates its folder) is attached once the output folder is prepared
-    return ParticleObserver(params, domain, drift, state, None)
+    return ParticleObserver(params, domain, drift, state, None, family=cfg.family_params)
 
 
 def run_study(cfg: StudyConfig, comm, *, restart: str | Path | None = None,

@@ -32,6 +32,7 @@ from .initial import EXPR_FUNCTIONS, PROFILES, InitialConfig, SafeExpression
 from .schema import MISSING, ConfigError, plain, table, under
 from .sections import (
     FORMATS,
+    FamilyConfig,
     GeometryConfig,
     ModelConfig,
     OutputConfig,
@@ -41,14 +42,15 @@ from .sections import (
     TimeConfig,
 )
 
-__all__ = ["ConfigError", "ModelConfig", "GeometryConfig", "InitialConfig", "TimeConfig",
-           "SolverConfig", "ParticlesConfig", "OutputConfig", "ResourcesConfig", "StudyConfig",
+__all__ = ["ConfigError", "FamilyConfig", "ModelConfig", "GeometryConfig", "InitialConfig",
+           "TimeConfig", "SolverConfig", "ParticlesConfig", "OutputConfig", "ResourcesConfig",
+           "StudyConfig",
            "SafeExpression",
            "load_config", "parse_config", "short_mode_requested", "to_toml", "EXPR_FUNCTIONS",
            "FORMATS", "PROFILES"]
 
-SECTIONS = ("title", "model", "geometry", "initial", "time", "solver", "particles", "output",
-            "resources", "short")
+SECTIONS = ("title", "model", "family", "geometry", "initial", "time", "solver", "particles",
+            "output", "resources", "short")
 #: Largest study file read (bytes).
 MAX_FILE_BYTES = 2**20
 #: Deepest nesting of tables and arrays a study file may have (the deepest legal one has 4).
@@ -86,6 +88,7 @@ class StudyConfig:
     output: OutputConfig
     particles: ParticlesConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    family: FamilyConfig | None = None
     title: str = ""
     source: str = ""
     short: bool = False
@@ -96,7 +99,18 @@ class StudyConfig:
     #: The scheme's options (``[solver.<scheme>]`` and the flat aliases, validated).
     options: Any = field(init=False, repr=False)
 
+    #: The :class:`fem_crossdiff.family.Family` of ``[family]`` (None: the paper's system).
+    family_params: Any = field(init=False, repr=False)
+
     def __post_init__(self):
+        object.__setattr__(self, "family_params", None if self.family is None
+                           else self.family.family(self.model))
+        fam = self.family_params
+        if self.particles is not None and fam is not None and fam.has_growth:
+            raise ConfigError("family.growth", "[...]", "not with [particles]: the particles "
+                              "alongside a mesh run carry no weights yet (growth acts through "
+                              "particle weights; fem_crossdiff.particles.family runs it in free "
+                              "space or a box)")
         entry, options = _resolve_scheme(self.model.type, self.solver)
         object.__setattr__(self, "entry", entry)
         object.__setattr__(self, "options", options)
@@ -115,6 +129,8 @@ class StudyConfig:
                    initial=[{"profile": i.profile, **dict(i.values)} for i in self.initial],
                    time=_values(self.time),
                    solver=self._solver_dict())
+        if self.family is not None:
+            out["family"] = {k: _family_value(v) for k, v in _values(self.family).items()}
         if self.particles is not None:
             out["particles"] = _values(self.particles)
         out["output"] = _values(self.output)
@@ -144,6 +160,14 @@ class StudyConfig:
             d.pop(key, None)
         text = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _family_value(v):
+    """``[family]`` values as TOML data: the tables of interactions and growth as dicts."""
+    if isinstance(v, list) and v and isinstance(v[0], list) and v[0] and isinstance(
+            v[0][0], list) and len(v[0][0]) == 2 and isinstance(v[0][0][0], str):
+        return [{k: x for k, x in item} for item in v]
+    return v
 
 
 def _resolve_scheme(model_type: str, solver: SolverConfig):
@@ -277,9 +301,10 @@ def _parse(raw: dict, base_dir, source: str, short: bool, check_files: bool) -> 
     output = OutputConfig.read(_section(raw, "output", required=False),
                                defaults={"folder": f"output/{stem}"})
     resources = ResourcesConfig.read(_section(raw, "resources", required=False))
+    family = FamilyConfig.read(raw["family"]) if "family" in raw else None
     return StudyConfig(model=model, geometry=geometry, initial=tuple(initial), time=time,
                        solver=solver, output=output, particles=particles, resources=resources,
-                       title=title, source=str(source), short=short)
+                       family=family, title=title, source=str(source), short=short)
 
 
 def short_mode_requested(flag: bool = False) -> bool:

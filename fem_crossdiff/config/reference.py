@@ -23,6 +23,7 @@ from .initial import EXPR_FUNCTIONS, EXPR_NAMES, PROFILES
 from .sections import (
     FORMATS,
     MODEL_TYPES,
+    FamilyConfig,
     ModelConfig,
     OutputConfig,
     ParticlesConfig,
@@ -66,7 +67,7 @@ def _type_name(annotation) -> str:
     return {"float": "number", "int": "integer", "bool": "boolean", "str": "string",
             "tuple[float, ...]": "list of numbers",
             "tuple[str, ...]": "list of strings",
-            "tuple[tuple[str, Any], ...]": "table"}.get(name, name)
+            "tuple[tuple[str, Any], ...]": "table", "tuple": "array of tables"}.get(name, name)
 
 
 def _allowed(check) -> str:
@@ -295,6 +296,9 @@ def key_reference(library_only: bool = False) -> str:
            "(`--short` or a non-empty `CI` environment variable).", ""]
     sections = [(ModelConfig, "Model coefficients of (1.1); `type = \"nonlocal\"` adds the "
                  "mollifier keys of (1.5)."),
+                (FamilyConfig, "Optional: per-species diffusion, external potentials, "
+                 "interaction kernels and growth (the family beyond the paper's system; "
+                 "docs/family.md)."),
                 (TimeConfig, "Time stepping."),
                 (SolverConfig, "Discretisation and linear solver."),
                 (ParticlesConfig, "Optional: the particle system (1.6) run alongside."),

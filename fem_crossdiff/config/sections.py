@@ -306,6 +306,117 @@ class ResourcesConfig(Section):
                                        "of seconds in [1, 1e+07]")}
 
 
+def _family_potentials(key: str, v: Any) -> tuple[str, ...]:
+    """One formula of ``x, y, z`` per species (``"0"``: none), each parsed and checked."""
+    from fem_crossdiff.family import Potential
+
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(key, v, "must be a list of formulas of x, y, z, one per species "
+                          '("0" for none)')
+    out = []
+    for k, text in enumerate(v):
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{key}[{k}]", text, 'must be a formula of x, y, z ("0" for none)')
+        with under(""):
+            Potential(expr=text, key=f"{key}[{k}]")
+        out.append(text)
+    return tuple(out)
+
+
+def _family_interactions(key: str, v: Any) -> tuple:
+    """``[[family.interactions]]``: ``kernel``, ``length`` and the ``strength`` matrix each."""
+    from fem_crossdiff.family import KERNEL_KINDS, Interaction, Kernel
+
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(key, v, "must be an array of tables [[family.interactions]]")
+    out = []
+    for i, item in enumerate(v):
+        where = f"{key}[{i}]"
+        s.table(where, item, ("kernel", "length", "strength"), ("kernel", "length", "strength"))
+        s.one_of(KERNEL_KINDS)(f"{where}.kernel", item["kernel"])
+        with under(""):
+            Interaction(Kernel(item["kernel"], item["length"], key=f"{where}"),
+                        _tuples(item["strength"]), key=where)
+        out.append((("kernel", item["kernel"]), ("length", float(item["length"])),
+                    ("strength", _tuples(item["strength"]))))
+    return tuple(out)
+
+
+def _family_growth(key: str, v: Any) -> tuple:
+    """``[[family.growth]]``: one table per species (``kind``, ``rate``, ``p_max``, ``expr``)."""
+    from fem_crossdiff.family import Growth
+
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(key, v, "must be an array of tables [[family.growth]], one per "
+                          'species (kind = "logistic" with rate = 0 for none)')
+    out = []
+    for k, item in enumerate(v):
+        where = f"{key}[{k}]"
+        s.table(where, item, ("kind", "rate", "p_max", "expr"))
+        with under(""):
+            Growth(**item, key=where)
+        out.append(tuple(sorted(item.items())))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class FamilyConfig(Section):
+    """``[family]``: the volume-exclusion family beyond the paper (``docs/family.md``).
+
+    ``d_t rho_k = div(rho_k [b_k grad P + grad Phi_k + grad sum_l W_kl * rho_l]) + sigma_k Lap
+    rho_k + rho_k G_k(P)``. Every key is optional; an absent section is the paper's system.
+
+    Attributes:
+        sigma: Diffusion per species, ``sigma_k >= 0`` (replaces ``model.sigma``).
+        potentials: External potentials ``Phi_k``, one formula of ``x, y, z`` per species
+            (``"0"``: none), e.g. ``"0.5 * (x**2 + y**2)"``.
+        interactions: Interaction kernels, each a table with ``kernel`` (``"gaussian"``,
+            ``"morse"``, ``"bump"``, ``"poly4"``), ``length > 0`` and the ``strength`` matrix
+            ``W_kl`` (``n x n``; ``> 0`` repulsive, ``< 0`` attractive).
+        growth: Growth laws ``G_k(P)``, one table per species: ``kind = "logistic"`` with
+            ``rate`` and ``p_max > 0`` (``G = rate (1 - P / p_max)``), or ``kind = "expr"`` with
+            ``expr``, a formula of ``P``.
+    """
+
+    sigma: tuple[float, ...] | None = None
+    potentials: tuple[str, ...] | None = None
+    interactions: tuple | None = None
+    growth: tuple | None = None
+
+    section = "family"
+    checks = {"sigma": partial(s.numbers, allowed="must be a list of numbers >= 0, one per "
+                               "species"),
+              "potentials": _family_potentials, "interactions": _family_interactions,
+              "growth": _family_growth}
+
+    def family(self, model) -> Any:
+        """The :class:`fem_crossdiff.family.Family` for the model (``model.sigma`` by default).
+
+        Raises:
+            ConfigError: lists of another length than ``model.a``, keyed ``family.<key>``.
+        """
+        from fem_crossdiff.family import Family, Growth, Interaction, Kernel, Potential
+
+        n = model.n
+        sigma = self.sigma if self.sigma is not None else (model.sigma,) * n
+        for name, values in (("sigma", self.sigma), ("potentials", self.potentials),
+                             ("growth", self.growth)):
+            if values is not None and len(values) != n:
+                raise ConfigError(f"family.{name}", list(values), f"needs one entry per species "
+                                  f"({n}, the length of model.a)")
+        pots = () if self.potentials is None else tuple(
+            Potential(expr=e, key=f"family.potentials[{k}]")
+            for k, e in enumerate(self.potentials))
+        inter = () if self.interactions is None else tuple(
+            Interaction(Kernel(dict(i)["kernel"], dict(i)["length"]), dict(i)["strength"],
+                        key=f"family.interactions[{j}]")
+            for j, i in enumerate(self.interactions))
+        growth = () if self.growth is None else tuple(
+            Growth(**dict(g), key=f"family.growth[{k}]") for k, g in enumerate(self.growth))
+        with under("family"):
+            return Family(tuple(sigma), pots, inter, growth)
+
+
 def _tuples(v):
     return tuple(_tuples(i) for i in v) if isinstance(v, (list, tuple)) else v
 
