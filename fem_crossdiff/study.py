@@ -158,11 +158,17 @@ def _make_solver(cfg: StudyConfig, msh):
                   negative_edges=cfg.solver.negative_edges)
     if cfg.model.type == "nonlocal":
         kwargs["nonlocal_params"] = cfg.model.nonlocal_params()
-    if cfg.family_params is not None:
+    params = cfg.model.params()
+    if cfg.family_params is not None:  # the family's sigma_k replace model.sigma
         kwargs["family"] = cfg.family_params
+        params = replace(params, sigma=min(cfg.family_params.sigma))
     try:
-        return CrossDiffusionSolver(msh, cfg.model.params(), **kwargs)
+        return CrossDiffusionSolver(msh, params, **kwargs)
     except ParameterError as err:  # raised on every rank: the checks use reduced mesh sizes
+        if err.key.startswith(("interactions", "potentials", "growth")):
+            # the family's checks on the mesh: keyed as in [family]
+            raise ConfigError("family." + err.key.replace(".kernel.length", ".length"),
+                              err.value, f"rejected on this mesh: {err.allowed}") from None
         raise _config_error(err, "rejected on this mesh: ") from None
 
 
