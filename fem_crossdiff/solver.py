@@ -423,7 +423,7 @@ class CrossDiffusionSolver:
         if self.pc_stale:
             self.rebuild_pc()
         start = self._prediction(dt) if self.predictor == "extrapolate" else None
-        reason, msg = self._solve(start)
+        reason, msg = self._solve() if start is None else self._solve(start)
         its, kits = self.snes.getIterationNumber(), self.snes.getLinearSolveIterations()
         if reason == PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE and self._reuse_pc:
             self.problem.multigrid.every_newton = True
