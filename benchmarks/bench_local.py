@@ -193,6 +193,7 @@ def main() -> None:
     variants = [{}, new_step] if args.compare else [{}]
     labels = ["previous", "new"] if args.compare else [args.scheme]
     comm = MPI.COMM_WORLD
+    rss_import_kb = peak_rss_kb(comm)  # the interpreter, DOLFINx, PETSc: before any mesh
     n0 = args.coarsest or (56 if args.quick else 177)
     sizes = [n0, 2 * n0, 4 * n0]
     options = SOLVER_OPTIONS[args.solver]
@@ -223,10 +224,13 @@ def main() -> None:
     rss_kb = peak_rss_kb(comm)
     rows = per_variant[-1] if args.compare else per_variant[0]
     rss_per_unknown = rss_kb * comm.size / rows[-1]["unknowns"]  # KiB
+    rss_above_import = (rss_kb - rss_import_kb) * comm.size / rows[-1]["unknowns"]
     if comm.rank == 0:
         print(f"peak RSS {rss_kb / 1024:.0f} MB (largest rank), {rss_per_unknown:.2f} KiB per "
               f"unknown of the finest mesh ({rows[-1]['unknowns']} unknowns, x{comm.size} "
-              f"ranks{'; both variants in one process' if args.compare else ''})")
+              f"ranks{'; both variants in one process' if args.compare else ''}); "
+              f"{rss_above_import:.2f} KiB above the {rss_import_kb / 1024:.0f} MB after "
+              "imports")
     compare = None
     if args.compare:
         old, new = per_variant
@@ -271,6 +275,7 @@ def main() -> None:
         "max_mass_drift": max(r["mass_drift"] for r in rows),
         "min_density": min(r["min_density"] for r in rows),
         "peak_rss_kb_per_unknown": rss_per_unknown,
+        "peak_rss_kb_per_unknown_above_imports": rss_above_import,
         "compare": compare,
     }
     if comm.rank == 0:
