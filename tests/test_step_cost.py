@@ -94,3 +94,26 @@ def test_inexact_newton_needs_a_tolerance():
         a, b = ref.step(2e-3), other.step(2e-3)
         assert a.newton_its == b.newton_its
     assert _rel_diff(other, ref) < 1e-12
+
+
+def _adaptive(comm, **kwargs):
+    msh = mesh.create_unit_square(comm, 20, 20)
+    s = CrossDiffusionSolver(msh, PARAMS, linear_solver="iterative", **kwargs)
+    s.set_initial([lambda x: _initial(x)[0], lambda x: _initial(x)[1]])
+    rows = s.run(TimeParams(T=0.03, dt=1e-3, adaptive=True, grow=1.5, tol=1e-3),
+                 progress=False)
+    return s, rows
+
+
+def test_predictor_adaptive_run_is_rank_independent():
+    """With the extrapolated start, all ranks and one rank still take the same steps."""
+    s, rows = _adaptive(MPI.COMM_WORLD, predictor="extrapolate")
+    ref, ref_rows = _adaptive(MPI.COMM_SELF, predictor="extrapolate")
+    assert s.predicted_starts >= 1
+    dts = np.array([r["dt"] for r in rows[1:]])
+    ref_dts = np.array([r["dt"] for r in ref_rows[1:]])
+    assert len(dts) == len(ref_dts) and len(dts) >= 8
+    assert np.max(np.abs(dts / ref_dts - 1.0)) < 1e-8
+    for k in (1, 2):
+        assert rows[-1][f"mass_{k}"] == pytest.approx(ref_rows[-1][f"mass_{k}"], rel=1e-12)
+        assert rows[-1][f"max_{k}"] == pytest.approx(ref_rows[-1][f"max_{k}"], rel=1e-8)
