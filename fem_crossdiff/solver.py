@@ -544,7 +544,10 @@ class CrossDiffusionSolver:
         # started at 4.5 times the residual and took two more Newton iterations. The start
         # with the smaller residual is taken (two residual evaluations, a fraction of one
         # Newton iteration).
-        if self._residual_norm(pred) >= self._residual_norm(y0):
+        try:
+            if not self._residual_norm(pred) < self._residual_norm(y0):  # NaN: not taken
+                return None
+        except PETSc.Error:  # a model that refuses the state: the safe start, as on failure
             return None
         self.predicted_starts += 1
         return pred
