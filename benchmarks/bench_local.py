@@ -21,15 +21,26 @@ README lists both). ``--dt-exponent 2`` keeps ``dt / h^2`` fixed instead.
 Runs serially or under ``mpiexec``; only rank 0 prints. The last line is one JSON object.
 
 Usage: ``python benchmarks/bench_local.py [--quick] [--dt DT] [--dt-exponent Q] [--steps K]
-[--solver default|sor|ilu0] [--scheme upwind|muscl|afc]``. ``--scheme`` (default ``upwind``,
-whose figures the README quotes) measures another P1 scheme on the same state, with its default
-options (``muscl``: the solver's default scheme and its ``smooth-sensor`` limiter).
+[--solver default|sor|ilu0] [--scheme upwind|muscl|afc] [--compare]``. ``--scheme`` (default
+``upwind``, whose figures the README quotes) measures another P1 scheme on the same state, with
+its default options (``muscl``: the solver's default scheme and its ``smooth-sensor`` limiter).
+
+``--compare`` measures the step as before (the solver's defaults) and with the step-cost
+options of ``NEW_STEP`` (``docs/step-cost.md``) in the same process: on every mesh both solvers
+take the warm-up step, then their timed steps alternate (previous, new, Poisson, ...), so both
+see the same load; a row per variant, their step-time ratio, and ``"compare"`` in the JSON.
+``--variant KEY=VALUE`` (repeatable) replaces the new variant's options.
+
+Peak resident memory (``ru_maxrss`` of the process, the largest over ranks) is reported per
+unknown of the finest mesh after its steps. It is a process-wide peak: it includes the Poisson
+reference and, with ``--compare``, both solvers; measure it without ``--compare``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import numpy as np
@@ -65,6 +76,17 @@ SOR = {
 #: cheaper iterations; growth x1.58 against x1.37 from h to h/4 at dt = 1e-2, 1e6 unknowns).
 ILU0 = {"mg_levels_sub_pc_factor_levels": 0}
 SOLVER_OPTIONS = {"default": {}, "sor": SOR, "ilu0": ILU0}
+#: ``--compare``: the new step's keyword arguments of ``CrossDiffusionSolver`` (the previous
+#: step is the solver's defaults). ``newton_tol_ratio`` acts only with an error tolerance
+#: (adaptive steps), which this fixed-step benchmark does not use: bench_work_precision.py
+#: measures it.
+NEW_STEP = {"predictor": "extrapolate"}
+
+
+def peak_rss_kb(comm) -> float:
+    """Peak resident memory of this process in KB, the largest over ranks (Linux: KB units)."""
+    return comm.allreduce(float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+                          op=MPI.MAX)
 
 
 def initial_state(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,45 +104,59 @@ def initial_state(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_steps(comm, n: int, dt: float, steps: int, options: dict,
-               scheme: str = "upwind") -> dict:
+               scheme: str = "upwind", variants: list[dict] | None = None) -> list[dict]:
     """One warm-up step, then ``steps`` timed steps, each followed by a timed Poisson solve.
 
     The Poisson reference has the same number of unknowns; alternating the two keeps them under
-    the same load when the machine is shared.
+    the same load when the machine is shared. ``variants``: the solver keyword arguments of
+    each variant measured (default one: the solver's defaults); their steps alternate too.
 
     Returns:
-        Unknowns; seconds per step (mean and minimum over the timed steps, maximum over ranks);
-        Newton and Krylov iterations per step (means); the largest relative mass change in a
-        step; the Poisson solve's fastest time, unknowns, CG iterations and relative L2 error.
+        Per variant: unknowns; seconds per step (mean and minimum over the timed steps, maximum
+        over ranks); Newton and Krylov iterations per step (means); the largest relative mass
+        change in a step; the smallest density seen over the timed steps; the Poisson solve's
+        fastest time, unknowns, CG iterations and relative L2 error.
     """
+    variants = variants or [{}]
     msh = mesh.create_unit_square(comm, n, n)
-    s = CrossDiffusionSolver(msh, PARAMS, scheme=scheme, linear_solver="iterative",
-                             petsc_options=options)
-    s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
+    solvers = []
+    for kwargs in variants:
+        s = CrossDiffusionSolver(msh, PARAMS, scheme=scheme, linear_solver="iterative",
+                                 petsc_options=options, **kwargs)
+        s.set_initial([lambda x: initial_state(x)[0], lambda x: initial_state(x)[1]])
+        solvers.append(s)
+    s = solvers[0]
     unknowns = int(s.V.dofmap.index_map.size_global * s.V.dofmap.index_map_bs)
     ref = PoissonReference(comm, square_side_for(unknowns))  # includes its untimed solve
-    info = s.step(dt, "ie")  # warm-up: JIT, PETSc first use, GAMG structures
-    if not info.accepted:
-        raise RuntimeError(f"warm-up step failed at n={n}: {info.message}")
-    secs, psecs, newton, krylov, drift, pits = [], [], [], [], 0.0, 0
-    for _ in range(steps):
-        m0 = s.masses()
-        comm.Barrier()
-        t0 = time.perf_counter()
-        info = s.step(dt, "ie")
-        secs.append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+    for s in solvers:
+        info = s.step(dt, "ie")  # warm-up: JIT, PETSc first use, GAMG structures
         if not info.accepted:
-            raise RuntimeError(f"timed step failed at n={n}: {info.message}")
-        newton.append(info.newton_its)
-        krylov.append(info.krylov_its)
-        drift = max(drift, float(np.max(np.abs(s.masses() - m0) / m0)))
+            raise RuntimeError(f"warm-up step failed at n={n}: {info.message}")
+    stats = [{"secs": [], "newton": [], "krylov": [], "drift": 0.0, "min": np.inf}
+             for _ in solvers]
+    psecs, pits = [], 0
+    for _ in range(steps):
+        for s, st in zip(solvers, stats):
+            m0 = s.masses()
+            comm.Barrier()
+            t0 = time.perf_counter()
+            info = s.step(dt, "ie")
+            st["secs"].append(comm.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+            if not info.accepted:
+                raise RuntimeError(f"timed step failed at n={n}: {info.message}")
+            st["newton"].append(info.newton_its)
+            st["krylov"].append(info.krylov_its)
+            st["drift"] = max(st["drift"], float(np.max(np.abs(s.masses() - m0) / m0)))
+            st["min"] = min(st["min"], float(s.extrema()[0].min()))
         t, pits = ref.timed_solve()
         psecs.append(t)
-    return {"unknowns": unknowns, "seconds": float(np.mean(secs)),
-            "seconds_min": float(np.min(secs)), "newton": float(np.mean(newton)),
-            "krylov": float(np.mean(krylov)), "mass_drift": drift,
-            "poisson_seconds": float(np.min(psecs)), "poisson_unknowns": ref.unknowns,
-            "poisson_its": int(pits), "poisson_error": ref.error()}
+    perr = ref.error()
+    return [{"unknowns": unknowns, "seconds": float(np.mean(st["secs"])),
+             "seconds_min": float(np.min(st["secs"])), "newton": float(np.mean(st["newton"])),
+             "krylov": float(np.mean(st["krylov"])), "mass_drift": st["drift"],
+             "min_density": st["min"],
+             "poisson_seconds": float(np.min(psecs)), "poisson_unknowns": ref.unknowns,
+             "poisson_its": int(pits), "poisson_error": perr} for st in stats]
 
 
 def main() -> None:
@@ -138,8 +174,28 @@ def main() -> None:
                         help="P1 scheme (default upwind, the figures the README quotes)")
     parser.add_argument("--coarsest", type=int, default=None,
                         help="cells per side of the coarsest mesh h (then h/2, h/4)")
+    parser.add_argument("--compare", action="store_true",
+                        help="the previous step (solver defaults) and the new one (NEW_STEP) "
+                             "side by side in this run")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --compare: an option of the new variant (replaces "
+                             f"NEW_STEP = {NEW_STEP})")
     args = parser.parse_args()
+    new_step = dict(NEW_STEP)
+    if args.variant:
+        new_step = {}
+        for item in args.variant:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--variant {item!r}: expected KEY=VALUE")
+            try:
+                new_step[key] = json.loads(value)
+            except json.JSONDecodeError:
+                new_step[key] = value
+    variants = [{}, new_step] if args.compare else [{}]
+    labels = ["previous", "new"] if args.compare else [args.scheme]
     comm = MPI.COMM_WORLD
+    rss_import_kb = peak_rss_kb(comm)  # the interpreter, DOLFINx, PETSc: before any mesh
     n0 = args.coarsest or (56 if args.quick else 177)
     sizes = [n0, 2 * n0, 4 * n0]
     options = SOLVER_OPTIONS[args.solver]
@@ -147,22 +203,55 @@ def main() -> None:
     if comm.rank == 0:
         print(f"local step bench: ranks={comm.size} scheme={args.scheme} dt={dts} "
               f"solver={args.solver} "
-              f"options={options}")
-        print(f"{'n':>5} {'unknowns':>9} {'step s':>8} {'Poisson s':>9} {'ratio':>6} "
-              f"{'Newton':>6} {'Krylov':>7} {'Kr/Nw':>6} {'P its':>5} {'mass drift':>10}",
-              flush=True)
-    rows = []
+              f"options={options}"
+              + (f" compare: previous = defaults, new = {new_step}" if args.compare else ""))
+        print(f"{'variant':>8} {'n':>5} {'unknowns':>9} {'step s':>8} {'Poisson s':>9} "
+              f"{'ratio':>6} {'Newton':>6} {'Krylov':>7} {'Kr/Nw':>6} {'P its':>5} "
+              f"{'mass drift':>10} {'min rho':>9}", flush=True)
+    per_variant = [[] for _ in variants]
     for n, dt in zip(sizes, dts):
-        st = time_steps(comm, n, dt, args.steps, options, args.scheme)
-        # fastest timed step over fastest Poisson solve: the pair least disturbed by other load
-        ratio = st["seconds_min"] / st["poisson_seconds"]
-        rows.append({**st, "n": n, "ratio": ratio})
-        ps = {"seconds": st["poisson_seconds"], "iterations": st["poisson_its"]}
+        for rows, label, st in zip(per_variant, labels,
+                                   time_steps(comm, n, dt, args.steps, options, args.scheme,
+                                              variants)):
+            # fastest timed step over fastest Poisson solve: the pair least disturbed by load
+            ratio = st["seconds_min"] / st["poisson_seconds"]
+            rows.append({**st, "n": n, "ratio": ratio})
+            ps = {"seconds": st["poisson_seconds"], "iterations": st["poisson_its"]}
+            if comm.rank == 0:
+                print(f"{label:>8} {n:5d} {st['unknowns']:9d} {st['seconds_min']:8.3f} "
+                      f"{ps['seconds']:9.3f} {ratio:6.2f} {st['newton']:6.1f} "
+                      f"{st['krylov']:7.1f} {st['krylov'] / st['newton']:6.2f} "
+                      f"{ps['iterations']:5d} {st['mass_drift']:10.1e} "
+                      f"{st['min_density']:9.2e}", flush=True)
+    rss_kb = peak_rss_kb(comm)
+    rows = per_variant[-1] if args.compare else per_variant[0]
+    rss_per_unknown = rss_kb * comm.size / rows[-1]["unknowns"]  # KiB
+    rss_above_import = (rss_kb - rss_import_kb) * comm.size / rows[-1]["unknowns"]
+    if comm.rank == 0:
+        print(f"peak RSS {rss_kb / 1024:.0f} MB (largest rank), {rss_per_unknown:.2f} KiB per "
+              f"unknown of the finest mesh ({rows[-1]['unknowns']} unknowns, x{comm.size} "
+              f"ranks{'; both variants in one process' if args.compare else ''}); "
+              f"{rss_above_import:.2f} KiB above the {rss_import_kb / 1024:.0f} MB after "
+              "imports")
+    compare = None
+    if args.compare:
+        old, new = per_variant
+        compare = {"new_options": new_step,
+                   "step_seconds_previous": [r["seconds_min"] for r in old],
+                   "step_seconds_new": [r["seconds_min"] for r in new],
+                   "new_over_previous": [b["seconds_min"] / a["seconds_min"]
+                                         for a, b in zip(old, new)],
+                   "newton_previous": [r["newton"] for r in old],
+                   "newton_new": [r["newton"] for r in new],
+                   "krylov_previous": [r["krylov"] for r in old],
+                   "krylov_new": [r["krylov"] for r in new],
+                   "step_over_poisson_previous": [r["ratio"] for r in old],
+                   "step_over_poisson_new": [r["ratio"] for r in new],
+                   "max_mass_drift_new": max(r["mass_drift"] for r in new),
+                   "min_density_new": min(r["min_density"] for r in new)}
         if comm.rank == 0:
-            print(f"{n:5d} {st['unknowns']:9d} {st['seconds_min']:8.3f} {ps['seconds']:9.3f} "
-                  f"{ratio:6.2f} {st['newton']:6.1f} {st['krylov']:7.1f} "
-                  f"{st['krylov'] / st['newton']:6.2f} {ps['iterations']:5d} "
-                  f"{st['mass_drift']:10.1e}", flush=True)
+            print("new / previous step time per mesh (fastest step each, same run): "
+                  + ", ".join(f"{r:.2f}" for r in compare["new_over_previous"]))
     kr_growth = rows[-1]["krylov"] / rows[0]["krylov"]
     kr_per_newton = [r["krylov"] / r["newton"] for r in rows]
     if comm.rank == 0:
@@ -186,6 +275,10 @@ def main() -> None:
         "poisson_its": [r["poisson_its"] for r in rows],
         "poisson_rel_l2_error": [r["poisson_error"] for r in rows],
         "max_mass_drift": max(r["mass_drift"] for r in rows),
+        "min_density": min(r["min_density"] for r in rows),
+        "peak_rss_kb_per_unknown": rss_per_unknown,
+        "peak_rss_kb_per_unknown_above_imports": rss_above_import,
+        "compare": compare,
     }
     if comm.rank == 0:
         print(json.dumps(print_json))
