@@ -97,6 +97,67 @@ def test_confinement_tends_to_compact_stationary_profile():
     assert errs[-1] < 0.02 and np.all(rates > 0.7), (errs, rates)
 
 
+def _self_similar(t: float, x: np.ndarray) -> np.ndarray:
+    """An exact solution of ``rho_t = (rho^2)_xx + (rho x / 3)_x`` (module test 2b).
+
+    ``rho(t, x) = a B(tau, a x)`` with ``a = e^(t/3)``, ``tau = e^t - 1/2`` and ``B(tau, y) =
+    tau^(-1/3) (C - y^2 tau^(-2/3) / 12)_+`` the Barenblatt profile of ``v_tau = (v^2)_yy``:
+    ``a' = a / 3`` and ``tau' = a^3`` turn the porous-medium equation into this one.
+    """
+    a, tau, C = math.exp(t / 3.0), math.exp(t) - 0.5, 0.5
+    return a * tau ** (-1.0 / 3.0) * np.maximum(C - (a * x) ** 2 * tau ** (-2.0 / 3.0) / 12.0,
+                                                0.0)
+
+
+def _self_similar_error(cells: int) -> float:
+    """Relative L1 error at T = 0.5 of the FE solution with ``b = 2``, ``Phi = x^2 / 6``."""
+    msh = mesh.create_interval(COMM, cells, [-3.0, 3.0])
+    fam = Family((0.0,), potentials=(Potential("x**2 / 6"),))
+    s = CrossDiffusionSolver(msh, ModelParams((1.0,), (2.0,), 2.0), scheme="upwind",
+                             family=fam)
+    s.set_initial([lambda x: _self_similar(0.0, x[0])])
+    T, steps = 0.5, cells // 2
+    for _ in range(steps):
+        assert s.step(T / steps, "bdf2").accepted
+    exact = _self_similar(T, np.linspace(-3.0, 3.0, 20001))
+    mass = float(np.sum(exact) * 6.0 / 20000)
+    return _nodal_l1(s, 0, lambda x: _self_similar(T, x[:, 0])) / mass
+
+
+def test_self_similar_confinement_solution_rate():
+    """1D ``rho_t = Lap(rho^2) + div(rho grad(x^2 / 6))`` against its exact solution.
+
+    The solution is a rescaled Barenblatt profile (:func:`_self_similar`): measured L1
+    convergence in h.
+    """
+    errs = [_self_similar_error(c) for c in (60, 120, 240)]
+    rates = _rates(errs)
+    print(f"self-similar confinement: L1 {errs}, rates {rates}")
+    assert errs[-1] < 0.01 and np.all(rates > 0.8), (errs, rates)
+
+
+def _confinement_2d_error(n: int) -> float:
+    """2D: relative L1 distance to ``(C - |x|^2 / 2)_+`` at long time (``pi C^2`` = mass)."""
+    msh = mesh.create_rectangle(COMM, [[-2.0, -2.0], [2.0, 2.0]], [n, n])
+    fam = Family((0.0,), potentials=(Potential("(x**2 + y**2) / 2"),))
+    s = CrossDiffusionSolver(msh, ModelParams((1.0,), (1.0,), 2.0), scheme="upwind",
+                             family=fam)
+    s.set_initial([lambda x: 0.3 * np.exp(-2.0 * (x[0] ** 2 + x[1] ** 2)) + 0.05])
+    mass = s.masses()[0]
+    C = math.sqrt(mass / math.pi)
+    for _ in range(40):
+        assert s.step(0.5).accepted
+    return _nodal_l1(s, 0, lambda x: np.maximum(C - 0.5 * (x[:, 0] ** 2 + x[:, 1] ** 2),
+                                                0.0)) / mass
+
+
+def test_confinement_2d_tends_to_compact_stationary_profile():
+    errs = [_confinement_2d_error(n) for n in (16, 32, 64)]
+    rates = _rates(errs)
+    print(f"2D confinement: L1 {errs}, rates {rates}")
+    assert errs[-1] < 0.07 and np.all(rates > 0.8), (errs, rates)  # measured 0.055, 0.93
+
+
 # ------------------------------------------------------------------------------ 3. sigma_k
 SIGMA = (0.02, 0.2)
 
