@@ -88,7 +88,7 @@ from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.mollifiers import Mollifier, get_mollifier
 from fem_crossdiff.problem import wrapped_vectors
 
-__all__ = ["MollificationOperator", "composite_quadrature"]
+__all__ = ["MollificationOperator", "composite_quadrature", "lumped_symmetric"]
 
 #: Number of (output dof, quadrature point) pairs processed at once; bounds peak memory.
 _PAIRS_PER_CHUNK = 4_000_000
@@ -478,3 +478,24 @@ class MollificationOperator:
 def _comm_all(comm, flag: bool) -> bool:
     """Logical AND of ``flag`` over all ranks of ``comm`` (collective)."""
     return bool(comm.allreduce(int(bool(flag)), op=MPI.MIN))
+
+
+def lumped_symmetric(M, lumped: np.ndarray):
+    """``M_s = (M + D^-1 M^T D) / 2``: ``M`` symmetrised in the lumped inner product.
+
+    ``D = diag(lumped)`` (owned values). ``D M_s`` is symmetric, so a transport driven by
+    ``M_s`` applied to densities is the gradient of an energy (and keeps constants where ``M``
+    does, up to its own row sums). ``M`` is left unchanged; the caller owns the new matrix.
+    """
+    Mt = M.transpose(PETSc.Mat())  # out of place: transpose() alone overwrites M
+    dvec = M.createVecLeft()
+    dvec.array[:] = lumped
+    dinv = dvec.copy()
+    dinv.reciprocal()
+    Mt.diagonalScale(dinv, dvec)
+    Ms = M.copy()
+    Ms.axpy(1.0, Mt, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+    Ms.scale(0.5)
+    for obj in (Mt, dvec, dinv):
+        obj.destroy()
+    return Ms

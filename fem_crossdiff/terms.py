@@ -301,7 +301,7 @@ class InteractionOperator:
 
     def __init__(self, V0, kernel: Kernel, key: str, mass: np.ndarray):
         from fem_crossdiff.discretisation.mesh_sizes import mesh_sizes
-        from fem_crossdiff.mollify import MollificationOperator
+        from fem_crossdiff.mollify import MollificationOperator, lumped_symmetric
 
         sizes = mesh_sizes(V0.mesh)  # collective: every rank gets the same numbers
         mol, radius = _kernel_mollifier(kernel, sizes.diameter)
@@ -312,17 +312,7 @@ class InteractionOperator:
                                  f"the mesh: refine it or widen the kernel) and the domain's "
                                  f"diameter {sizes.diameter:g}")
         op = MollificationOperator(V0, radius, mol)
-        M = op.matrix
-        Mt = M.transpose(PETSc.Mat())
-        dvec = M.createVecLeft()
-        dvec.array[:] = mass
-        dinv = dvec.copy()
-        dinv.reciprocal()
-        Mt.diagonalScale(dinv, dvec)
-        Ms = M.copy()
-        Ms.axpy(1.0, Mt, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
-        Ms.scale(0.5)
-        Mt.destroy()
+        Ms = lumped_symmetric(op.matrix, mass)
         self.M = Ms
         self._x, self._y = Ms.createVecRight(), Ms.createVecLeft()
         self._f = fem.Function(V0)

@@ -23,7 +23,7 @@ class NonlocalPotential:
     """
 
     def __init__(self, V0, params: ModelParams, nl: NonlocalParams):
-        from fem_crossdiff.mollify import MollificationOperator
+        from fem_crossdiff.mollify import MollificationOperator, lumped_symmetric
 
         self.params, self.nl = params, nl
         self.V0 = V0
@@ -37,17 +37,7 @@ class NonlocalPotential:
         self.nown = V0.dofmap.index_map.size_local
         self.lumped = d.array[: self.nown].copy()
         # M_s = (M + D^-1 M^T D) / 2: symmetric in the lumped inner product
-        M = op.matrix
-        Mt = M.transpose(PETSc.Mat())  # out of place: transpose() alone overwrites M
-        dvec = M.createVecLeft()
-        dvec.array[:] = self.lumped
-        dinv = dvec.copy()
-        dinv.reciprocal()
-        Mt.diagonalScale(dinv, dvec)
-        Ms = M.copy()
-        Ms.axpy(1.0, Mt, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
-        Ms.scale(0.5)
-        Mt.destroy()
+        Ms = lumped_symmetric(op.matrix, self.lumped)
         # kernel deficit at each node: 1 - (M_s 1)_i > 0 within eps of a wall
         one = Ms.createVecRight()
         one.set(1.0)
