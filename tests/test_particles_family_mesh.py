@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fem_crossdiff.compat import fem, gmshio
+from fem_crossdiff import meshes
+from fem_crossdiff.compat import fem
 from fem_crossdiff.errors import ParameterError
 from fem_crossdiff.family import Family, Growth, Interaction, Kernel, Potential
 from fem_crossdiff.particles import FreeSpace, ParticleParams, gather_positions
@@ -14,24 +15,10 @@ from fem_crossdiff.particles.mesh_domain import MeshDomain
 from fem_crossdiff.particles.mesh_drift import MeshOperatorDrift
 from fem_crossdiff.particles.state import state_from_positions, step
 
-gmsh = pytest.importorskip("gmsh")
-
 
 def _disk(comm, h=0.1):
-    """Unit disk mesh on ``comm`` (gmsh on its rank 0)."""
-    if comm.rank == 0:
-        gmsh.initialize(interruptible=False)
-        gmsh.option.setNumber("General.Terminal", 0)
-        gmsh.model.add("disk")
-        disk = gmsh.model.occ.addDisk(0, 0, 0, 1, 1)
-        gmsh.model.occ.synchronize()
-        gmsh.model.addPhysicalGroup(2, [disk], 1)
-        gmsh.option.setNumber("Mesh.CharacteristicLengthMax", h)
-        gmsh.model.mesh.generate(2)
-    data = gmshio.model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=2)
-    if comm.rank == 0:
-        gmsh.finalize()
-    return data.mesh
+    """Unit disk mesh on ``comm`` (the library's gmsh builder, meshed on rank 0)."""
+    return meshes.disk(comm, radius=1.0, h=h).mesh
 
 
 def test_mesh_domain_matches_free_space_away_from_the_wall(comm):
